@@ -1,0 +1,556 @@
+"""Random walks with jumper rules, the walk LM corpus and move trajectories.
+
+Walks take uniform random out-edges, except that on visiting a jumper the next `r` steps follow a
+precomputed random `r`-step path that ends in the jumper's target block. The paths are drawn from
+the uniform random walk conditioned on reaching the target block in exactly `r` steps with
+interior vertices that are not jumpers (a Doob h-transform), so a splice never hides another
+rule; a path that ends on a jumper starts that jumper's splice. Every corpus walk therefore obeys
+every rule. Generation is vectorised over walks with numpy.
+
+Tokens are vertex ids: the vocabulary is `num_vertices` and no special tokens are used (every LM
+row and every state window is full length).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+from ..errors import LeWMConfigError
+from . import corpus as corpus_cache
+from .graphs import (
+    Graph,
+    Jumper,
+    load_jumpers,
+    make_dcsbm_graph,
+    make_jumpers,
+    save_jumpers,
+    splice_hit_probabilities,
+)
+
+DEFAULT_PATHS_PER_JUMPER = 256
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose (`"graph"`, `"train"`, ...) derived from a base seed."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass
+class JumperPaths:
+    """Precomputed splice paths for every jumper.
+
+    Args:
+        paths (`np.ndarray`): `(num_jumpers * pool, max_r + 1)` int32 paths, column 0 the jumper;
+            columns past a path's `r` are padding.
+        path_r (`np.ndarray`): `r` of each row.
+        pool (`int`): Paths per jumper; jumper `j`'s rows are `j * pool ... (j + 1) * pool - 1`.
+        jumper_index (`np.ndarray`): `(num_vertices,)` jumper index of each vertex, -1 if none.
+    """
+
+    paths: np.ndarray
+    path_r: np.ndarray
+    pool: int
+    jumper_index: np.ndarray
+
+
+def sample_jumper_paths(
+    graph: Graph, jumpers: list[Jumper], pool: int = DEFAULT_PATHS_PER_JUMPER, seed: int = 0
+) -> JumperPaths:
+    """Draw `pool` conditioned splice paths per jumper (vectorised over the pool).
+
+    Args:
+        graph (`Graph`): The graph.
+        jumpers (`list[Jumper]`): The rules.
+        pool (`int`, defaults to 256): Paths per jumper.
+        seed (`int`, defaults to 0): Random seed.
+
+    Returns:
+        `JumperPaths`: The paths.
+    """
+    n = graph.num_vertices
+    jumper_index = np.full(n, -1, dtype=np.int64)
+    for i, j in enumerate(jumpers):
+        jumper_index[j.vertex] = i
+    if not jumpers:
+        return JumperPaths(np.zeros((0, 1), np.int32), np.zeros(0, np.int64), pool, jumper_index)
+    rng = np.random.default_rng(seed)
+    vertices = np.array([j.vertex for j in jumpers], dtype=np.int64)
+    allowed = np.ones(n, dtype=np.float64)
+    allowed[vertices] = 0.0
+    max_r = max(j.r for j in jumpers)
+    paths = np.zeros((len(jumpers) * pool, max_r + 1), dtype=np.int32)
+    path_r = np.zeros(len(jumpers) * pool, dtype=np.int64)
+    src_of_edge = np.repeat(np.arange(n), graph.out_degree)
+    h_cache: dict[tuple[int, int], np.ndarray] = {}
+    for i, jumper in enumerate(jumpers):
+        key = (jumper.r, jumper.target_block)
+        if key not in h_cache:
+            h_cache[key] = splice_hit_probabilities(
+                graph, vertices, jumper.r, np.array([jumper.target_block])
+            )[:, :, 0]
+        h = h_cache[key]
+        rows = slice(i * pool, (i + 1) * pool)
+        cur = np.full(pool, jumper.vertex, dtype=np.int64)
+        paths[rows, 0] = cur
+        path_r[rows] = jumper.r
+        for step in range(1, jumper.r + 1):
+            remaining = jumper.r - step
+            weight = h[remaining] * (allowed if remaining > 0 else 1.0)
+            edge_w = weight[graph.indices]
+            cum = np.cumsum(edge_w)
+            start = graph.indptr[cur]
+            end = graph.indptr[cur + 1]
+            base = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
+            total = cum[end - 1] - base
+            x = base + rng.random(pool) * total
+            e = np.searchsorted(cum, x, side="right")
+            e = np.clip(e, start, end - 1)
+            assert (src_of_edge[e] == cur).all()
+            cur = graph.indices[e].astype(np.int64)
+            paths[rows, step] = cur
+        paths[rows, jumper.r + 1 :] = paths[rows, jumper.r : jumper.r + 1]
+    return JumperPaths(paths, path_r, pool, jumper_index)
+
+
+def generate_walks(
+    graph: Graph,
+    jumpers: list[Jumper],
+    num_walks: int,
+    walk_length: int,
+    seed: int = 0,
+    paths: JumperPaths | None = None,
+) -> np.ndarray:
+    """Generate random walks that obey every jumper rule, vectorised over walks.
+
+    Args:
+        graph (`Graph`): The graph.
+        jumpers (`list[Jumper]`): The rules.
+        num_walks (`int`): Number of walks.
+        walk_length (`int`): Vertices per walk.
+        seed (`int`, defaults to 0): Random seed (start vertices, steps, path choices).
+        paths (`JumperPaths`, *optional*): Precomputed splice paths; drawn from `seed` if None.
+
+    Returns:
+        `np.ndarray`: `(num_walks, walk_length)` int32 vertex ids.
+    """
+    if not isinstance(num_walks, int) or num_walks < 1:
+        raise LeWMConfigError("num_walks", num_walks, "must be a positive integer")
+    if not isinstance(walk_length, int) or walk_length < 1:
+        raise LeWMConfigError("walk_length", walk_length, "must be a positive integer")
+    rng = np.random.default_rng(seed)
+    if paths is None:
+        paths = sample_jumper_paths(graph, jumpers, seed=derive_seed(seed, "paths"))
+    indptr, indices, degree = graph.indptr, graph.indices, graph.out_degree
+    walks = np.empty((num_walks, walk_length), dtype=np.int32)
+    cur = rng.integers(0, graph.num_vertices, size=num_walks)
+    walks[:, 0] = cur
+    row = np.full(num_walks, -1, dtype=np.int64)  # splice path row, -1 when not splicing
+    off = np.zeros(num_walks, dtype=np.int64)
+
+    def start_splices(at: np.ndarray) -> None:
+        jid = paths.jumper_index[cur[at]]
+        hit = jid >= 0
+        if hit.any():
+            idx = at[hit]
+            row[idx] = jid[hit] * paths.pool + rng.integers(0, paths.pool, size=idx.size)
+            off[idx] = 0
+
+    start_splices(np.arange(num_walks))
+    for t in range(1, walk_length):
+        splicing = row >= 0
+        u = rng.random(num_walks)
+        free = np.flatnonzero(~splicing)
+        nxt = np.empty(num_walks, dtype=np.int64)
+        fc = cur[free]
+        nxt[free] = indices[indptr[fc] + (u[free] * degree[fc]).astype(np.int64)]
+        sp = np.flatnonzero(splicing)
+        if sp.size:
+            off[sp] += 1
+            nxt[sp] = paths.paths[row[sp], off[sp]]
+            done = sp[off[sp] >= paths.path_r[row[sp]]]
+            row[done] = -1
+        cur = nxt
+        walks[:, t] = cur
+        start_splices(np.flatnonzero(row < 0))
+    return walks
+
+
+WALK_PRESETS: dict[str, dict[str, Any]] = {
+    "anchor": {},
+    # Builds in about a second on 2 cores. p_in/p_out are raised so that the lowest-theta
+    # vertex of a 25-vertex block still expects several out-edges (see DESIGN.md section 3).
+    "small": {
+        "num_vertices": 100,
+        "p_in": 0.5,
+        "p_out": 0.06,
+        "context_window": 16,
+        "walk_length": 64,
+        "corpus_size": 8000,
+        "eval_size": 1000,
+    },
+}
+
+
+@dataclass
+class WalkCorpusConfig:
+    """Everything that defines a walk corpus; every field is part of the cache key.
+
+    Args:
+        num_vertices (`int`, defaults to 500): Vertices (= vocabulary size).
+        num_blocks (`int`, defaults to 4): Equal blocks.
+        p_in (`float`, defaults to 0.25): Within-block edge base probability.
+        p_out (`float`, defaults to 0.03): Across-block edge base probability.
+        jumpers_per_block (`int`, defaults to 2): Jumper rules per block.
+        r_scales (`list[float]`, defaults to `[0.5, 0.7, 0.9, 1.0]`): Rule delays as fractions of
+            `context_window`, assigned round-robin.
+        context_window (`int`, defaults to 64): The window `w` (LM rows have `w + 1` tokens).
+        walk_length (`int`, defaults to 256): Vertices per walk; at least `2 * w`.
+        corpus_size (`int`, defaults to 200000): Training walks.
+        eval_size (`int`, defaults to 2000): Held-out walks (own seed).
+        chunk_stride (`int`, *optional*): Stride between LM rows in a walk; `w + 1` if None
+            (non-overlapping). A smaller stride shows rules with `r` close to `w` more often.
+        paths_per_jumper (`int`, defaults to 256): Precomputed splice paths per jumper.
+        seed (`int`, defaults to 0): Base seed; graph, jumpers, paths, train and eval walks use
+            distinct seeds derived from it.
+    """
+
+    num_vertices: int = 500
+    num_blocks: int = 4
+    p_in: float = 0.25
+    p_out: float = 0.03
+    jumpers_per_block: int = 2
+    r_scales: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9, 1.0])
+    context_window: int = 64
+    walk_length: int = 256
+    corpus_size: int = 200000
+    eval_size: int = 2000
+    chunk_stride: int | None = None
+    paths_per_jumper: int = DEFAULT_PATHS_PER_JUMPER
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> WalkCorpusConfig:
+        """A named preset (`"anchor"` or `"small"`) with optional field overrides."""
+        if name not in WALK_PRESETS:
+            raise LeWMConfigError("preset", name, f"must be one of {sorted(WALK_PRESETS)}")
+        return cls(**{**WALK_PRESETS[name], **overrides})
+
+    def __post_init__(self) -> None:
+        self.r_scales = [float(s) for s in self.r_scales]
+        for name in ("num_vertices", "num_blocks", "context_window", "walk_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LeWMConfigError(name, value, "must be a positive integer")
+        for name in ("corpus_size", "eval_size", "paths_per_jumper"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LeWMConfigError(name, value, "must be a positive integer")
+        if self.num_vertices % self.num_blocks:
+            raise LeWMConfigError(
+                "num_blocks", self.num_blocks, f"must divide num_vertices={self.num_vertices}"
+            )
+        for name in ("p_in", "p_out"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise LeWMConfigError(name, value, "must be a probability in [0, 1]")
+        if self.walk_length < 2 * self.context_window:
+            raise LeWMConfigError(
+                "walk_length",
+                self.walk_length,
+                f"must be at least 2 * context_window = {2 * self.context_window}",
+            )
+        if self.jumpers_per_block < 0:
+            raise LeWMConfigError("jumpers_per_block", self.jumpers_per_block, "must be >= 0")
+        for s in self.r_scales:
+            if not 0.0 < s <= 1.0:
+                raise LeWMConfigError("r_scales", self.r_scales, "scales must lie in (0, 1]")
+        if self.chunk_stride is not None and (
+            not isinstance(self.chunk_stride, int) or self.chunk_stride < 1
+        ):
+            raise LeWMConfigError("chunk_stride", self.chunk_stride, "must be a positive integer")
+
+    @property
+    def stride(self) -> int:
+        return self.chunk_stride if self.chunk_stride is not None else self.context_window + 1
+
+
+def build_graph_and_jumpers(config: WalkCorpusConfig) -> tuple[Graph, list[Jumper]]:
+    """The graph and jumper rules a walk corpus config defines."""
+    graph = make_dcsbm_graph(
+        config.num_vertices,
+        config.num_blocks,
+        config.p_in,
+        config.p_out,
+        seed=derive_seed(config.seed, "graph"),
+    )
+    jumpers = make_jumpers(
+        graph,
+        config.context_window,
+        config.jumpers_per_block,
+        tuple(config.r_scales),
+        seed=derive_seed(config.seed, "jumpers"),
+    )
+    return graph, jumpers
+
+
+def chunk_walks(walks: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """Cut every walk into rows of `length` tokens, `stride` apart (a partial tail is dropped).
+
+    Args:
+        walks (`np.ndarray`): `(num_walks, walk_length)` walks.
+        length (`int`): Row length.
+        stride (`int`): Offset between consecutive rows of one walk.
+
+    Returns:
+        `np.ndarray`: `(num_walks * rows_per_walk, length)` rows, walk-major.
+    """
+    starts = np.arange(0, walks.shape[1] - length + 1, stride)
+    idx = starts[:, None] + np.arange(length)[None, :]
+    return walks[:, idx].reshape(-1, length)
+
+
+def _lm_dataset(rows: np.ndarray) -> Dataset:
+    features = Features({"input_ids": Sequence(Value("int32"), length=rows.shape[1])})
+    return Dataset.from_dict({"input_ids": rows}, features=features)
+
+
+def _walk_dataset(walks: np.ndarray) -> Dataset:
+    features = Features({"walk": Sequence(Value("int32"), length=walks.shape[1])})
+    return Dataset.from_dict({"walk": walks}, features=features)
+
+
+def build_walk_corpus(
+    config: WalkCorpusConfig | None = None, cache_dir: str | Path | None = None
+) -> DatasetDict:
+    """Build (or load from the cache) a tokenized walk LM corpus.
+
+    Splits: `train` and `validation` hold LM rows (`input_ids`, `w + 1` vertex tokens; a causal
+    LM is trained on input `[:-1]`, labels `[1:]`); `validation_walks` holds the held-out walks
+    whole (`walk`), used as generation prompts and for world-model clips. The graph
+    (`graph.npz`) and jumpers (`jumpers.json`) are saved beside the data: see
+    `load_walk_metadata`.
+
+    Args:
+        config (`WalkCorpusConfig`, *optional*): The corpus config; anchor defaults if None.
+        cache_dir (`str` or `Path`, *optional*): Cache root (see `corpus.default_cache_dir`).
+
+    Returns:
+        `DatasetDict`: Memory-mapped splits.
+    """
+    config = config if config is not None else WalkCorpusConfig()
+    folder = corpus_cache.cached_build(
+        "walks", config, functools.partial(_write_walk_corpus, config), cache_dir
+    )
+    return corpus_cache.load_corpus(folder)
+
+
+def _write_walk_corpus(config: WalkCorpusConfig, folder: Path) -> None:
+    """Generate a walk corpus into `folder` (called by the cache inside a temporary folder)."""
+    graph, jumpers = build_graph_and_jumpers(config)
+    paths = sample_jumper_paths(
+        graph, jumpers, config.paths_per_jumper, seed=derive_seed(config.seed, "paths")
+    )
+    train = generate_walks(
+        graph, jumpers, config.corpus_size, config.walk_length,
+        seed=derive_seed(config.seed, "train"), paths=paths,
+    )  # fmt: skip
+    held_out = generate_walks(
+        graph, jumpers, config.eval_size, config.walk_length,
+        seed=derive_seed(config.seed, "eval"), paths=paths,
+    )  # fmt: skip
+    length = config.context_window + 1
+    dsd = DatasetDict(
+        {
+            "train": _lm_dataset(chunk_walks(train, length, config.stride)),
+            "validation": _lm_dataset(chunk_walks(held_out, length, config.stride)),
+            "validation_walks": _walk_dataset(held_out),
+        }
+    )
+    dsd.save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
+    graph.save(folder / "graph.npz")
+    save_jumpers(jumpers, folder / "jumpers.json")
+
+
+@dataclass
+class WalkMetadata:
+    """What a walk corpus folder holds beside its data."""
+
+    graph: Graph
+    jumpers: list[Jumper]
+    config: WalkCorpusConfig
+    folder: Path
+
+
+def load_walk_metadata(corpus: DatasetDict | str | Path) -> WalkMetadata:
+    """Load the graph, jumpers and config saved with a walk corpus.
+
+    Args:
+        corpus (`DatasetDict` or `str` or `Path`): A corpus from `build_walk_corpus`, or its folder.
+
+    Returns:
+        `WalkMetadata`: The graph, jumpers, config and folder.
+    """
+    if isinstance(corpus, DatasetDict):
+        folder = corpus_cache.corpus_folder(corpus)
+    else:
+        folder = Path(corpus)
+    meta = json.loads((folder / "corpus.json").read_text())
+    cfg = meta["config"]
+    if meta["kind"] == "moves":
+        cfg = cfg["corpus"]
+    return WalkMetadata(
+        graph=Graph.load(folder / "graph.npz"),
+        jumpers=load_jumpers(folder / "jumpers.json"),
+        config=WalkCorpusConfig(**cfg),
+        folder=folder,
+    )
+
+
+@dataclass
+class MoveTrajectoryConfig:
+    """Move trajectories (world-model clips) drawn on a walk corpus's graph.
+
+    A clip has `history_length + 1` states and `history_length` actions: the state at step `t`
+    is the window of the last `w` vertices ending at `t`; the action is the rank of the next
+    vertex in the sorted out-neighbour list of the current vertex. A clip is stored as its
+    `w + history_length` token span (`tokens`) and its actions (`actions`); the collator unfolds
+    the span into windows.
+
+    Args:
+        corpus (`WalkCorpusConfig`): The walk corpus (graph, jumpers, `w`, walk length).
+        history_length (`int`, defaults to 3): Actions per clip (H).
+        num_clips (`int`, defaults to 20000): Training clips.
+        eval_clips (`int`, defaults to 2000): Held-out clips (own seed).
+        clips_per_walk (`int`, defaults to 4): Clips cut from each generated walk.
+        seed (`int`, defaults to 0): Seed for the trajectory walks (distinct from the corpus's).
+    """
+
+    corpus: WalkCorpusConfig = field(default_factory=WalkCorpusConfig)
+    history_length: int = 3
+    num_clips: int = 20000
+    eval_clips: int = 2000
+    clips_per_walk: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corpus, dict):
+            self.corpus = WalkCorpusConfig(**self.corpus)
+        for name in ("history_length", "num_clips", "eval_clips", "clips_per_walk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LeWMConfigError(name, value, "must be a positive integer")
+        w = self.corpus.context_window
+        if w + self.history_length > self.corpus.walk_length:
+            raise LeWMConfigError(
+                "history_length",
+                self.history_length,
+                f"clips need w + H <= {self.corpus.walk_length}",
+            )
+
+
+def move_clips(
+    graph: Graph, walks: np.ndarray, window: int, history: int, per_walk: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut move clips from walks.
+
+    Args:
+        graph (`Graph`): The graph (for neighbour ranks).
+        walks (`np.ndarray`): `(num_walks, walk_length)` walks.
+        window (`int`): State window `w`.
+        history (`int`): Actions per clip `H`.
+        per_walk (`int`): Clips per walk, at random end positions.
+        seed (`int`): Random seed for the clip positions.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: spans `(N, w + H)` and actions `(N, H)`, int32.
+    """
+    rng = np.random.default_rng(seed)
+    num_walks, length = walks.shape
+    first = rng.integers(0, length - window - history + 1, size=(num_walks, per_walk))
+    span_idx = first[..., None] + np.arange(window + history)
+    spans = np.take_along_axis(walks[:, None, :].repeat(per_walk, 1), span_idx, axis=2)
+    spans = spans.reshape(-1, window + history)
+    src = spans[:, window - 1 : -1]
+    dst = spans[:, window:]
+    actions, found = graph.neighbor_rank(src, dst)
+    assert found.all(), "walk contains a non-edge"
+    return spans.astype(np.int32), actions.astype(np.int32)
+
+
+def build_move_trajectories(
+    config: MoveTrajectoryConfig | None = None, cache_dir: str | Path | None = None
+) -> DatasetDict:
+    """Build (or load from the cache) move-trajectory clips for the world model.
+
+    Walks are drawn on the walk corpus's graph with the same jumper rules, from seeds derived
+    from `config.seed` (so clips are not the corpus's training walks). Splits `train` and
+    `validation` with columns `tokens` (`w + H`) and `actions` (`H`).
+
+    Args:
+        config (`MoveTrajectoryConfig`, *optional*): Defaults if None.
+        cache_dir (`str` or `Path`, *optional*): Cache root.
+
+    Returns:
+        `DatasetDict`: Memory-mapped splits.
+    """
+    config = config if config is not None else MoveTrajectoryConfig()
+    walk_cfg = config.corpus
+
+    def build(folder: Path) -> None:
+        meta = load_walk_metadata(build_walk_corpus(walk_cfg, cache_dir))
+        paths = sample_jumper_paths(
+            meta.graph, meta.jumpers, walk_cfg.paths_per_jumper,
+            seed=derive_seed(walk_cfg.seed, "paths"),
+        )  # fmt: skip
+        w, h = walk_cfg.context_window, config.history_length
+        splits = {}
+        for split, n_clips in (("train", config.num_clips), ("validation", config.eval_clips)):
+            n_walks = -(-n_clips // config.clips_per_walk)
+            walks = generate_walks(
+                meta.graph, meta.jumpers, n_walks, walk_cfg.walk_length,
+                seed=derive_seed(config.seed, f"moves-{split}"), paths=paths,
+            )  # fmt: skip
+            spans, actions = move_clips(
+                meta.graph, walks, w, h, config.clips_per_walk,
+                seed=derive_seed(config.seed, f"clips-{split}"),
+            )  # fmt: skip
+            features = Features(
+                {
+                    "tokens": Sequence(Value("int32"), length=w + h),
+                    "actions": Sequence(Value("int32"), length=h),
+                }
+            )
+            splits[split] = Dataset.from_dict(
+                {"tokens": spans[:n_clips], "actions": actions[:n_clips]}, features=features
+            )
+        DatasetDict(splits).save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
+        meta.graph.save(folder / "graph.npz")
+        save_jumpers(meta.jumpers, folder / "jumpers.json")
+
+    folder = corpus_cache.cached_build("moves", config, build, cache_dir)
+    return corpus_cache.load_corpus(folder)
+
+
+__all__ = [
+    "JumperPaths",
+    "MoveTrajectoryConfig",
+    "WalkCorpusConfig",
+    "WalkMetadata",
+    "build_move_trajectories",
+    "build_walk_corpus",
+    "chunk_walks",
+    "derive_seed",
+    "generate_walks",
+    "load_walk_metadata",
+    "move_clips",
+    "sample_jumper_paths",
+]

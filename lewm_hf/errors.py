@@ -1,0 +1,56 @@
+"""Typed errors raised where bad input enters the library.
+
+Every error names the offending field (a config field, a dotted recipe path, or a file) and the
+value it received, so that a user can fix the input without reading a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LeWMError(Exception):
+    """Base class of every error raised by `lewm_hf`."""
+
+
+class LeWMConfigError(LeWMError, ValueError):
+    """A configuration field has a bad value.
+
+    Args:
+        field (`str`): Name (or dotted path) of the field.
+        value (`Any`): The value that was received.
+        reason (`str`): What is wrong with it, in a few words.
+        source (`str`, *optional*): The file the value came from.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str, source: str | None = None):
+        self.field = field
+        self.value = value
+        self.reason = reason
+        self.source = source
+        where = f" (in {source})" if source else ""
+        super().__init__(f"{field}={value!r}: {reason}{where}")
+
+
+class LeWMInputError(LeWMError, ValueError):
+    """Input data (a tensor, a sequence, a file) is malformed.
+
+    Args:
+        field (`str`): Name of the argument or file.
+        value (`Any`): The value, or a short description of it.
+        reason (`str`): What is wrong with it.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str):
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}={value!r}: {reason}")
+
+
+class LeWMGraphError(LeWMError, RuntimeError):
+    """A graph or jumper set with the requested properties could not be built."""
+
+
+class LeWMCollapseError(LeWMError, RuntimeError):
+    """Training stopped because the collapse monitor raised an alert with action `stop`."""
