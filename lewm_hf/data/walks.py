@@ -5,7 +5,7 @@ precomputed random `r`-step path that ends in the jumper's target block. The pat
 the uniform random walk conditioned on reaching the target block in exactly `r` steps with
 interior vertices that are not jumpers (a Doob h-transform), so a splice never hides another
 rule; a path that ends on a jumper starts that jumper's splice. Every corpus walk therefore obeys
-every rule. Generation is vectorised over walks with numpy.
+every rule. Generation runs in a compiled (numba) kernel over chunks of walks.
 
 Tokens are vertex ids: the vocabulary is `num_vertices` and no special tokens are used (every LM
 row and every state window is full length).
@@ -16,12 +16,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Sequence, Value
+import pyarrow as pa
+from datasets import Dataset, DatasetDict
 
 from ..errors import LeWMConfigError
 from . import corpus as corpus_cache
@@ -36,6 +40,9 @@ from .graphs import (
 )
 
 DEFAULT_PATHS_PER_JUMPER = 256
+# Walks per kernel call; each chunk has its own seed derived from the walks' seed, so the
+# output does not depend on anything but the arguments.
+WALK_CHUNK = 4096
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -129,14 +136,21 @@ def generate_walks(
     seed: int = 0,
     paths: JumperPaths | None = None,
 ) -> np.ndarray:
-    """Generate random walks that obey every jumper rule, vectorised over walks.
+    """Generate random walks that obey every jumper rule.
+
+    A compiled kernel (numba, releasing the GIL) runs the walks in chunks of `WALK_CHUNK` on a
+    thread per core; each chunk's random stream is seeded from `seed`, so the output depends only on the arguments (not on the
+    process or the machine). Per walk: a uniform start vertex; at every step a uniform
+    out-edge, except during a splice, which follows its precomputed path; visiting a jumper
+    outside a splice (including at t = 0 and at the end of a splice) starts that jumper's
+    splice with a uniformly chosen path from its pool.
 
     Args:
         graph (`Graph`): The graph.
         jumpers (`list[Jumper]`): The rules.
         num_walks (`int`): Number of walks.
         walk_length (`int`): Vertices per walk.
-        seed (`int`, defaults to 0): Random seed (start vertices, steps, path choices).
+        seed (`int`, defaults to 0): Random seed.
         paths (`JumperPaths`, *optional*): Precomputed splice paths; drawn from `seed` if None.
 
     Returns:
@@ -146,42 +160,70 @@ def generate_walks(
         raise LeWMConfigError("num_walks", num_walks, "must be a positive integer")
     if not isinstance(walk_length, int) or walk_length < 1:
         raise LeWMConfigError("walk_length", walk_length, "must be a positive integer")
-    rng = np.random.default_rng(seed)
     if paths is None:
         paths = sample_jumper_paths(graph, jumpers, seed=derive_seed(seed, "paths"))
-    indptr, indices, degree = graph.indptr, graph.indices, graph.out_degree
     walks = np.empty((num_walks, walk_length), dtype=np.int32)
-    cur = rng.integers(0, graph.num_vertices, size=num_walks)
-    walks[:, 0] = cur
-    row = np.full(num_walks, -1, dtype=np.int64)  # splice path row, -1 when not splicing
-    off = np.zeros(num_walks, dtype=np.int64)
+    num_chunks = -(-num_walks // WALK_CHUNK)
+    chunk_seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=num_chunks)
+    indptr = graph.indptr.astype(np.int64)
+    indices = graph.indices.astype(np.int32)
+    jumper_index = paths.jumper_index.astype(np.int64)
+    splice = np.ascontiguousarray(paths.paths, dtype=np.int32)
+    path_r = paths.path_r.astype(np.int64)
 
-    def start_splices(at: np.ndarray) -> None:
-        jid = paths.jumper_index[cur[at]]
-        hit = jid >= 0
-        if hit.any():
-            idx = at[hit]
-            row[idx] = jid[hit] * paths.pool + rng.integers(0, paths.pool, size=idx.size)
-            off[idx] = 0
+    def run(c: int) -> None:
+        _walk_kernel(
+            walks[c * WALK_CHUNK : (c + 1) * WALK_CHUNK],
+            int(chunk_seeds[c]),
+            indptr,
+            indices,
+            jumper_index,
+            splice,
+            path_r,
+            paths.pool,
+        )
 
-    start_splices(np.arange(num_walks))
-    for t in range(1, walk_length):
-        splicing = row >= 0
-        u = rng.random(num_walks)
-        free = np.flatnonzero(~splicing)
-        nxt = np.empty(num_walks, dtype=np.int64)
-        fc = cur[free]
-        nxt[free] = indices[indptr[fc] + (u[free] * degree[fc]).astype(np.int64)]
-        sp = np.flatnonzero(splicing)
-        if sp.size:
-            off[sp] += 1
-            nxt[sp] = paths.paths[row[sp], off[sp]]
-            done = sp[off[sp] >= paths.path_r[row[sp]]]
-            row[done] = -1
-        cur = nxt
-        walks[:, t] = cur
-        start_splices(np.flatnonzero(row < 0))
+    workers = min(num_chunks, os.cpu_count() or 1)
+    if workers > 1:  # the kernel releases the GIL; chunks are independent
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, range(num_chunks)))
+    else:
+        for c in range(num_chunks):
+            run(c)
     return walks
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_kernel(
+    out, seed, indptr, indices, jumper_index, splice, path_r, pool
+):  # pragma: no cover
+    """Fill `out` (walks x steps) with walks; numba's generator is seeded with `seed`."""
+    np.random.seed(seed)
+    num_vertices = indptr.shape[0] - 1
+    for n in range(out.shape[0]):
+        cur = min(int(np.random.random() * num_vertices), num_vertices - 1)
+        out[n, 0] = cur
+        row = -1
+        off = 0
+        j = jumper_index[cur]
+        if j >= 0:
+            row = j * pool + min(int(np.random.random() * pool), pool - 1)
+        for t in range(1, out.shape[1]):
+            if row >= 0:
+                off += 1
+                cur = splice[row, off]
+                if off >= path_r[row]:
+                    row = -1
+            else:
+                start = indptr[cur]
+                degree = indptr[cur + 1] - start
+                cur = indices[start + min(int(np.random.random() * degree), degree - 1)]
+            out[n, t] = cur
+            if row < 0:
+                j = jumper_index[cur]
+                if j >= 0:
+                    row = j * pool + min(int(np.random.random() * pool), pool - 1)
+                    off = 0
 
 
 WALK_PRESETS: dict[str, dict[str, Any]] = {
@@ -318,14 +360,24 @@ def chunk_walks(walks: np.ndarray, length: int, stride: int) -> np.ndarray:
     return walks[:, idx].reshape(-1, length)
 
 
-def _lm_dataset(rows: np.ndarray) -> Dataset:
-    features = Features({"input_ids": Sequence(Value("int32"), length=rows.shape[1])})
-    return Dataset.from_dict({"input_ids": rows}, features=features)
+def fixed_length_dataset(columns: dict[str, np.ndarray]) -> Dataset:
+    """A `Dataset` of fixed-length int32 sequence columns, built directly as Arrow arrays.
 
+    (`Dataset.from_dict` converts row by row: 18 s for the anchor corpus, against 0.4 s here.)
 
-def _walk_dataset(walks: np.ndarray) -> Dataset:
-    features = Features({"walk": Sequence(Value("int32"), length=walks.shape[1])})
-    return Dataset.from_dict({"walk": walks}, features=features)
+    Args:
+        columns (`dict[str, np.ndarray]`): Column name -> `(rows, length)` integer array.
+
+    Returns:
+        `Dataset`: Columns typed `List(Value("int32"), length=length)`.
+    """
+    arrays = {
+        name: pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(values, dtype=np.int32).reshape(-1)), values.shape[1]
+        )
+        for name, values in columns.items()
+    }
+    return Dataset(pa.table(arrays))
 
 
 def build_walk_corpus(
@@ -370,9 +422,11 @@ def _write_walk_corpus(config: WalkCorpusConfig, folder: Path) -> None:
     length = config.context_window + 1
     dsd = DatasetDict(
         {
-            "train": _lm_dataset(chunk_walks(train, length, config.stride)),
-            "validation": _lm_dataset(chunk_walks(held_out, length, config.stride)),
-            "validation_walks": _walk_dataset(held_out),
+            "train": fixed_length_dataset({"input_ids": chunk_walks(train, length, config.stride)}),
+            "validation": fixed_length_dataset(
+                {"input_ids": chunk_walks(held_out, length, config.stride)}
+            ),
+            "validation_walks": fixed_length_dataset({"walk": held_out}),
         }
     )
     dsd.save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
@@ -523,14 +577,8 @@ def build_move_trajectories(
                 meta.graph, walks, w, h, config.clips_per_walk,
                 seed=derive_seed(config.seed, f"clips-{split}"),
             )  # fmt: skip
-            features = Features(
-                {
-                    "tokens": Sequence(Value("int32"), length=w + h),
-                    "actions": Sequence(Value("int32"), length=h),
-                }
-            )
-            splits[split] = Dataset.from_dict(
-                {"tokens": spans[:n_clips], "actions": actions[:n_clips]}, features=features
+            splits[split] = fixed_length_dataset(
+                {"tokens": spans[:n_clips], "actions": actions[:n_clips]}
             )
         DatasetDict(splits).save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
         meta.graph.save(folder / "graph.npz")

@@ -1,0 +1,205 @@
+"""Benchmark the walk corpus: compiled walk generation against a pure-Python reference.
+
+Builds the anchor corpus setting (`WalkCorpusConfig()`: n=500, K=4, w=64, 256-step walks) and
+times `generate_walks` on `--walks` walks (best of `--repeats` runs). In the same run a one-walk-one-step-at-a-time
+pure-Python reference of the same process (uniform out-edge steps from `random.Random`, jumper
+splices drawn from the same precomputed `JumperPaths`, chained splices, a splice from t = 0)
+generates `--reference_walks` walks; both sets are checked against every edge and rule. Then the
+corpus is built through `build_walk_corpus` into a fresh temporary cache (build time) and loaded
+again (cache hit, reload time).
+
+The last line printed is `speedup: X.X` (compiled walks/s over reference walks/s).
+
+    .venv/bin/python benchmarks/walk_corpus.py [--walks 200000] [--reference_walks 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from datasets import disable_progress_bars
+
+from lewm_hf.data.graphs import Graph, Jumper
+from lewm_hf.data.walks import (
+    JumperPaths,
+    WalkCorpusConfig,
+    build_graph_and_jumpers,
+    build_walk_corpus,
+    derive_seed,
+    generate_walks,
+    sample_jumper_paths,
+)
+
+
+def reference_walks(
+    graph: Graph, paths: JumperPaths, num_walks: int, walk_length: int, seed: int
+) -> np.ndarray:
+    """The walk process one walk and one step at a time, in plain Python.
+
+    Args:
+        graph (`Graph`): The graph.
+        paths (`JumperPaths`): The precomputed splice paths (shared with the compiled run).
+        num_walks (`int`): Number of walks.
+        walk_length (`int`): Vertices per walk.
+        seed (`int`): Seed of the `random.Random` generator.
+
+    Returns:
+        `np.ndarray`: `(num_walks, walk_length)` walks.
+    """
+    rng = random.Random(seed)
+    n = graph.num_vertices
+    neighbors = [graph.neighbors(v).tolist() for v in range(n)]
+    jumper_of = paths.jumper_index.tolist()
+    splice_paths = paths.paths.tolist()
+    path_r = paths.path_r.tolist()
+    pool = paths.pool
+    walks = []
+    for _ in range(num_walks):
+        cur = rng.randrange(n)
+        walk = [cur]
+        path, off, r = None, 0, 0
+        j = jumper_of[cur]
+        if j >= 0:  # a walk that starts on a jumper is spliced from t = 0
+            k = j * pool + rng.randrange(pool)
+            path, off, r = splice_paths[k], 0, path_r[k]
+        for _t in range(1, walk_length):
+            if path is not None:
+                off += 1
+                cur = path[off]
+                if off >= r:
+                    path = None
+            else:
+                nb = neighbors[cur]
+                cur = nb[int(rng.random() * len(nb))]
+            walk.append(cur)
+            if path is None:
+                j = jumper_of[cur]
+                if j >= 0:  # also when a splice just ended on a jumper (a chained splice)
+                    k = j * pool + rng.randrange(pool)
+                    path, off, r = splice_paths[k], 0, path_r[k]
+        walks.append(walk)
+    return np.asarray(walks, dtype=np.int32)
+
+
+def check_walks(graph: Graph, jumpers: list[Jumper], walks: np.ndarray, name: str) -> int:
+    """Assert every step is an edge and every rule holds; return the number of rule checks."""
+    bad_edges = int((~graph.has_edges(walks[:, :-1], walks[:, 1:])).sum())
+    if bad_edges:
+        raise AssertionError(f"{name}: {bad_edges} steps are not edges")
+    size = graph.num_vertices // graph.num_blocks
+    length = walks.shape[1]
+    checks = 0
+    for j in jumpers:
+        w_idx, t_idx = np.nonzero(walks[:, : max(length - j.r, 0)] == j.vertex)
+        broken = int((walks[w_idx, t_idx + j.r] // size != j.target_block).sum())
+        if broken:
+            raise AssertionError(f"{name}: {broken} visits break the rule of {j}")
+        checks += t_idx.size
+    return checks
+
+
+def spliced_fraction(jumpers: list[Jumper], walks: np.ndarray) -> float:
+    """Fraction of steps taken inside a splice (a statistic both generators should share)."""
+    r_of = np.zeros(int(walks.max()) + 1, dtype=np.int64)
+    for j in jumpers:
+        r_of[j.vertex] = j.r
+    spliced = 0
+    for walk in walks.tolist():
+        end = 0
+        for t, v in enumerate(walk):
+            if t >= end and r_of[v]:
+                end = t + int(r_of[v])
+                spliced += min(end, len(walk) - 1) - t
+    return spliced / (walks.shape[0] * (walks.shape[1] - 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--walks", type=int, default=200000, help="walks for the compiled run")
+    parser.add_argument("--reference_walks", type=int, default=5000, help="walks for the reference")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each generator; the best is shown"
+    )
+    parser.add_argument(
+        "--cache_dir",
+        default=None,
+        help="where to make the temporary corpus cache (removed afterwards); system temp if unset",
+    )
+    args = parser.parse_args()
+    disable_progress_bars()
+
+    config = dataclasses.replace(WalkCorpusConfig(), corpus_size=args.walks)
+    print(
+        f"config: n={config.num_vertices} K={config.num_blocks} w={config.context_window} "
+        f"walk_length={config.walk_length} walks={args.walks} "
+        f"reference_walks={args.reference_walks}"
+    )
+    start = time.perf_counter()
+    graph, jumpers = build_graph_and_jumpers(config)
+    paths = sample_jumper_paths(
+        graph, jumpers, config.paths_per_jumper, seed=derive_seed(config.seed, "paths")
+    )
+    print(
+        f"graph + jumpers + splice paths: {time.perf_counter() - start:.2f} s "
+        f"({graph.num_edges} edges, {len(jumpers)} jumpers, r={sorted({j.r for j in jumpers})})"
+    )
+
+    fast_times = []
+    for _ in range(args.repeats):
+        fast = None  # free the previous run's walks first
+        start = time.perf_counter()
+        fast = generate_walks(
+            graph, jumpers, args.walks, config.walk_length,
+            seed=derive_seed(config.seed, "train"), paths=paths,
+        )  # fmt: skip
+        fast_times.append(time.perf_counter() - start)
+    fast_rate = args.walks / min(fast_times)
+    fast_checks = check_walks(graph, jumpers, fast, "compiled")
+    print(
+        f"compiled generate_walks: {fast_rate:,.0f} walks/s "
+        f"(runs: {', '.join(f'{s:.2f}' for s in fast_times)} s)"
+    )
+
+    ref_times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        ref = reference_walks(graph, paths, args.reference_walks, config.walk_length, seed=1)
+        ref_times.append(time.perf_counter() - start)
+    ref_rate = args.reference_walks / min(ref_times)
+    ref_checks = check_walks(graph, jumpers, ref, "reference")
+    print(
+        f"pure-Python reference: {ref_rate:,.0f} walks/s "
+        f"(runs: {', '.join(f'{s:.2f}' for s in ref_times)} s)"
+    )
+    sub = fast[: args.reference_walks]
+    print(
+        f"every edge and rule obeyed (rule checks: compiled {fast_checks}, "
+        f"reference {ref_checks}); spliced-step fraction: compiled "
+        f"{spliced_fraction(jumpers, sub):.3f}, reference {spliced_fraction(jumpers, ref):.3f}"
+    )
+
+    root = tempfile.mkdtemp(prefix="walk-corpus-bench-", dir=args.cache_dir)
+    try:
+        start = time.perf_counter()
+        build_walk_corpus(config, root)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        corpus = build_walk_corpus(config, root)
+        reload_s = time.perf_counter() - start
+        rows = {name: len(split) for name, split in corpus.items()}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"build_walk_corpus (cache miss): {build_s:.2f} s, rows {rows}")
+    print(f"build_walk_corpus (cache hit, reload): {reload_s:.3f} s")
+    print(f"build / reload: {build_s / reload_s:.0f}x")
+    print(f"speedup: {fast_rate / ref_rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()
