@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import DatasetDict, load_from_disk
+from datasets.utils import logging as datasets_logging
 
 from ..errors import LeWMConfigError
 
@@ -109,6 +110,8 @@ def cached_build(
     _remove_stale_temporaries(root, f"{kind}-{key}")
     tmp = root / f".tmp-{kind}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    bars = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # one quiet "Saving the dataset" bar per split
     try:
         build(tmp)
         meta = {
@@ -128,6 +131,9 @@ def cached_build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if bars:
+            datasets_logging.enable_progress_bar()
     return final
 
 

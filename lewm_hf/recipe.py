@@ -1,0 +1,323 @@
+"""YAML recipes: composition, command-line overrides and typed parsing into argument dataclasses.
+
+A recipe is a YAML mapping. Its keys are model, data and trainer arguments, flat. Composition:
+
+- `defaults: [a.yaml, b.yaml]` lists files (paths relative to the including file) merged
+  before the including file's own keys: mappings merge deeply, later wins, the including file
+  last. Cycles are detected and reported with the chain of files.
+- `phases:` is a list of phase mappings run in order; each phase may have its own `defaults:`.
+  Top-level keys other than `phases` are shared by every phase (a phase's own value wins).
+  A recipe without `phases:` is one phase.
+- Command-line flags override YAML values: `--learning_rate 1e-3` sets the key at the top level
+  and in every phase; `--encoder.learning_rate 1e-3` sets it in the phase named `encoder` only.
+  Values are parsed as YAML scalars (`true`, `3`, `1e-3`, `[a, b]`).
+
+Every value is checked against the type of the dataclass field it lands in; an unknown key or a
+wrong type raises `LeWMConfigError` naming the dotted path and the file that set it.
+YAML is read with `yaml.safe_load` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LeWMConfigError
+
+RESERVED_KEYS = ("defaults", "phases", "name", "task")
+
+
+@dataclass
+class Recipe:
+    """A composed recipe.
+
+    Args:
+        path (`Path`): The recipe file.
+        shared (`dict`): Top-level keys shared by every phase.
+        phases (`list[dict]`): The phases' merged flat mappings (shared keys included).
+        sources (`dict[str, str]`): For each dotted key path, the file that set it (or `"cli"`).
+    """
+
+    path: Path
+    shared: dict[str, Any]
+    phases: list[dict[str, Any]]
+    sources: dict[str, str]
+
+    def source(self, dotted: str) -> str:
+        """The file that set `dotted` (falls back to the recipe file)."""
+        return self.sources.get(dotted, str(self.path))
+
+
+def _deep_merge(
+    base: dict[str, Any],
+    new: dict[str, Any],
+    base_src: dict[str, str],
+    new_src: dict[str, str],
+    prefix: str = "",
+) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, base_src, new_src, dotted + ".")
+        else:
+            base[key] = value
+            for k in [k for k in base_src if k == dotted or k.startswith(dotted + ".")]:
+                del base_src[k]
+            for k, v in new_src.items():
+                if k == dotted or k.startswith(dotted + "."):
+                    base_src[k] = v
+
+
+def _record_sources(obj: Any, file: str, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _record_sources(value, file, f"{prefix}{key}.", out)
+    out[prefix.rstrip(".")] = file
+
+
+def _read_yaml(path: Path, included_from: str | None) -> dict[str, Any]:
+    if not path.is_file():
+        raise LeWMConfigError(
+            "defaults" if included_from else "config", str(path), "file not found", included_from
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise LeWMConfigError("config", str(path), f"invalid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LeWMConfigError("config", str(path), "a recipe must be a YAML mapping")
+    return data
+
+
+def _compose_mapping(
+    data: dict[str, Any], file: Path, stack: tuple[Path, ...], prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Resolve `defaults:` of one mapping read from `file`."""
+    defaults = data.get("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise LeWMConfigError(f"{prefix}defaults", defaults, "must be a list of paths", str(file))
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for entry in defaults:
+        child = (file.parent / entry).resolve()
+        if child in stack:
+            chain = " -> ".join(str(p) for p in (*stack, child))
+            raise LeWMConfigError(f"{prefix}defaults", entry, f"cycle: {chain}", str(file))
+        child_data, child_src = _load_file(child, stack, str(file))
+        _deep_merge(merged, child_data, sources, child_src)
+    own = {k: v for k, v in data.items() if k != "defaults"}
+    own_src: dict[str, str] = {}
+    _record_sources(own, str(file), "", own_src)
+    own_src.pop("", None)
+    _deep_merge(merged, own, sources, own_src)
+    return merged, sources
+
+
+def _load_file(
+    path: Path, stack: tuple[Path, ...], included_from: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    path = path.resolve()
+    data = _read_yaml(path, included_from)
+    stack = (*stack, path)
+    phases = data.get("phases")
+    if phases is not None:
+        if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+            raise LeWMConfigError("phases", phases, "must be a list of mappings", str(path))
+        resolved = []
+        phase_sources: dict[str, str] = {}
+        for i, phase in enumerate(phases):
+            p_data, p_src = _compose_mapping(phase, path, stack, f"phases.{i}.")
+            resolved.append(p_data)
+            phase_sources.update({f"phases.{i}.{k}": v for k, v in p_src.items()})
+        data = {**data, "phases": resolved}
+        merged, sources = _compose_mapping(data, path, stack)
+        sources.update(phase_sources)
+        return merged, sources
+    return _compose_mapping(data, path, stack)
+
+
+def parse_cli_overrides(argv: list[str]) -> list[tuple[str, Any]]:
+    """Parse `--key value`, `--key=value` and bare `--flag` (true) into (key, value) pairs.
+
+    Args:
+        argv (`list[str]`): The arguments after the script name, without `--config`.
+
+    Returns:
+        `list[tuple[str, Any]]`: Keys (possibly dotted) and YAML-parsed values, in order.
+    """
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise LeWMConfigError("cli", token, "expected --key value")
+        key = token[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw = argv[i + 1]
+            i += 2
+        else:
+            raw = "true"
+            i += 1
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.replace("-", "_"), value))
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[tuple[str, Any]] | None = None) -> Recipe:
+    """Compose a recipe file and apply command-line overrides.
+
+    Args:
+        path (`str` or `Path`): The recipe YAML.
+        overrides (`list[tuple[str, Any]]`, *optional*): From `parse_cli_overrides`.
+
+    Returns:
+        `Recipe`: Shared keys and one merged flat mapping per phase.
+    """
+    path = Path(path).resolve()
+    data, sources = _load_file(path, (), None)
+    phases_raw = data.pop("phases", None)
+    shared = data
+    if phases_raw is None:
+        phases_raw = [{}]
+    phases = []
+    for i, phase in enumerate(phases_raw):
+        merged = {**shared, **phase}
+        for key in shared:
+            if key not in phase and key in sources:
+                sources[f"phases.{i}.{key}"] = sources[key]
+        phases.append(merged)
+    names = [p.get("name", p.get("task", f"phase{i}")) for i, p in enumerate(phases)]
+    for key, value in overrides or []:
+        head, _, rest = key.partition(".")
+        if rest and head in names:
+            i = names.index(head)
+            phases[i][rest] = value
+            sources[f"phases.{i}.{rest}"] = "cli"
+        else:
+            shared[key] = value
+            sources[key] = "cli"
+            for i, phase in enumerate(phases):
+                phase[key] = value
+                sources[f"phases.{i}.{key}"] = "cli"
+    return Recipe(path=path, shared=shared, phases=phases, sources=sources)
+
+
+def _type_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
+    """Whether `value` fits the annotation `tp`; returns (ok, possibly coerced value)."""
+    if tp is Any or tp is object:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, coerced = _type_accepts(arg, value)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if tp is type(None):
+        return value is None, value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = {m.value for m in tp}
+        return (value in values or isinstance(value, tp)), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(tp)
+        if args and args[-1] is not Ellipsis and origin is list:
+            coerced = []
+            for v in value:
+                ok, c = _type_accepts(args[0], v)
+                if not ok:
+                    return False, value
+                coerced.append(c)
+            return True, coerced
+        return True, list(value) if origin is list or tp is list else tuple(value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return True, value  # unknown annotation: accept as is
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of every init field of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def split_phase_keys(
+    recipe: Recipe,
+    index: int,
+    targets: dict[str, dict[str, Any]],
+    ignore: tuple[str, ...] = RESERVED_KEYS,
+) -> dict[str, dict[str, Any]]:
+    """Route a phase's flat keys to their targets, checking names and types.
+
+    Args:
+        recipe (`Recipe`): The composed recipe.
+        index (`int`): The phase index.
+        targets (`dict[str, dict[str, Any]]`): For each target name (e.g. `"model"`), a mapping
+            of accepted key -> type annotation. A key goes to the first target that accepts it.
+        ignore (`tuple[str, ...]`): Keys handled by the caller.
+
+    Returns:
+        `dict[str, dict[str, Any]]`: Per target, the (type-checked, coerced) keyword arguments.
+
+    Raises:
+        `LeWMConfigError`: for an unknown key or a value of the wrong type, naming the dotted
+            path (`phases.<i>.<key>`) and the file that set it.
+    """
+    out: dict[str, dict[str, Any]] = {name: {} for name in targets}
+    phase = recipe.phases[index]
+    for key, value in phase.items():
+        if key in ignore:
+            continue
+        dotted = f"phases.{index}.{key}" if len(recipe.phases) > 1 else key
+        source = recipe.sources.get(f"phases.{index}.{key}", recipe.source(key))
+        for name, fields in targets.items():
+            if key in fields:
+                ok, coerced = _type_accepts(fields[key], value)
+                if not ok:
+                    raise LeWMConfigError(
+                        dotted, value, f"expected {_type_name(fields[key])}", source
+                    )
+                out[name][key] = coerced
+                break
+        else:
+            raise LeWMConfigError(dotted, value, "unknown key", source)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

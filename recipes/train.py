@@ -1,0 +1,56 @@
+"""Train from a YAML recipe: `accelerate launch recipes/train.py --config recipes/configs/X.yaml`.
+
+With no arguments it runs `recipes/configs/default.yaml` (encoder phase, then the world model).
+Any recipe key can be overridden on the command line: `--learning_rate 1e-3` (every phase) or
+`--encoder.max_steps 50` (the phase named `encoder`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lewm_hf.errors import LeWMError
+from lewm_hf.pipeline import run_recipe
+from lewm_hf.recipe import parse_cli_overrides
+from lewm_hf.reporting import format_summary
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = DEFAULT_CONFIG
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            argv[i : i + 1] = ["--config", arg.split("=", 1)[1]]
+            break
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("error: --config needs a path", file=sys.stderr)
+            return 2
+        config = Path(argv[i + 1])
+        del argv[i : i + 2]
+    try:
+        summary = run_recipe(config, parse_cli_overrides(argv))
+    except LeWMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        _destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(format_summary(summary))
+    return 0
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""LeWMTrainer end to end on tiny models: logging, parameters, accumulation, schedule, resume,
+collapse monitor, best-model selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf.trainer.schedules import wsd_lr_multiplier
+
+W, H, VOCAB, ACTIONS = 8, 3, 12, 4
+
+
+def tiny_encoder_config() -> dict:
+    return {
+        "model_type": "llama",
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 32,
+    }
+
+
+def tiny_model(seed: int = 0, **kwargs) -> LeWMModel:
+    torch.manual_seed(seed)
+    config = LeWMConfig(
+        encoder_config=tiny_encoder_config(),
+        d_state=16,
+        projector_hidden=32,
+        d_model=32,
+        predictor_layers=1,
+        predictor_heads=2,
+        history_length=H,
+        action_vocab_size=ACTIONS,
+        sigreg_num_slices=64,
+        **kwargs,
+    )
+    return LeWMModel(config)
+
+
+def clip_dataset(n: int = 64, seed: int = 0) -> Dataset:
+    """Clips of a deterministic toy system: the next token is (last + action + 1) mod VOCAB."""
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((n, W + H), dtype=np.int64)
+    tokens[:, :W] = rng.integers(0, VOCAB, size=(n, W))
+    actions = rng.integers(0, ACTIONS, size=(n, H))
+    for k in range(H):
+        tokens[:, W + k] = (tokens[:, W + k - 1] + actions[:, k] + 1) % VOCAB
+    return Dataset.from_dict({"tokens": tokens.tolist(), "actions": actions.tolist()})
+
+
+def make_args(tmp_path, **kwargs) -> LeWMTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        learning_rate=3e-3,
+        max_steps=8,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        collapse_monitor_steps=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    defaults.update(kwargs)
+    return LeWMTrainingArguments(**defaults)
+
+
+def test_trains_logs_components_and_updates_every_trainable_parameter(tmp_path):
+    model = tiny_model(encoder_mode="frozen")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = LeWMTrainer(model, make_args(tmp_path), train_dataset=clip_dataset(), window=W)
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 8
+    for key in ("loss", "pred_loss", "reg_loss", "lr_multiplier", "learning_rate"):
+        assert all(np.isfinite(e[key]) for e in logs), key
+    # phase2: loss = pred + 0.09 * reg (averaged over the same window)
+    for e in logs:
+        assert e["loss"] == pytest.approx(e["pred_loss"] + 0.09 * e["reg_loss"], rel=1e-4)
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param, before[name])
+        if name.startswith("encoder."):
+            assert not changed, f"frozen {name} changed"
+        elif param.requires_grad:
+            # AdaLN modulation starts at zero and gets a gradient only through the gates.
+            assert changed, f"trainable {name} did not change"
+
+
+def test_wsd_schedule_applied_at_every_step(tmp_path):
+    args = make_args(tmp_path, max_steps=20, warmup_steps=4, learning_rate=1e-2)
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    for e in logs:
+        # The logged lr is the one the step used.
+        step = e["step"]
+        assert e["learning_rate"] == pytest.approx(1e-2 * wsd_lr_multiplier(step, 20, 4))
+        assert e["lr_multiplier"] == pytest.approx(wsd_lr_multiplier(step, 20, 4))
+
+
+def test_per_group_learning_rates_keep_ratios(tmp_path):
+    args = make_args(
+        tmp_path, max_steps=6, predictor_lr_multiplier=2.0, action_encoder_lr_multiplier=0.5
+    )
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+    trainer.train()
+    lrs = {}
+    for group in trainer.optimizer.param_groups:
+        names = {n for n, p in trainer.model.named_parameters() for q in group["params"] if p is q}
+        part = next(iter(names)).split(".")[0]
+        lrs.setdefault(part, set()).add(group["lr"])
+        # No weight decay on biases, norms and embeddings.
+        if group["weight_decay"] > 0:
+            assert not any("bias" in n or "norm" in n or "embed" in n for n in names)
+    base = lrs["encoder"].pop()
+    assert lrs["predictor"].pop() == pytest.approx(2.0 * base)
+    assert lrs["action_encoder"].pop() == pytest.approx(0.5 * base)
+
+
+def test_gradient_accumulation_keeps_loss_scale(tmp_path):
+    data = clip_dataset(64)
+    common = dict(max_steps=1, regularizer="none", learning_rate=1e-3)
+    full = LeWMTrainer(
+        tiny_model(),
+        make_args(tmp_path / "a", per_device_train_batch_size=16, **common),
+        train_dataset=data,
+        window=W,
+    )
+    full.train()
+    accum = LeWMTrainer(
+        tiny_model(),
+        make_args(
+            tmp_path / "b",
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=4,
+            **common,
+        ),
+        train_dataset=data,
+        window=W,
+    )
+    accum.train()
+    loss_full = full.state.log_history[0]["loss"]
+    loss_accum = accum.state.log_history[0]["loss"]
+    # Same global batch, same weights: only BatchNorm's per-micro-batch statistics differ. A
+    # loss summed over micro-batches would be 4x larger.
+    assert loss_accum == pytest.approx(loss_full, rel=0.25)
+    assert accum.state.log_history[0]["pred_loss"] == pytest.approx(loss_accum, rel=1e-5)
+
+
+def test_remove_unused_columns_keeps_action_fields(tmp_path):
+    args = make_args(tmp_path, max_steps=2, remove_unused_columns=True)
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_eval_metrics_and_best_model_on_custom_metric(tmp_path):
+    args = make_args(
+        tmp_path,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_pred_mse",
+        greater_is_better=False,
+    )
+    trainer = LeWMTrainer(
+        tiny_model(),
+        args,
+        train_dataset=clip_dataset(),
+        eval_dataset=clip_dataset(32, seed=1),
+        window=W,
+    )
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+    assert len(evals) == 3
+    for e in evals:
+        for key in ("eval_loss", "eval_pred_loss", "eval_reg_loss", "eval_copy_mse"):
+            assert np.isfinite(e[key])
+    best = min(evals, key=lambda e: e["eval_pred_mse"])
+    assert trainer.state.best_metric == pytest.approx(best["eval_pred_mse"])
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+
+
+def _final_weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_mid_run_same_schedule_and_weights(tmp_path):
+    common = dict(max_steps=8, warmup_steps=2, save_strategy="steps", save_steps=4)
+    full = LeWMTrainer(
+        tiny_model(), make_args(tmp_path / "full", **common), train_dataset=clip_dataset(), window=W
+    )
+    full.train()
+    full.save_model()
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                control.should_training_stop = True
+
+    first = LeWMTrainer(
+        tiny_model(),
+        make_args(tmp_path / "resumed", **common),
+        train_dataset=clip_dataset(),
+        window=W,
+        callbacks=[Interrupt()],
+    )
+    first.train()
+    assert first.state.global_step == 4
+    second = LeWMTrainer(
+        tiny_model(seed=123),  # different init: the checkpoint must restore everything
+        make_args(tmp_path / "resumed", **common),
+        train_dataset=clip_dataset(),
+        window=W,
+    )
+    second.train(resume_from_checkpoint=True)
+    second.save_model()
+    a = _final_weights(tmp_path / "full" / "out")
+    b = _final_weights(tmp_path / "resumed" / "out")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    lr_full = [e["learning_rate"] for e in full.state.log_history if "loss" in e]
+    lr_resumed = [e["learning_rate"] for e in second.state.log_history if "loss" in e]
+    assert lr_full == lr_resumed
+
+
+def test_collapse_monitor_alerts_without_regulariser(tmp_path):
+    args = make_args(
+        tmp_path,
+        max_steps=60,
+        regularizer="none",
+        learning_rate=1e-2,
+        warmup_steps=0,
+        collapse_monitor_steps=10,
+        lr_schedule="constant",
+    )
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    trainer.train()
+    assert trainer.collapse_monitor.alerts, "a collapsing run raised no alert"
+    logged = [e for e in trainer.state.log_history if "collapse/effective_rank" in e]
+    assert len(logged) == 6
+
+
+def test_collapse_monitor_quiet_on_healthy_run(tmp_path):
+    args = make_args(
+        tmp_path,
+        max_steps=60,
+        regularizer="sigreg",
+        reg_weight=1.0,
+        learning_rate=1e-3,
+        collapse_monitor_steps=10,
+        collapse_kl_max=50.0,
+    )
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    trainer.train()
+    assert trainer.collapse_monitor.alerts == []
+
+
+def test_collapse_action_stop(tmp_path):
+    args = make_args(
+        tmp_path,
+        max_steps=60,
+        regularizer="none",
+        learning_rate=1e-2,
+        collapse_monitor_steps=10,
+        collapse_action="stop",
+        lr_schedule="constant",
+        warmup_steps=0,
+    )
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    trainer.train()
+    assert trainer.state.global_step < 60
+    assert trainer.collapse_monitor.result(trainer.state)["collapse_stopped"]
+
+
+def test_bad_arguments_are_typed_errors(tmp_path):
+    from lewm_hf.errors import LeWMConfigError
+
+    for field, value in [
+        ("regularizer", "vicreg"),
+        ("loss_phase", "phase3"),
+        ("lr_schedule", "linear"),
+        ("collapse_action", "panic"),
+    ]:
+        with pytest.raises(LeWMConfigError, match=field):
+            make_args(tmp_path, **{field: value})
