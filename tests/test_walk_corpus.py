@@ -343,7 +343,11 @@ def test_chunk_stride(tmp_path):
     valid = as_array(dsd["validation"], "input_ids")
     held_out = as_array(dsd["validation_walks"], "walk")
     assert as_array(dsd["train"], "input_ids").shape == (CORPUS_SIZE * rows_per_walk, w + 1)
-    expected = [walk[s * 8 : s * 8 + w + 1] for walk in held_out for s in range(rows_per_walk)]
+    # Validation rows never overlap, whatever the training stride.
+    held_out_rows = length // (w + 1)
+    expected = [
+        walk[s * (w + 1) : (s + 1) * (w + 1)] for walk in held_out for s in range(held_out_rows)
+    ]
     np.testing.assert_array_equal(valid, np.stack(expected))
 
 

@@ -38,8 +38,8 @@ class DataCollatorForLeWM:
         window (`int`, *optional*): The state window `w`, required for move clips.
 
     Returns (from `__call__`):
-        `dict[str, torch.Tensor]`: `input_ids` `(B, T + 1, L)`, `action_ids` `(B, T)`,
-        `action_mask` `(B, T)` bool.
+        `dict[str, torch.Tensor]`: `input_ids` `(B, T + 1, L)`, `action_ids` `(B, T)`, and for
+        ragged trajectories `action_mask` `(B, T)` bool.
     """
 
     window: int | None = None
@@ -57,11 +57,9 @@ class DataCollatorForLeWM:
                 raise LeWMInputError(
                     "tokens", tuple(tokens.shape), f"span must be window + H = {self.window} + H"
                 )
-            return {
-                "input_ids": states.contiguous(),
-                "action_ids": actions,
-                "action_mask": torch.ones_like(actions, dtype=torch.bool),
-            }
+            # Move clips are never padded: no `action_mask`, so the model takes its unpadded
+            # path (one SIGReg call over all steps).
+            return {"input_ids": states.contiguous(), "action_ids": actions}
         steps = max(len(f["actions"]) for f in features)
         input_ids, action_ids, masks = [], [], []
         for f in features:

@@ -26,7 +26,7 @@ from datasets.utils import logging as datasets_logging
 
 from ..errors import LeWMConfigError
 
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 DATA_SUBDIR = "data"
 

@@ -386,7 +386,8 @@ def build_walk_corpus(
     """Build (or load from the cache) a tokenized walk LM corpus.
 
     Splits: `train` and `validation` hold LM rows (`input_ids`, `w + 1` vertex tokens; a causal
-    LM is trained on input `[:-1]`, labels `[1:]`); `validation_walks` holds the held-out walks
+    LM is trained on input `[:-1]`, labels `[1:]`); train rows are `chunk_stride` apart,
+    validation rows never overlap (stride `w + 1`, whatever `chunk_stride` is); `validation_walks` holds the held-out walks
     whole (`walk`), used as generation prompts and for world-model clips. The graph
     (`graph.npz`) and jumpers (`jumpers.json`) are saved beside the data: see
     `load_walk_metadata`.
@@ -424,7 +425,7 @@ def _write_walk_corpus(config: WalkCorpusConfig, folder: Path) -> None:
         {
             "train": fixed_length_dataset({"input_ids": chunk_walks(train, length, config.stride)}),
             "validation": fixed_length_dataset(
-                {"input_ids": chunk_walks(held_out, length, config.stride)}
+                {"input_ids": chunk_walks(held_out, length, length)}
             ),
             "validation_walks": fixed_length_dataset({"walk": held_out}),
         }
