@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, Trainer, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainerState, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -200,6 +200,21 @@ def _resume_arg(value: Any, output_dir: Path) -> str | bool | None:
     return str(value)
 
 
+def _gate_passed_checkpoint(
+    resume: str | bool | None, output_dir: Path
+) -> tuple[str, TrainerState] | None:
+    """The checkpoint to resume from and its state, when the compliance gate had already passed
+    in it (training on would overwrite `gate_checkpoint` with a later model while `result.json`
+    keeps the first pass's step and numbers)."""
+    if not resume:
+        return None
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume is True else str(resume)
+    state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    if any(e.get("eval_gate_passed") == 1.0 for e in state.log_history):
+        return checkpoint, state
+    return None
+
+
 def _use_summary_progress(trainer: Trainer) -> None:
     if not trainer.args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
@@ -228,7 +243,11 @@ def run_lm_phase(
         corpus = build_walk_corpus(corpus_cfg, data_args.corpus_cache_dir)
     meta = load_walk_metadata(corpus)
     w = corpus_cfg.context_window
-    model = build_walk_lm(model_args, meta.graph.num_vertices, max_positions=2 * w + 2)
+    passed = _gate_passed_checkpoint(resume_from_checkpoint, Path(args.output_dir))
+    if passed is not None:
+        model = AutoModelForCausalLM.from_pretrained(passed[0])
+    else:
+        model = build_walk_lm(model_args, meta.graph.num_vertices, max_positions=2 * w + 2)
     trainer = Trainer(
         model=model,
         args=args,
@@ -267,7 +286,13 @@ def run_lm_phase(
     result_cb = RunResultCallback(name, curves, [gate_cb])
     trainer.add_callback(gate_cb)
     trainer.add_callback(result_cb)
-    train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if passed is None:
+        train_loss_mean = trainer.train(resume_from_checkpoint=resume_from_checkpoint).training_loss
+    else:
+        checkpoint, trainer.state = passed
+        console(f"[resume] {name}: the gate already passed in {checkpoint}; not training further")
+        result_cb.on_train_end(args, trainer.state, trainer.control)
+        train_loss_mean = None
     trainer.save_model()
     result = result_cb.build(trainer.state)
     out_dir = Path(args.output_dir)
@@ -284,7 +309,7 @@ def run_lm_phase(
         "failure_reason": result.get("failure_reason"),
         "final_train_loss": losses[-1] if losses else None,
         "global_step": trainer.state.global_step,
-        "train_loss_mean": train_output.training_loss,
+        "train_loss_mean": train_loss_mean,
         "wall_time_s": time.time() - start,
     }
 

@@ -1,0 +1,291 @@
+"""End-to-end recipe runs: the compliance gate, failure metadata, resume, two phases, CLI errors.
+
+Every run is tiny (300 walks of 32 vertices on the `small` preset's graph with w = 8, a one-layer
+Llama of width 32, a few steps), so the whole file runs in about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM
+
+import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf.errors import LeWMConfigError
+from lewm_hf.pipeline import run_recipe, validate_recipe
+from lewm_hf.trainer.callbacks import GATE_CHECKPOINT
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "recipes" / "train.py"
+
+# A gate that any model passes at its first evaluation, and one that no model passes.
+EASY_GATE = {"gate_edge_threshold": 0.0, "gate_rule_threshold": 0.0, "gate_min_rule_checks": 0}
+HARD_GATE = {"gate_min_rule_checks": 10**9}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    """One corpus cache for the whole module (every recipe uses the same tiny corpus)."""
+    return str(tmp_path_factory.mktemp("corpora"))
+
+
+def lm_phase(**overrides) -> dict:
+    """A tiny encoder phase: sampled-decoding gate on 32 sequences, evaluation every 2 steps."""
+    phase = {
+        "name": "encoder",
+        "task": "lm",
+        "model_type": "llama",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 64,
+        "learning_rate": 3e-3,
+        "warmup_steps": 0,
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "save_strategy": "no",
+        "gate_decoding": "sample",
+        "gate_log_other_decoding": False,
+        "gate_num_sequences": 32,
+    }
+    return {**phase, **overrides}
+
+
+def write_recipe(tmp_path: Path, cache_dir: str, phases: list[dict]) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "disable_tqdm": True,
+        "corpus_preset": "small",
+        "corpus": {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32},
+        "corpus_cache_dir": cache_dir,
+        "phases": phases,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two `model.safetensors` files hold bitwise equal tensors under the same names."""
+    ta, tb = load_file(a), load_file(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.fixture(scope="module")
+def gate_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
+    """An encoder phase whose gate passes at its first evaluation (step 2), saving every step
+    with `save_total_limit=1`. Returns the recipe and the summary."""
+    tmp_path = tmp_path_factory.mktemp("gate")
+    phase = lm_phase(
+        **EASY_GATE, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=1
+    )
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    return recipe, run_recipe(recipe)
+
+
+def test_gate_stops_training_and_checkpoint_survives_rotation(gate_run):
+    recipe, summary = gate_run
+    out = recipe.parent / "run" / "encoder"
+    enc = summary["phases"]["encoder"]
+    assert enc["gate_passed"] and enc["gate_step"] == 2 and enc["global_step"] == 2
+    assert enc["model_path"] == str(out / GATE_CHECKPOINT)
+    # checkpoint-1 was rotated away by save_total_limit=1; the gate checkpoint was not.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    gate_weights = out / GATE_CHECKPOINT / "model.safetensors"
+    assert same_weights(gate_weights, out / "checkpoint-2" / "model.safetensors")
+    AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
+
+    result = read_json(out / "result.json")
+    assert result["gate_passed"] is True and result["gate_step"] == 2
+    assert result["global_step"] == 2
+    assert result["curves"]["train_loss"]["step"] == [1, 2]
+    assert result["curves"]["edge_compliance"]["step"] == [2]
+    assert result["curves"]["rule_compliance"]["step"] == [2]
+    assert "failure_reason" not in result
+    assert read_json(recipe.parent / "run" / "summary.json")["phases"]["encoder"]["gate_passed"]
+
+
+def test_resume_after_gate_pass_keeps_gate_checkpoint(gate_run, tmp_path):
+    recipe, _ = gate_run
+    root = tmp_path / "run"
+    shutil.copytree(recipe.parent / "run", root)
+    gate_before = tmp_path / "gate_before.safetensors"
+    shutil.copy(root / "encoder" / GATE_CHECKPOINT / "model.safetensors", gate_before)
+
+    summary = run_recipe(recipe, [("output_dir", str(root)), ("resume_from_checkpoint", True)])
+
+    enc = summary["phases"]["encoder"]
+    assert enc["gate_passed"] and enc["gate_step"] == 2
+    assert enc["global_step"] == 2  # no training past the pass
+    assert same_weights(gate_before, root / "encoder" / GATE_CHECKPOINT / "model.safetensors")
+
+
+def test_failed_gate_writes_failure_metadata(tmp_path, cache_dir):
+    run_recipe(write_recipe(tmp_path, cache_dir, [lm_phase(**HARD_GATE, max_steps=4)]))
+
+    out = tmp_path / "run" / "encoder"
+    result = read_json(out / "result.json")
+    assert result["gate_passed"] is False
+    assert "too few rule checks" in result["failure_reason"]
+    assert isinstance(result["final_edge_compliance"], float)
+    assert isinstance(result["final_rule_compliance"], float)
+    assert result["curves"]["edge_compliance"]["step"] == [2, 4]
+    assert result["curves"]["rule_compliance"]["step"] == [2, 4]
+    assert result["curves"]["train_loss"]["step"] == [1, 2, 3, 4]
+    assert not (out / GATE_CHECKPOINT).exists()
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["phases"]["encoder"]["gate_passed"] is False
+    assert "too few rule checks" in summary["phases"]["encoder"]["failure_reason"]
+
+
+KILL_AT_STEP_3 = """
+import os, signal, sys
+from lewm_hf.pipeline import run_recipe
+from lewm_hf.trainer.callbacks import RunResultCallback
+
+def on_save(self, args, state, control, **kwargs):
+    # Called right after the Trainer wrote checkpoint-<step> (weights, optimizer, RNG, state).
+    if state.global_step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+RunResultCallback.on_save = on_save
+run_recipe(sys.argv[1])
+"""
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir):
+    phase = lm_phase(**HARD_GATE, max_steps=6, eval_steps=3, save_strategy="steps", save_steps=3)
+    full = write_recipe(tmp_path / "full", cache_dir, [phase])
+    killed = write_recipe(tmp_path / "killed", cache_dir, [phase])
+    script = tmp_path / "kill_at_step_3.py"
+    script.write_text(KILL_AT_STEP_3)
+
+    proc = subprocess.run(
+        [sys.executable, str(script), str(killed)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    killed_out = tmp_path / "killed" / "run" / "encoder"
+    assert (killed_out / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (killed_out / "result.json").exists()
+
+    resumed = run_recipe(killed, [("resume_from_checkpoint", True)])
+    run_recipe(full)
+
+    assert resumed["phases"]["encoder"]["global_step"] == 6
+    full_out = tmp_path / "full" / "run" / "encoder"
+    assert same_weights(full_out / "model.safetensors", killed_out / "model.safetensors")
+    loss_full = read_json(full_out / "result.json")["curves"]
+    loss_resumed = read_json(killed_out / "result.json")["curves"]
+    assert loss_resumed["train_loss"]["step"] == [1, 2, 3, 4, 5, 6]
+    assert loss_resumed["train_loss"] == loss_full["train_loss"]
+    assert loss_resumed["edge_compliance"]["step"] == [3, 6]
+    assert loss_resumed["edge_compliance"] == loss_full["edge_compliance"]
+
+
+def test_two_phase_recipe_cli(tmp_path, cache_dir):
+    world_model = {
+        "name": "world_model",
+        "task": "world_model",
+        "encoder_path": "previous",
+        "encoder_mode": "frozen",
+        "d_state": 16,
+        "d_model": 32,
+        "predictor_layers": 1,
+        "predictor_heads": 2,
+        "projector_hidden": 32,
+        "num_clips": 128,
+        "eval_clips": 32,
+        "history_length": 2,
+        "max_steps": 4,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "sigreg_num_slices": 64,
+        "save_strategy": "no",
+    }
+    encoder = lm_phase(**EASY_GATE, max_steps=10)
+    recipe = write_recipe(tmp_path, cache_dir, [encoder, world_model])
+
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "phase" in proc.stdout and "gate / eval" in proc.stdout
+
+    run = tmp_path / "run"
+    summary = read_json(run / "summary.json")
+    assert summary["phases"]["encoder"]["gate_passed"] is True
+    wm = summary["phases"]["world_model"]
+    assert wm["eval_pred_mse"] > 0 and wm["eval_copy_mse"] > 0
+    assert wm["encoder_path"] == str(run / "encoder" / GATE_CHECKPOINT)
+    assert summary["wall_time_s"] > 0
+    for name in ("encoder", "world_model"):
+        assert (run / name / "result.json").is_file()
+        assert (run / name / "curves.png").is_file()
+
+    wm_dir = run / "world_model"
+    assert read_json(wm_dir / "config.json")["model_type"] == "lewm"
+    model = AutoModel.from_pretrained(wm_dir)
+    assert type(model).__name__ == "LeWMModel"
+    # The frozen encoder is exactly the gate checkpoint's backbone (`model.*` of the causal LM).
+    gate = load_file(run / "encoder" / GATE_CHECKPOINT / "model.safetensors")
+    saved = load_file(wm_dir / "model.safetensors")
+    encoder = {k.removeprefix("encoder."): v for k, v in saved.items() if k.startswith("encoder.")}
+    backbone = {k.removeprefix("model."): v for k, v in gate.items() if k.startswith("model.")}
+    assert encoder.keys() == backbone.keys()
+    for key in encoder:
+        assert torch.equal(encoder[key], backbone[key]), key
+
+
+def test_cli_unknown_key_and_missing_config_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: lm\nlearning_rat: 0.1\n")
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "learning_rat" in proc.stderr and str(bad) in proc.stderr
+
+    # The same entry point in-process (saves a second interpreter start).
+    main = runpy.run_path(str(TRAIN_SCRIPT))["main"]
+    missing = tmp_path / "nope.yaml"
+    assert main(["--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("*.yaml")))
+def test_shipped_recipes_validate(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative output dirs must not land in the repo
+    plans = validate_recipe(config)
+    assert plans and all(plan.task in ("lm", "world_model") for plan in plans)
+    assert not any(tmp_path.iterdir())  # validating creates nothing
+
+
+def test_bad_corpus_field_fails_before_training(tmp_path, cache_dir):
+    recipe = write_recipe(tmp_path, cache_dir, [lm_phase(corpus={"num_blocks": 3})])
+    with pytest.raises(LeWMConfigError, match="num_blocks"):
+        run_recipe(recipe)
+    assert not (tmp_path / "run").exists()
