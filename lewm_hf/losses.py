@@ -1,0 +1,534 @@
+"""Training losses of LeWM: latent prediction, SIGReg, Gaussian KL, and their combination.
+
+Formulas follow DESIGN.md section 6 exactly. Conventions used throughout:
+
+- embeddings are `(batch, time, dim)` for the prediction loss and `(time, batch, dim)` (or
+  `(batch, dim)`) for SIGReg, which regularises each time step over the batch;
+- every loss is computed in float32 at least (bf16 / fp16 inputs are upcast) and returned as a
+  0-dim tensor;
+- bad arguments raise `LeWMInputError` (tensors) or `LeWMConfigError` (settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from lewm_hf.errors import LeWMConfigError, LeWMInputError
+
+PRED_LOSS_KINDS = ("mse", "cos_mse")
+PHASES = ("phase1", "phase2")
+
+# `cos_mse` = COS_MSE_ALPHA * (1 - cos) + COS_MSE_BETA * ||z_hat - z||^2 / D.
+COS_MSE_ALPHA = 1.0
+COS_MSE_BETA = 0.1
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; every other floating dtype is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _no_autocast(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast on `tensor`'s device: the losses must not drop to bf16 / fp16 inside."""
+    device_type = tensor.device.type
+    is_available = getattr(torch.amp, "is_autocast_available", None)
+    if is_available is not None and not is_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _check_floating(name: str, tensor: object) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise LeWMInputError(name, type(tensor).__name__, "expected a torch.Tensor")
+    if not tensor.is_floating_point():
+        raise LeWMInputError(name, tensor.dtype, "expected a floating point tensor")
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction loss
+# ---------------------------------------------------------------------------------------------
+
+
+def prediction_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "mse",
+) -> torch.Tensor:
+    """Latent prediction loss, averaged over the real (unmasked) `(batch, step)` positions.
+
+    - `mse`: `||z_hat - z||^2` (summed over the embedding dimension), averaged over positions.
+    - `cos_mse`: `alpha * (1 - cos(z_hat, z)) + beta * ||z_hat - z||^2 / D` with `alpha = 1`,
+      `beta = 0.1`, averaged over positions.
+
+    Padded positions contribute nothing to the value nor to the gradient, whatever they hold
+    (even `inf` / `nan`): they are replaced by zeros before any arithmetic. A batch without any
+    real position gives a loss of 0.
+
+    Args:
+        pred (`torch.Tensor` of shape `(batch, time, dim)`):
+            Predicted embeddings `z_hat` (any leading shape `(..., dim)` is accepted).
+        target (`torch.Tensor` of the same shape as `pred`):
+            Target embeddings `z` (usually detached by the caller).
+        mask (`torch.Tensor` of shape `(batch, time)`, *optional*):
+            Bool or 0/1 tensor, `True` / 1 for a real step. `None` means every step is real.
+        kind (`str`, *optional*, defaults to `"mse"`):
+            `"mse"` or `"cos_mse"`.
+
+    Returns:
+        `torch.Tensor`: 0-dim loss in float32 (float64 for float64 inputs).
+    """
+    if kind not in PRED_LOSS_KINDS:
+        raise LeWMConfigError("pred_loss", kind, f"must be one of {list(PRED_LOSS_KINDS)}")
+    _check_floating("pred", pred)
+    _check_floating("target", target)
+    if pred.dim() < 2:
+        raise LeWMInputError("pred", tuple(pred.shape), "expected shape (batch, time, dim)")
+    if target.shape != pred.shape:
+        raise LeWMInputError(
+            "target", tuple(target.shape), f"must have the shape of pred {tuple(pred.shape)}"
+        )
+    dtype = _compute_dtype(pred)
+    pred = pred.to(dtype)
+    target = target.to(dtype)
+    dim = pred.shape[-1]
+
+    if mask is None:
+        keep = None
+    else:
+        if not isinstance(mask, torch.Tensor) or mask.shape != pred.shape[:-1]:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise LeWMInputError(
+                "mask", shape, f"must be a tensor of shape {tuple(pred.shape[:-1])}"
+            )
+        keep = mask.to(device=pred.device).bool()
+        # Zero padded positions *before* any arithmetic so their values (even inf / nan) can
+        # neither change the loss nor leak into the gradient.
+        zeros = pred.new_zeros(())
+        pred = torch.where(keep.unsqueeze(-1), pred, zeros)
+        target = torch.where(keep.unsqueeze(-1), target, zeros)
+
+    with _no_autocast(pred):
+        sq_err = (pred - target).pow(2).sum(dim=-1)  # (...,)
+        if kind == "mse":
+            per_position = sq_err
+        else:
+            cos = torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)
+            per_position = COS_MSE_ALPHA * (1.0 - cos) + COS_MSE_BETA * sq_err / dim
+
+        if keep is None:
+            return per_position.mean()
+        per_position = torch.where(keep, per_position, per_position.new_zeros(()))
+        count = keep.sum().clamp_min(1).to(dtype)
+        return per_position.sum() / count
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGReg
+# ---------------------------------------------------------------------------------------------
+
+
+def sigreg_generator(
+    step: int, seed: int = 0, device: str | torch.device = "cpu"
+) -> torch.Generator:
+    """A `torch.Generator` seeded from `(seed, step)`, for drawing SIGReg projections.
+
+    Every rank that builds the generator from the same `(seed, step)` draws the same slices, which
+    distributed SIGReg requires. The 63-bit seed is a BLAKE2b hash of `"{seed}:{step}"`, so nearby
+    steps and seeds give unrelated streams.
+
+    Args:
+        step (`int`): Global optimisation step.
+        seed (`int`, *optional*, defaults to 0): Run seed.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Generator device.
+
+    Returns:
+        `torch.Generator`: The seeded generator.
+    """
+    digest = hashlib.blake2b(f"{int(seed)}:{int(step)}".encode(), digest_size=8).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return generator
+
+
+def sigreg_knots(
+    num_knots: int = 17,
+    t_max: float = 3.0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Knots `t_k` and quadrature weights `w_k` of the SIGReg statistic.
+
+    `t_k = linspace(0, t_max, num_knots)`, `d = t_max / (num_knots - 1)` and
+    `w_k = d * [1, 2, ..., 2, 1]_k * exp(-t_k^2 / 2)`, taken literally from DESIGN.md: the end
+    knots weigh `d` and the inner ones `2 d`, i.e. twice the textbook trapezoid rule
+    (`d / 2` at the ends, `d` inside). This is the convention under which the expectation on a
+    true Gaussian sample, `sum_k w_k (1 - exp(-t_k^2))`, is 1.05 for the defaults; the textbook
+    trapezoid would give 0.53.
+
+    Args:
+        num_knots (`int`, *optional*, defaults to 17): Number of knots.
+        t_max (`float`, *optional*, defaults to 3.0): Last knot.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): Output dtype (the
+            weights are computed in float64 first).
+        device (`str` or `torch.device`, *optional*): Output device.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: `(knots, weights)`, each of shape `(num_knots,)`.
+    """
+    knots = torch.linspace(0.0, t_max, num_knots, dtype=torch.float64)
+    spacing = t_max / (num_knots - 1)
+    trapezoid = torch.full((num_knots,), 2.0 * spacing, dtype=torch.float64)
+    trapezoid[0] = trapezoid[-1] = spacing
+    weights = trapezoid * torch.exp(-(knots**2) / 2)
+    return knots.to(dtype=dtype, device=device), weights.to(dtype=dtype, device=device)
+
+
+def _validate_sigreg_settings(num_slices: int, num_knots: int, t_max: float) -> None:
+    if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+        raise LeWMConfigError("num_slices", num_slices, "must be an integer >= 1")
+    if isinstance(num_knots, bool) or not isinstance(num_knots, int) or num_knots < 2:
+        raise LeWMConfigError("num_knots", num_knots, "must be an integer >= 2")
+    if not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or t_max <= 0:
+        raise LeWMConfigError("t_max", t_max, "must be a finite number > 0")
+
+
+def _distributed_group(process_group: dist.ProcessGroup | None) -> tuple[bool, object]:
+    """Whether SIGReg must reduce across ranks, and the group to reduce over."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if process_group is not None:
+            raise LeWMInputError(
+                "process_group", process_group, "given but torch.distributed is not initialised"
+            )
+        return False, None
+    if process_group is not None:
+        return True, process_group
+    return dist.get_world_size() > 1, None
+
+
+def _prepare_sigreg_inputs(
+    z: torch.Tensor,
+    projections: torch.Tensor | None,
+    num_slices: int,
+    generator: torch.Generator | None,
+    distributed: bool,
+    group: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate `z`, bring it to `(T, B, D)` in the compute dtype, and get the slices `A`."""
+    _check_floating("z", z)
+    if z.dim() not in (2, 3):
+        raise LeWMInputError(
+            "z", tuple(z.shape), "expected shape (batch, dim) or (time, batch, dim)"
+        )
+    if z.dim() == 2:
+        z = z.unsqueeze(0)
+    if z.shape[2] < 1:
+        raise LeWMInputError("z", tuple(z.shape), "dim must be >= 1")
+    if z.shape[1] < 1 and not distributed:
+        # Distributed, an empty local batch is fine: the other ranks' rows define the value.
+        raise LeWMInputError("z", tuple(z.shape), "batch must be >= 1")
+    dtype = _compute_dtype(z)
+    z = z.to(dtype)
+    dim = z.shape[-1]
+
+    if projections is not None:
+        _check_floating("projections", projections)
+        if projections.dim() != 2 or projections.shape[0] != dim:
+            raise LeWMInputError(
+                "projections", tuple(projections.shape), f"expected shape ({dim}, num_slices)"
+            )
+        return z, projections.to(device=z.device, dtype=dtype)
+
+    draw_device = generator.device if generator is not None else z.device
+    slices = torch.randn(
+        dim, num_slices, generator=generator, device=draw_device, dtype=torch.float32
+    )
+    slices = slices / slices.norm(dim=0, keepdim=True)
+    slices = slices.to(device=z.device, dtype=dtype)
+    if distributed and generator is None:
+        # Without a shared generator each rank drew its own slices: use rank 0's everywhere.
+        src = 0 if group is None else dist.get_global_rank(group, 0)
+        dist.broadcast(slices, src=src, group=group)
+    return z, slices
+
+
+def _all_reduce_sums(
+    cos_sum: torch.Tensor, sin_sum: torch.Tensor, batch: int, group: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Autograd-aware sum over ranks of the per-rank cos / sin sums and of the batch size.
+
+    The backward of `torch.distributed.nn.functional.all_reduce` all-reduces the incoming
+    gradients, so each rank's gradient is `world_size` times its share of the gradient of the
+    global statistic; DDP's gradient averaging then yields exactly the single-process gradient.
+    """
+    import torch.distributed.nn  # makes torch.distributed.nn.functional available
+
+    # One collective for everything: [cos sums, sin sums, batch size].
+    count = cos_sum.new_full((1,), float(batch))
+    packed = torch.cat([cos_sum.reshape(-1), sin_sum.reshape(-1), count])
+    kwargs = {} if group is None else {"group": group}
+    with warnings.catch_warnings():
+        # Recent torch deprecates it for `_functional_collectives.all_reduce`, whose autograd
+        # support is recent too; this API gives the same gradients on every torch >= 2.4.
+        warnings.filterwarnings(
+            "ignore", message=r".*all_reduce is deprecated", category=FutureWarning
+        )
+        packed = torch.distributed.nn.functional.all_reduce(packed, **kwargs)
+    size = cos_sum.numel()
+    cos_sum = packed[:size].view_as(cos_sum)
+    sin_sum = packed[size : 2 * size].view_as(sin_sum)
+    count = packed[2 * size].detach()  # a constant of the statistic
+    return cos_sum, sin_sum, count
+
+
+def _statistic_from_sums(
+    cos_sum: torch.Tensor,
+    sin_sum: torch.Tensor,
+    count: torch.Tensor | int,
+    knots: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """SIGReg from the batch sums of `cos(t_k h)` and `sin(t_k h)`, each of shape `(T, M, K)`.
+
+    `B sum_k w_k ((C_k / B - phi_k)^2 + (S_k / B)^2)` is evaluated as
+    `sum_k w_k ((C_k - B phi_k)^2 + S_k^2) / B`, the same value in fewer passes.
+    """
+    target = torch.exp(-(knots**2) / 2)  # characteristic function of N(0, 1) at t_k
+    # A global count of 0 (every rank empty) gives 0 instead of 0 / 0.
+    safe_count = count.clamp_min(1) if isinstance(count, torch.Tensor) else max(count, 1)
+    err = (cos_sum - target * count).square()
+    err = err.addcmul_(sin_sum, sin_sum)  # B^2 err_k, (T, M, K)
+    statistic = err @ weights  # (T, M), times B
+    return statistic.mean() / safe_count
+
+
+class _CharacteristicSums(torch.autograd.Function):
+    """Batch sums of `cos(t_k h)` and `sin(t_k h)` with an analytic backward.
+
+    Forward evaluates each cos / sin once into one buffer of shape `(2, T, M, B, K)` and keeps it
+    for the backward, where `d/dh cos(t h) = -t sin(t h)` and `d/dh sin(t h) = t cos(t h)` turn
+    the gradient into two batched matrix-vector products. Plain autograd instead keeps the
+    angles and evaluates sin and cos a second time in the backward, through a larger graph. The
+    price is memory: the buffer holds `2 T M B K` values (plain autograd keeps `T M B K`).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num_steps, batch, num_slices = h.shape
+        num_knots = knots.numel()
+        # Index 0 holds cos, index 1 sin; each half is contiguous so cos / sin vectorise.
+        buffer = h.new_empty(2, num_steps, num_slices, batch, num_knots)
+        torch.mul(h.transpose(1, 2).unsqueeze(-1), knots, out=buffer[1])  # angles t_k h
+        torch.cos(buffer[1], out=buffer[0])
+        buffer[1].sin_()
+        sums = buffer.sum(dim=3)  # (2, T, M, K)
+        ctx.save_for_backward(buffer, knots)
+        return sums[0], sums[1]
+
+    @staticmethod
+    def backward(ctx, grad_cos: torch.Tensor, grad_sin: torch.Tensor):
+        buffer, knots = ctx.saved_tensors
+        _, num_steps, num_slices, batch, num_knots = buffer.shape
+        rows = num_steps * num_slices
+        # grad_h[t, b, m] = sum_k t_k (grad_sin cos(t_k h) - grad_cos sin(t_k h))[t, m, b, k]
+        grad = torch.bmm(
+            buffer[0].view(rows, batch, num_knots), (knots * grad_sin).reshape(rows, num_knots, 1)
+        )
+        grad.baddbmm_(
+            buffer[1].view(rows, batch, num_knots), (-knots * grad_cos).reshape(rows, num_knots, 1)
+        )
+        return grad.view(num_steps, num_slices, batch).transpose(1, 2), None
+
+
+def sigreg(
+    z: torch.Tensor,
+    projections: torch.Tensor | None = None,
+    num_slices: int = 1024,
+    num_knots: int = 17,
+    t_max: float = 3.0,
+    generator: torch.Generator | None = None,
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """SIGReg (LeWM / LeJEPA): sketched Epps-Pulley test of isotropic Gaussianity per time step.
+
+    With `h = z A` (slices `A` of shape `(D, M)`, unit-norm columns), knots
+    `t_k = linspace(0, t_max, num_knots)`, weights `w_k` from `sigreg_knots`,
+    `c = mean_b cos(t_k h)` and `s = mean_b sin(t_k h)`:
+    `err_k = (c - exp(-t_k^2 / 2))^2 + s^2`, `statistic = B * sum_k w_k err_k`, and SIGReg is
+    the mean of the statistic over `(T, M)`. Its expectation on a true Gaussian sample is
+    `sum_k w_k (1 - exp(-t_k^2))` (1.05 for the defaults) whatever `B`; a collapsed batch grows
+    like `B`.
+
+    The value equals `sigreg_reference` (plain autograd) but the cos / sin evaluations are shared
+    between forward and backward through a custom autograd function. The knot `t_0 = 0` is
+    skipped: `cos 0 = 1` and `sin 0 = 0` make its error exactly zero.
+
+    Distributed: when `torch.distributed` is initialised with more than one rank (or
+    `process_group` is given), the per-rank batch sums of cos and sin and the batch sizes are
+    all-reduced (never the embeddings), so the value equals the single-process value on the
+    concatenated batch. The all-reduce backward sums gradients over ranks: a rank's gradient
+    with respect to its own embeddings is `world_size` times the single-process one, which DDP's
+    gradient averaging turns into exactly the single-process parameter gradient. All ranks must
+    use the same slices: pass a `generator` seeded identically on every rank (see
+    `sigreg_generator`); without one, rank 0's slices are broadcast. A rank may hold an empty
+    batch (every rank must still make the call); if all are empty the value is 0.
+
+    Args:
+        z (`torch.Tensor` of shape `(batch, dim)` or `(time, batch, dim)`):
+            Embeddings; bf16 / fp16 are upcast to float32, float64 is kept. The batch may be
+            empty only in distributed mode.
+        projections (`torch.Tensor` of shape `(dim, num_slices)`, *optional*):
+            Slices `A`, used as given. Drawn (N(0, 1) entries, columns normalised) when `None`.
+        num_slices (`int`, *optional*, defaults to 1024):
+            Number of slices `M` drawn when `projections` is `None`.
+        num_knots (`int`, *optional*, defaults to 17):
+            Number of knots.
+        t_max (`float`, *optional*, defaults to 3.0):
+            Last knot.
+        generator (`torch.Generator`, *optional*):
+            Generator used to draw the slices; the global RNG when `None`.
+        process_group (`torch.distributed.ProcessGroup`, *optional*):
+            Group to reduce over; defaults to the whole world when it has more than one rank.
+
+    Returns:
+        `torch.Tensor`: 0-dim SIGReg value in float32 (float64 for float64 `z`).
+    """
+    _validate_sigreg_settings(num_slices, num_knots, t_max)
+    distributed, group = _distributed_group(process_group)
+    z, slices = _prepare_sigreg_inputs(z, projections, num_slices, generator, distributed, group)
+    knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
+    knots, weights = knots[1:], weights[1:]  # t_0 = 0 contributes exactly zero, see above
+
+    with _no_autocast(z):
+        h = z @ slices  # (T, B, M)
+        cos_sum, sin_sum = _CharacteristicSums.apply(h, knots)  # (T, M, K - 1) each
+        count: torch.Tensor | int = h.shape[1]
+        if distributed:
+            cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
+        return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
+
+
+def sigreg_reference(
+    z: torch.Tensor,
+    projections: torch.Tensor | None = None,
+    num_slices: int = 1024,
+    num_knots: int = 17,
+    t_max: float = 3.0,
+    generator: torch.Generator | None = None,
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Plain-autograd SIGReg over every knot; same arguments and value as `sigreg`.
+
+    Kept as the readable reference for tests and benchmarks; `sigreg` is the one to train with.
+
+    Returns:
+        `torch.Tensor`: 0-dim SIGReg value in float32 (float64 for float64 `z`).
+    """
+    _validate_sigreg_settings(num_slices, num_knots, t_max)
+    distributed, group = _distributed_group(process_group)
+    z, slices = _prepare_sigreg_inputs(z, projections, num_slices, generator, distributed, group)
+    knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
+
+    with _no_autocast(z):
+        h = z @ slices  # (T, B, M)
+        angles = h.unsqueeze(-1) * knots  # (T, B, M, K)
+        cos_sum = torch.cos(angles).sum(dim=1)  # (T, M, K)
+        sin_sum = torch.sin(angles).sum(dim=1)
+        count: torch.Tensor | int = h.shape[1]
+        if distributed:
+            cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
+        return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian KL, phases, collapse monitoring
+# ---------------------------------------------------------------------------------------------
+
+
+def gaussian_kl(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """KL divergence from the batch's Gaussian fit to N(0, I) (GenoLeWM regulariser).
+
+    With `mu` the batch mean and `Sigma` the population covariance (divided by `N`) of the rows:
+    `0.5 (||mu||^2 + tr Sigma - logdet(Sigma + eps I) - D)`, computed in float64.
+
+    Args:
+        z (`torch.Tensor` of shape `(N, D)`):
+            Embeddings; any leading shape `(..., D)` is flattened to rows.
+        eps (`float`, *optional*, defaults to 1e-6):
+            Ridge added to `Sigma` before the log-determinant.
+
+    Returns:
+        `torch.Tensor`: 0-dim float32 value, differentiable with respect to `z`.
+    """
+    _check_floating("z", z)
+    if z.dim() < 2 or z.shape[-1] < 1:
+        raise LeWMInputError("z", tuple(z.shape), "expected shape (N, D) or (..., D)")
+    rows = z.reshape(-1, z.shape[-1]).to(torch.float64)
+    if rows.shape[0] < 1:
+        raise LeWMInputError("z", tuple(z.shape), "needs at least one row")
+    num_rows, dim = rows.shape
+    with _no_autocast(rows):
+        mu = rows.mean(dim=0)
+        centred = rows - mu
+        sigma = centred.T @ centred / num_rows  # population covariance
+        ridge = eps * torch.eye(dim, dtype=torch.float64, device=rows.device)
+        logdet = torch.linalg.slogdet(sigma + ridge).logabsdet
+        kl = 0.5 * (mu.pow(2).sum() + torch.diagonal(sigma).sum() - logdet - dim)
+    return kl.to(torch.float32)
+
+
+def combine_losses(
+    pred_loss: torch.Tensor, reg_loss: torch.Tensor, weight: float, phase: str
+) -> torch.Tensor:
+    """Total training loss for a phase.
+
+    Args:
+        pred_loss (`torch.Tensor`): Prediction loss.
+        reg_loss (`torch.Tensor`): Regulariser (SIGReg or Gaussian KL).
+        weight (`float`): Regulariser weight `lambda`.
+        phase (`str`): `"phase1"` (loss = pred; the regulariser is only logged) or `"phase2"`
+            (loss = pred + weight * reg).
+
+    Returns:
+        `torch.Tensor`: The loss to back-propagate.
+    """
+    if phase == "phase1":
+        return pred_loss
+    if phase == "phase2":
+        return pred_loss + weight * reg_loss
+    raise LeWMConfigError("phase", phase, f"must be one of {list(PHASES)}")
+
+
+@torch.no_grad()
+def effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy & Vetterli): `exp` of the entropy of the normalised singular values.
+
+    The rows are centred first. Ranges from 1 (one direction) to `min(N, D)`; a batch whose rows
+    are all equal (nothing left after centring) gives 0.
+
+    Args:
+        z (`torch.Tensor` of shape `(N, D)`): Embeddings; `(..., D)` is flattened to rows.
+
+    Returns:
+        `torch.Tensor`: 0-dim float32 value, without gradient.
+    """
+    _check_floating("z", z)
+    if z.dim() < 2 or z.shape[-1] < 1:
+        raise LeWMInputError("z", tuple(z.shape), "expected shape (N, D) or (..., D)")
+    rows = z.reshape(-1, z.shape[-1]).to(torch.float64)
+    if rows.shape[0] < 1:
+        raise LeWMInputError("z", tuple(z.shape), "needs at least one row")
+    with _no_autocast(rows):
+        singular = torch.linalg.svdvals(rows - rows.mean(dim=0))
+    total = singular.sum()
+    probs = singular / total.clamp_min(torch.finfo(torch.float64).tiny)
+    entropy = -torch.where(probs > 0, probs * probs.log(), probs.new_zeros(())).sum()
+    rank = torch.where(total > 0, entropy.exp(), total.new_zeros(()))
+    return rank.to(torch.float32)
