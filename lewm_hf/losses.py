@@ -18,6 +18,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
 
@@ -309,42 +310,97 @@ def _statistic_from_sums(
     return statistic.mean() / safe_count
 
 
-class _CharacteristicSums(torch.autograd.Function):
-    """Batch sums of `cos(t_k h)` and `sin(t_k h)` with an analytic backward.
+def _cos_sin_buffer(h: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """`cos(t_k h)` and `sin(t_k h)` for `h` `(T, B, M)`, as one `(2, T, M, B, K)` buffer.
 
-    Forward evaluates each cos / sin once into one buffer of shape `(2, T, M, B, K)` and keeps it
-    for the backward, where `d/dh cos(t h) = -t sin(t h)` and `d/dh sin(t h) = t cos(t h)` turn
-    the gradient into two batched matrix-vector products. Plain autograd instead keeps the
-    angles and evaluates sin and cos a second time in the backward, through a larger graph. The
-    price is memory: the buffer holds `2 T M B K` values (plain autograd keeps `T M B K`).
+    Index 0 holds cos, index 1 sin; each half is contiguous so that cos / sin vectorise, and the
+    `(B, K)` blocks make the backward a batched matrix-vector product.
+    """
+    num_steps, batch, num_slices = h.shape
+    buffer = h.new_empty(2, num_steps, num_slices, batch, knots.numel())
+    torch.mul(h.transpose(1, 2).unsqueeze(-1), knots, out=buffer[1])  # angles t_k h
+    torch.cos(buffer[1], out=buffer[0])
+    buffer[1].sin_()
+    return buffer
+
+
+def _batch_sums(buffer: torch.Tensor) -> torch.Tensor:
+    """Sums over the batch of a `(2, T, M, B, K)` buffer, `(2, T, M, K)`, as one batched matmul.
+
+    A ones-vector product does it in a single pass; `sum(dim=3)` also fills its output first.
+    """
+    two, num_steps, num_slices, batch, num_knots = buffer.shape
+    rows = two * num_steps * num_slices
+    ones = buffer.new_ones(1, 1, batch).expand(rows, 1, batch)
+    sums = torch.bmm(ones, buffer.view(rows, batch, num_knots))  # (rows, 1, K)
+    return sums.view(two, num_steps, num_slices, num_knots)
+
+
+def _grad_from_buffer(
+    buffer: torch.Tensor, coef_cos: torch.Tensor, coef_sin: torch.Tensor
+) -> torch.Tensor:
+    """`grad_h[t, b, m] = sum_k cos(t_k h) coef_cos[t, m, k] + sin(t_k h) coef_sin[t, m, k]`."""
+    _, num_steps, num_slices, batch, num_knots = buffer.shape
+    rows = num_steps * num_slices
+    grad = torch.bmm(buffer[0].view(rows, batch, num_knots), coef_cos.reshape(rows, num_knots, 1))
+    grad.baddbmm_(buffer[1].view(rows, batch, num_knots), coef_sin.reshape(rows, num_knots, 1))
+    return grad.view(num_steps, num_slices, batch).transpose(1, 2)
+
+
+class _CharacteristicSums(torch.autograd.Function):
+    """Batch sums of `cos(t_k h)` and `sin(t_k h)`, `(T, M, K)` each, with an analytic backward.
+
+    Used in distributed mode, where the sums are all-reduced before the statistic is formed.
+    Each cos / sin is evaluated once and kept for the backward, where
+    `d/dh cos(t h) = -t sin(t h)` and `d/dh sin(t h) = t cos(t h)`.
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num_steps, batch, num_slices = h.shape
-        num_knots = knots.numel()
-        # Index 0 holds cos, index 1 sin; each half is contiguous so cos / sin vectorise.
-        buffer = h.new_empty(2, num_steps, num_slices, batch, num_knots)
-        torch.mul(h.transpose(1, 2).unsqueeze(-1), knots, out=buffer[1])  # angles t_k h
-        torch.cos(buffer[1], out=buffer[0])
-        buffer[1].sin_()
-        sums = buffer.sum(dim=3)  # (2, T, M, K)
+        buffer = _cos_sin_buffer(h, knots)
+        sums = _batch_sums(buffer)  # (2, T, M, K)
         ctx.save_for_backward(buffer, knots)
         return sums[0], sums[1]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_cos: torch.Tensor, grad_sin: torch.Tensor):
         buffer, knots = ctx.saved_tensors
-        _, num_steps, num_slices, batch, num_knots = buffer.shape
-        rows = num_steps * num_slices
-        # grad_h[t, b, m] = sum_k t_k (grad_sin cos(t_k h) - grad_cos sin(t_k h))[t, m, b, k]
-        grad = torch.bmm(
-            buffer[0].view(rows, batch, num_knots), (knots * grad_sin).reshape(rows, num_knots, 1)
-        )
-        grad.baddbmm_(
-            buffer[1].view(rows, batch, num_knots), (-knots * grad_cos).reshape(rows, num_knots, 1)
-        )
-        return grad.view(num_steps, num_slices, batch).transpose(1, 2), None
+        return _grad_from_buffer(buffer, knots * grad_sin, -knots * grad_cos), None
+
+
+class _SIGRegStatistic(torch.autograd.Function):
+    """Single-process SIGReg from `h = z A` in one autograd node, with an analytic backward.
+
+    With `dc = C - B phi` and `S` the batch sums of cos / sin, the value is
+    `sum_{t, m, k} w_k (dc^2 + S^2) / (B T M)`. Its gradient with respect to `C` and `S` is
+    `2 w_k (dc, S) / (B T M)`, chained through the kept cos / sin values. Every elementwise pass
+    costs time (and, on a few CPU cores, a thread wake-up), so forward and backward use as few
+    as possible; plain autograd evaluates sin and cos again in the backward through a graph of
+    about three times as many nodes. The price is memory: `2 T M B K` kept values where plain
+    autograd keeps `T M B K` angles.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, knots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        num_steps, batch, num_slices = h.shape
+        buffer = _cos_sin_buffer(h, knots)
+        sums = _batch_sums(buffer)  # (2, T, M, K): [C, S]
+        sums[0] -= batch * torch.exp(-(knots**2) / 2)  # [C - B phi, S]
+        scale = 1.0 / (batch * num_steps * num_slices)
+        ctx.save_for_backward(buffer, sums, knots, weights)
+        ctx.scale = scale
+        return (sums.square() @ weights).sum() * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_value: torch.Tensor):
+        buffer, sums, knots, weights = ctx.saved_tensors
+        factor = (2.0 * ctx.scale) * grad_value * knots * weights  # (K,)
+        # d value / dC = 2 w dc scale and d value / dS = 2 w S scale, then chain through
+        # dC / dh = -t sin(t h) and dS / dh = t cos(t h): cos pairs with S, sin with -dc.
+        coef = sums * torch.stack([-factor, factor]).view(2, 1, 1, -1)  # [-dc f, S f]
+        return _grad_from_buffer(buffer, coef[1], coef[0]), None, None
 
 
 def sigreg(
@@ -408,10 +464,10 @@ def sigreg(
 
     with _no_autocast(z):
         h = z @ slices  # (T, B, M)
+        if not distributed:
+            return _SIGRegStatistic.apply(h, knots, weights)
         cos_sum, sin_sum = _CharacteristicSums.apply(h, knots)  # (T, M, K - 1) each
-        count: torch.Tensor | int = h.shape[1]
-        if distributed:
-            cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
+        cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
         return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
 
 
