@@ -452,11 +452,13 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
         args_cls: type = WalkLMTrainingArguments
     else:
         targets = {
-            # data first: `history_length` is both a clip and a model field; the model takes
-            # it from the clips.
+            # A key goes to the first target that has it. `history_length` is both a clip and
+            # a model field: the model takes it from the clips. The loss keys (`regularizer`,
+            # `reg_weight`, `pred_loss`, `sigreg_num_slices`) are both training arguments and
+            # model config fields: `LeWMTrainer` copies the training arguments into the config.
             "data": data_fields,
-            "model": {**field_types(WorldModelArguments), **lewm_config_fields()},
             "training": field_types(LeWMTrainingArguments),
+            "model": {**field_types(WorldModelArguments), **lewm_config_fields()},
         }
         args_cls = LeWMTrainingArguments
     parts = split_phase_keys(recipe, index, targets, ignore)
