@@ -380,7 +380,7 @@ def run_world_model_phase(
     trainer.add_callback(result_cb)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model()
-    metrics = trainer.evaluate()
+    metrics = _final_eval_metrics(trainer)
     result = result_cb.build(trainer.state)
     final = {
         "eval_pred_mse": metrics.get("eval_pred_mse"),
@@ -405,6 +405,19 @@ def run_world_model_phase(
         "global_step": trainer.state.global_step,
         "wall_time_s": time.time() - start,
     }
+
+
+def _final_eval_metrics(trainer: Trainer) -> dict[str, Any]:
+    """Evaluation metrics of the final model: the last logged evaluation when it ran at the final
+    step on the final weights (no best-model reload), else a fresh `evaluate()`."""
+    evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+    if (
+        evals
+        and evals[-1]["step"] == trainer.state.global_step
+        and not trainer.args.load_best_model_at_end
+    ):
+        return evals[-1]
+    return trainer.evaluate()
 
 
 def _phase_name(phase: dict[str, Any], index: int) -> str:
