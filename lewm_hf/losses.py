@@ -560,31 +560,3 @@ def combine_losses(
     if phase == "phase2":
         return pred_loss + weight * reg_loss
     raise LeWMConfigError("phase", phase, f"must be one of {list(PHASES)}")
-
-
-@torch.no_grad()
-def effective_rank(z: torch.Tensor) -> torch.Tensor:
-    """Effective rank (Roy & Vetterli): `exp` of the entropy of the normalised singular values.
-
-    The rows are centred first. Ranges from 1 (one direction) to `min(N, D)`; a batch whose rows
-    are all equal (nothing left after centring) gives 0.
-
-    Args:
-        z (`torch.Tensor` of shape `(N, D)`): Embeddings; `(..., D)` is flattened to rows.
-
-    Returns:
-        `torch.Tensor`: 0-dim float32 value, without gradient.
-    """
-    _check_floating("z", z)
-    if z.dim() < 2 or z.shape[-1] < 1:
-        raise LeWMInputError("z", tuple(z.shape), "expected shape (N, D) or (..., D)")
-    rows = z.reshape(-1, z.shape[-1]).to(torch.float64)
-    if rows.shape[0] < 1:
-        raise LeWMInputError("z", tuple(z.shape), "needs at least one row")
-    with _no_autocast(rows):
-        singular = torch.linalg.svdvals(rows - rows.mean(dim=0))
-    total = singular.sum()
-    probs = singular / total.clamp_min(torch.finfo(torch.float64).tiny)
-    entropy = -torch.where(probs > 0, probs * probs.log(), probs.new_zeros(())).sum()
-    rank = torch.where(total > 0, entropy.exp(), total.new_zeros(()))
-    return rank.to(torch.float32)

@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
+from lewm_hf.evaluation.latents import effective_rank
 from lewm_hf.losses import (
     combine_losses,
-    effective_rank,
     gaussian_kl,
     prediction_loss,
     sigreg,

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ProgressCallback
 
 from ..errors import LeWMConfigError
 from ..evaluation.compliance import ComplianceGate, evaluate_compliance
-from ..losses import effective_rank, gaussian_kl
+from ..evaluation.latents import collapse_statistics
 from .schedules import wsd_lr_multiplier
 
 GATE_CHECKPOINT = "gate_checkpoint"
@@ -361,35 +360,6 @@ class WSDSchedulerCallback(TrainerCallback):
         return {} if self.multiplier is None else {"lr_multiplier": self.multiplier}
 
 
-def collapse_statistics(
-    predictions: torch.Tensor, targets: torch.Tensor, reg_loss: float | None = None
-) -> dict[str, float]:
-    """Collapse statistics of a batch of predicted and target latents.
-
-    Args:
-        predictions (`torch.Tensor`): `(..., D)` predicted latents.
-        targets (`torch.Tensor`): `(..., D)` target latents.
-        reg_loss (`float`, *optional*): The regulariser's value, logged alongside.
-
-    Returns:
-        `dict[str, float]`: `pred_var_per_dim`, `target_var_per_dim`, `mean_pairwise_distance`
-        (of targets), `effective_rank` (of targets), `gaussian_kl` (of targets), `reg_value`.
-    """
-    p = predictions.detach().float().reshape(-1, predictions.shape[-1])
-    t = targets.detach().float().reshape(-1, targets.shape[-1])
-    n = min(t.shape[0], 512)
-    out = {
-        "pred_var_per_dim": p.var(dim=0, unbiased=False).mean().item(),
-        "target_var_per_dim": t.var(dim=0, unbiased=False).mean().item(),
-        "mean_pairwise_distance": torch.pdist(t[:n]).mean().item() if n > 1 else 0.0,
-        "effective_rank": float(effective_rank(t)),
-        "gaussian_kl": float(gaussian_kl(t)),
-    }
-    if reg_loss is not None:
-        out["reg_value"] = float(reg_loss)
-    return out
-
-
 class CollapseMonitorCallback(TrainerCallback):
     """Watch the latents for collapse every `every_steps` steps.
 
@@ -483,7 +453,6 @@ __all__ = [
     "SummaryProgressCallback",
     "WSDSchedulerCallback",
     "atomic_write_text",
-    "collapse_statistics",
     "console",
     "curve",
     "plot_curves",
