@@ -15,7 +15,7 @@ from .data.walks import (
 from .errors import LeWMCollapseError, LeWMConfigError, LeWMError, LeWMGraphError, LeWMInputError
 from .modeling_lewm import LeWMModel, LeWMOutput
 from .trainer.lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
-from .trainer.lewm_trainer import LeWMTrainer
+from .trainer.lewm_trainer import LeWMTrainer, WalkLMTrainer
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "LeWMTrainingArguments",
     "MoveTrajectoryConfig",
     "WalkCorpusConfig",
+    "WalkLMTrainer",
     "WalkLMTrainingArguments",
     "build_move_trajectories",
     "build_walk_corpus",

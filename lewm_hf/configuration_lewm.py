@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal  # noqa: F401  (Literal: see below)
+from typing import Any, ClassVar
 
-import torch  # noqa: F401
 from transformers import AutoConfig, PreTrainedConfig
 
 from .errors import LeWMConfigError
-
-# `torch` and `Literal` above are the names the inherited `PreTrainedConfig` field annotations
-# use (`dtype: str | torch.dtype | None`, `problem_type: Literal[...]`). The dataclass `__init__`
-# generated for `LeWMConfig` resolves annotations in this module, so they must exist here for
-# `typing.get_type_hints(LeWMConfig.__init__)` to work (the recipe parser relies on it).
-
-POOLING_CHOICES = ("last", "mean", "centered")
-ENCODER_MODE_CHOICES = ("train", "frozen")
-PRED_LOSS_CHOICES = ("mse", "cos_mse")
-REGULARIZER_CHOICES = ("sigreg", "kl", "none")
-PHASE_CHOICES = ("phase1", "phase2")
+from .fields import EncoderMode, LossPhase, Pooling, PredLoss, Regularizer, option, validate_fields
 
 DEFAULT_VOCAB_SIZE = 512
+# Default regulariser weight per latent dimension (see `LeWMConfig.reg_weight`).
+REG_WEIGHT_PER_DIM = 5.0 / 64
 
 
 def default_encoder_config(vocab_size: int = DEFAULT_VOCAB_SIZE) -> dict[str, Any]:
@@ -97,9 +88,10 @@ class LeWMConfig(PreTrainedConfig):
             `"mse"` or `"cos_mse"`.
         regularizer (`str`, *optional*, defaults to `"sigreg"`):
             `"sigreg"`, `"kl"` or `"none"`.
-        reg_weight (`float`, *optional*, defaults to 0.09):
-            Weight of the regulariser in phase 2.
-        phase (`str`, *optional*, defaults to `"phase2"`):
+        reg_weight (`float`, *optional*):
+            Weight of the regulariser in phase 2. Defaults to `REG_WEIGHT_PER_DIM * d_state` (5/64 per
+            dimension: 5.0 at `d_state=64`), because the prediction loss is summed over dimensions.
+        loss_phase (`str`, *optional*, defaults to `"phase2"`):
             `"phase1"` (loss = prediction loss, regulariser only logged) or `"phase2"`.
         sigreg_num_slices (`int`, *optional*, defaults to 1024):
             Number of random projections of SIGReg.
@@ -120,58 +112,64 @@ class LeWMConfig(PreTrainedConfig):
     model_type: ClassVar[str] = "lewm"
 
     # Parameters that control the state encoder
-    encoder_config: dict | None = None
-    vocab_size: int | None = None
-    pooling: str = "last"
-    pool_radius: int = 4
-    encoder_mode: str = "train"
-    d_state: int = 128
-    projector_hidden: int = 256
+    encoder_config: dict | PreTrainedConfig | None = option(
+        None, help="HF config dict of the state encoder."
+    )
+    vocab_size: int | None = option(None, help="Vocabulary of the default backbone.", low=1)
+    pooling: Pooling = option("last", help="Token pooling: last, mean or centered.")
+    pool_radius: int = option(4, help="Half-width of centered pooling.", low=0)
+    encoder_mode: EncoderMode = option("train", help="train (end to end) or frozen.")
+    d_state: int = option(128, help="Latent dimension.", low=1)
+    projector_hidden: int = option(256, help="Projector hidden width.", low=1)
 
     # Parameters that control the predictor
-    d_model: int = 128
-    predictor_layers: int = 2
-    predictor_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    history_length: int = 3
+    d_model: int = option(128, help="Predictor width.", low=1)
+    predictor_layers: int = option(2, help="AdaLN-zero blocks.", low=1)
+    predictor_heads: int = option(4, help="Attention heads per block.", low=1)
+    mlp_ratio: float = option(4.0, help="Block MLP width / d_model.", low=0, low_open=True)
+    dropout: float = option(0.1, help="Predictor dropout.", low=0, high=1, high_open=True)
+    history_length: int = option(3, help="Steps the predictor sees (H).", low=1)
 
     # Parameters that control the action encoder
-    num_action_ops: int = 1
-    action_vocab_size: int = 64
-    max_action_position: int = 1024
-    action_hidden: int = 128
+    num_action_ops: int = option(1, help="Action operations (1 for moves, 3 for edits).", low=1)
+    action_vocab_size: int = option(64, help="Action-token embedding size.", low=1)
+    max_action_position: int = option(1024, help="Action positions lie below this.", low=1)
+    action_hidden: int = option(128, help="Action embedding width (even).", low=2)
 
     # Parameters that control the loss
-    pred_loss: str = "mse"
-    regularizer: str = "sigreg"
-    reg_weight: float = 0.09
-    phase: str = "phase2"
-    sigreg_num_slices: int = 1024
-    sigreg_seed: int = 0
+    pred_loss: PredLoss = option("mse", help="Prediction loss: mse or cos_mse.")
+    regularizer: Regularizer = option("sigreg", help="Anti-collapse term: sigreg, kl or none.")
+    # The prediction loss sums the squared error over the d_state dimensions (DESIGN.md section
+    # 6), so a regulariser weight that suits one latent size does not suit another: LeWM's 0.09
+    # goes with a loss averaged per dimension and let the library's default world model (d = 64,
+    # loss summed over d) collapse. The default therefore scales with d_state,
+    # `REG_WEIGHT_PER_DIM * d_state` (5.0 at d = 64, where 5.0 was measured to keep the latents
+    # near isotropic and the world model 60x below the copy baseline).
+    reg_weight: float | None = option(
+        None, help="Regulariser weight; null: REG_WEIGHT_PER_DIM * d_state.", low=0
+    )
+    loss_phase: LossPhase = option("phase2", help="phase1: prediction only; phase2: + reg.")
+    sigreg_num_slices: int = option(1024, help="SIGReg random projections.", low=1)
+    sigreg_seed: int = option(0, help="Seed of the SIGReg projections.", low=0)
 
-    initializer_range: float = 0.02
+    initializer_range: float = option(0.02, help="Std of the normal init.", low=0, low_open=True)
 
     def __post_init__(self, **kwargs):
+        validate_fields(self)
         self._validate_encoder_config()
-        self._validate_fields()
+        self._validate_architecture()
+        if self.reg_weight is None:
+            self.reg_weight = REG_WEIGHT_PER_DIM * self.d_state
         super().__post_init__(**kwargs)
 
     def _validate_encoder_config(self) -> None:
         if self.encoder_config is None:
             vocab = DEFAULT_VOCAB_SIZE if self.vocab_size is None else self.vocab_size
-            _check_int("vocab_size", vocab, minimum=1)
             self.encoder_config = default_encoder_config(vocab)
         elif isinstance(self.encoder_config, PreTrainedConfig):
             self.encoder_config = self.encoder_config.to_dict()
-        elif isinstance(self.encoder_config, dict):
-            self.encoder_config = copy.deepcopy(self.encoder_config)
         else:
-            raise LeWMConfigError(
-                "encoder_config",
-                type(self.encoder_config).__name__,
-                "must be a dict (an HF config dict) or a PreTrainedConfig",
-            )
+            self.encoder_config = copy.deepcopy(self.encoder_config)
         model_type = self.encoder_config.get("model_type")
         if not model_type:
             raise LeWMConfigError(
@@ -197,69 +195,20 @@ class LeWMConfig(PreTrainedConfig):
                 f"disagrees with encoder_config.vocab_size={encoder_vocab}",
             )
 
-    def _validate_fields(self) -> None:
-        _check_choice("pooling", self.pooling, POOLING_CHOICES)
-        _check_choice("encoder_mode", self.encoder_mode, ENCODER_MODE_CHOICES)
-        _check_choice("pred_loss", self.pred_loss, PRED_LOSS_CHOICES)
-        _check_choice("regularizer", self.regularizer, REGULARIZER_CHOICES)
-        _check_choice("phase", self.phase, PHASE_CHOICES)
-        for name in (
-            "d_state",
-            "projector_hidden",
-            "d_model",
-            "predictor_layers",
-            "predictor_heads",
-            "history_length",
-            "num_action_ops",
-            "action_vocab_size",
-            "max_action_position",
-            "action_hidden",
-            "sigreg_num_slices",
-        ):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("pool_radius", self.pool_radius, minimum=0)
-        _check_int("sigreg_seed", self.sigreg_seed, minimum=0)
+    def _validate_architecture(self) -> None:
+        """Constraints between fields (single fields are checked by `validate_fields`)."""
         if self.d_model % self.predictor_heads != 0:
             raise LeWMConfigError(
-                "predictor_heads",
-                self.predictor_heads,
-                f"must divide d_model={self.d_model}",
+                "predictor_heads", self.predictor_heads, f"must divide d_model={self.d_model}"
             )
         if self.action_hidden % 2 != 0:
             raise LeWMConfigError(
                 "action_hidden", self.action_hidden, "must be even (sinusoidal position embedding)"
             )
-        _check_float("mlp_ratio", self.mlp_ratio)
-        if self.mlp_ratio <= 0 or int(self.d_model * self.mlp_ratio) < 1:
-            raise LeWMConfigError("mlp_ratio", self.mlp_ratio, "must be > 0")
-        _check_float("dropout", self.dropout)
-        if not 0.0 <= self.dropout < 1.0:
-            raise LeWMConfigError("dropout", self.dropout, "must lie in [0, 1)")
-        _check_float("reg_weight", self.reg_weight)
-        if self.reg_weight < 0:
-            raise LeWMConfigError("reg_weight", self.reg_weight, "must be >= 0")
-        _check_float("initializer_range", self.initializer_range)
-        if self.initializer_range <= 0:
-            raise LeWMConfigError("initializer_range", self.initializer_range, "must be > 0")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise LeWMConfigError(name, value, f"must be one of {', '.join(choices)}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LeWMConfigError(name, value, "must be an integer")
-    if value < minimum:
-        raise LeWMConfigError(name, value, f"must be >= {minimum}")
-
-
-def _check_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LeWMConfigError(name, value, "must be a number")
+        if int(self.d_model * self.mlp_ratio) < 1:
+            raise LeWMConfigError("mlp_ratio", self.mlp_ratio, "gives an MLP of width 0")
 
 
 AutoConfig.register(LeWMConfig.model_type, LeWMConfig, exist_ok=True)
 
-__all__ = ["LeWMConfig", "default_encoder_config"]
+__all__ = ["REG_WEIGHT_PER_DIM", "LeWMConfig", "default_encoder_config"]

@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_lewm import LeWMConfig
 from .errors import LeWMInputError
+from .losses import combine_losses, gaussian_kl, prediction_loss, sigreg, sigreg_generator
 
 # Attribute that marks a Linear whose weight and bias start at zero (AdaLN-zero, delta head).
 _ZERO_INIT = "_lewm_zero_init"
@@ -694,9 +695,6 @@ class LeWMModel(LeWMPreTrainedModel):
         Returns:
             [`LeWMOutput`] or `tuple`.
         """
-        # Lazy import: losses.py is a sibling module with no model dependency.
-        from .losses import combine_losses, gaussian_kl, prediction_loss, sigreg, sigreg_generator
-
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if input_ids.dim() != 3 or input_ids.shape[1] < 2:
             raise LeWMInputError(
@@ -745,10 +743,8 @@ class LeWMModel(LeWMPreTrainedModel):
         targets = latents[:, 1:]  # no stop-gradient: LeWM trains end to end
 
         pred_loss = prediction_loss(predictions, targets, mask, kind=self.config.pred_loss)
-        reg_loss = self._regularizer(
-            latents, state_mask, step, sigreg, sigreg_generator, gaussian_kl
-        )
-        loss = combine_losses(pred_loss, reg_loss, self.config.reg_weight, self.config.phase)
+        reg_loss = self._regularizer(latents, state_mask, step)
+        loss = combine_losses(pred_loss, reg_loss, self.config.reg_weight, self.config.loss_phase)
 
         output = LeWMOutput(
             loss=loss,
@@ -760,7 +756,9 @@ class LeWMModel(LeWMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _regularizer(self, latents, state_mask, step, sigreg, sigreg_generator, gaussian_kl):
+    def _regularizer(
+        self, latents: torch.Tensor, state_mask: torch.Tensor | None, step: int
+    ) -> torch.Tensor:
         """Regulariser on the valid latents `(B, T + 1, D)` (`state_mask` `(B, T + 1)` or None)."""
         kind = self.config.regularizer
         if kind == "none":

@@ -12,24 +12,26 @@ A recipe is a YAML mapping. Its keys are model, data and trainer arguments, flat
   and in every phase; `--encoder.learning_rate 1e-3` sets it in the phase named `encoder` only.
   Values are parsed as YAML scalars (`true`, `3`, `1e-3`, `[a, b]`).
 
-Every value is checked against the type of the dataclass field it lands in; an unknown key or a
-wrong type raises `LeWMConfigError` naming the dotted path and the file that set it.
+Each key has exactly one owner among a task's targets (its argument and config classes): a key
+that two targets accept is an error unless the task's explicit owner map settles it. Every value
+is checked against the type of the field it lands in; an unknown key or a wrong type raises
+`LeWMConfigError` naming the dotted path and the file that set it.
 YAML is read with `yaml.safe_load` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import PreTrainedConfig
 
 from .errors import LeWMConfigError
+from .fields import own_field_types, type_accepts, type_name
 
 RESERVED_KEYS = ("defaults", "phases", "name", "task")
 
@@ -43,16 +45,26 @@ class Recipe:
         shared (`dict`): Top-level keys shared by every phase.
         phases (`list[dict]`): The phases' merged flat mappings (shared keys included).
         sources (`dict[str, str]`): For each dotted key path, the file that set it (or `"cli"`).
+        own_keys (`list[set[str]]`): Per phase, the keys the phase sets itself (not shared).
     """
 
     path: Path
     shared: dict[str, Any]
     phases: list[dict[str, Any]]
     sources: dict[str, str]
+    own_keys: list[set[str]] = dataclasses.field(default_factory=list)
 
     def source(self, dotted: str) -> str:
         """The file that set `dotted` (falls back to the recipe file)."""
         return self.sources.get(dotted, str(self.path))
+
+    def dotted(self, index: int, key: str) -> str:
+        """How a phase's key is named in errors: `phases.<i>.<key>`, or `key` for one phase."""
+        return f"phases.{index}.{key}" if len(self.phases) > 1 else key
+
+    def phase_source(self, index: int, key: str) -> str:
+        """The file that set a phase's key."""
+        return self.sources.get(f"phases.{index}.{key}", self.source(key))
 
 
 def _deep_merge(
@@ -196,99 +208,109 @@ def load_recipe(path: str | Path, overrides: list[tuple[str, Any]] | None = None
     shared = data
     if phases_raw is None:
         phases_raw = [{}]
+    elif not phases_raw:
+        raise LeWMConfigError("phases", [], "is empty: list at least one phase", str(path))
     phases = []
+    own_keys = [set(phase) for phase in phases_raw]
     for i, phase in enumerate(phases_raw):
         merged = {**shared, **phase}
         for key in shared:
             if key not in phase and key in sources:
                 sources[f"phases.{i}.{key}"] = sources[key]
         phases.append(merged)
-    names = [p.get("name", p.get("task", f"phase{i}")) for i, p in enumerate(phases)]
+    names = [phase_name(p, i) for i, p in enumerate(phases)]
     for key, value in overrides or []:
         head, _, rest = key.partition(".")
         if rest and head in names:
             i = names.index(head)
             phases[i][rest] = value
+            own_keys[i].add(rest)
             sources[f"phases.{i}.{rest}"] = "cli"
+        elif rest:
+            raise LeWMConfigError(
+                "cli", f"--{key}", f"unknown phase {head!r}; the phases are {names}", str(path)
+            )
         else:
             shared[key] = value
             sources[key] = "cli"
             for i, phase in enumerate(phases):
                 phase[key] = value
                 sources[f"phases.{i}.{key}"] = "cli"
-    return Recipe(path=path, shared=shared, phases=phases, sources=sources)
+    return Recipe(path=path, shared=shared, phases=phases, sources=sources, own_keys=own_keys)
 
 
-def _type_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
-    """Whether `value` fits the annotation `tp`; returns (ok, possibly coerced value)."""
-    if tp is Any or tp is object:
-        return True, value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, coerced = _type_accepts(arg, value)
-            if ok:
-                return True, coerced
-        return False, value
-    if origin is typing.Literal:
-        return value in typing.get_args(tp), value
-    if tp is type(None):
-        return value is None, value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = {m.value for m in tp}
-        return (value in values or isinstance(value, tp)), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        args = typing.get_args(tp)
-        if args and args[-1] is not Ellipsis and origin is list:
-            coerced = []
-            for v in value:
-                ok, c = _type_accepts(args[0], v)
-                if not ok:
-                    return False, value
-                coerced.append(c)
-            return True, coerced
-        return True, list(value) if origin is list or tp is list else tuple(value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict), value
-    return True, value  # unknown annotation: accept as is
+def phase_name(phase: dict[str, Any], index: int) -> str:
+    """A phase's name: its `name`, else its `task`, else `phase<i>`."""
+    return str(phase.get("name", phase.get("task", f"phase{index}")))
 
 
-def field_types(cls: type) -> dict[str, Any]:
-    """The resolved type of every init field of a dataclass."""
+def recipe_fields(cls: type) -> dict[str, Any]:
+    """The recipe keys a target class accepts, with their annotations.
+
+    A `PreTrainedConfig` subclass (`LeWMConfig`) accepts only the fields it declares itself, not
+    the generic `PreTrainedConfig` ones (`dtype`, `id2label`, ...); any other dataclass (the
+    `TrainingArguments` subclasses included) accepts every init field.
+    """
+    if issubclass(cls, PreTrainedConfig):
+        return dict(own_field_types(cls))
     hints = typing.get_type_hints(cls)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def key_owners(
+    targets: dict[str, type], owners: dict[str, str] | None = None
+) -> dict[str, tuple[str, Any]]:
+    """Map every recipe key of a task to its one owner (target name) and annotation.
+
+    Args:
+        targets (`dict[str, type]`): Target name -> class, as a task declares them.
+        owners (`dict[str, str]`, *optional*): The task's explicit owner map for keys that more
+            than one target declares (e.g. `history_length`: the clips own it and the model
+            reads it from them).
+
+    Returns:
+        `dict[str, tuple[str, Any]]`: Key -> (owner, annotation).
+
+    Raises:
+        `LeWMConfigError`: for a key that two targets accept and the owner map does not settle,
+            or an owner map entry naming an unknown target or a target without that key.
+    """
+    owners = owners or {}
+    accepted: dict[str, list[str]] = {}
+    fields = {name: recipe_fields(cls) for name, cls in targets.items()}
+    for name, keys in fields.items():
+        for key in keys:
+            accepted.setdefault(key, []).append(name)
+    out: dict[str, tuple[str, Any]] = {}
+    for key, names in accepted.items():
+        if key in owners:
+            owner = owners[key]
+            if owner not in names:
+                raise LeWMConfigError(f"owners.{key}", owner, f"must be one of {names}")
+        elif len(names) > 1:
+            raise LeWMConfigError(
+                key, names, "is accepted by several targets; list its owner in the task's OWNERS"
+            )
+        else:
+            owner = names[0]
+        out[key] = (owner, fields[owner][key])
+    return out
 
 
 def split_phase_keys(
     recipe: Recipe,
     index: int,
-    targets: dict[str, dict[str, Any]],
+    owners: dict[str, tuple[str, Any]],
+    targets: tuple[str, ...],
     ignore: tuple[str, ...] = RESERVED_KEYS,
 ) -> dict[str, dict[str, Any]]:
-    """Route a phase's flat keys to their targets, checking names and types.
+    """Route a phase's flat keys to their one owner, checking names and types.
 
     Args:
         recipe (`Recipe`): The composed recipe.
         index (`int`): The phase index.
-        targets (`dict[str, dict[str, Any]]`): For each target name (e.g. `"model"`), a mapping
-            of accepted key -> type annotation. A key goes to the first target that accepts it.
+        owners (`dict[str, tuple[str, Any]]`): From `key_owners`: key -> (owner, annotation).
+        targets (`tuple[str, ...]`): Every target name (each gets a mapping, maybe empty).
         ignore (`tuple[str, ...]`): Keys handled by the caller.
 
     Returns:
@@ -299,25 +321,16 @@ def split_phase_keys(
             path (`phases.<i>.<key>`) and the file that set it.
     """
     out: dict[str, dict[str, Any]] = {name: {} for name in targets}
-    phase = recipe.phases[index]
-    for key, value in phase.items():
+    for key, value in recipe.phases[index].items():
         if key in ignore:
             continue
-        dotted = f"phases.{index}.{key}" if len(recipe.phases) > 1 else key
-        source = recipe.sources.get(f"phases.{index}.{key}", recipe.source(key))
-        for name, fields in targets.items():
-            if key in fields:
-                ok, coerced = _type_accepts(fields[key], value)
-                if not ok:
-                    raise LeWMConfigError(
-                        dotted, value, f"expected {_type_name(fields[key])}", source
-                    )
-                out[name][key] = coerced
-                break
-        else:
+        dotted = recipe.dotted(index, key)
+        source = recipe.phase_source(index, key)
+        if key not in owners:
             raise LeWMConfigError(dotted, value, "unknown key", source)
+        owner, annotation = owners[key]
+        ok, coerced = type_accepts(annotation, value)
+        if not ok:
+            raise LeWMConfigError(dotted, value, f"expected {type_name(annotation)}", source)
+        out[owner][key] = coerced
     return out
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -1,8 +1,104 @@
-"""Console reporting of a recipe run."""
+"""Reporting: atomic JSON writes, console lines, curves and plots, and the run's summary table.
+
+Every file a run writes (`result.json`, `summary.json`, `curves.png`) goes through a temporary
+file and a rename, so a crash never leaves one half-written.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from transformers import TrainerState
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically write `payload` as indented JSON (non-finite floats become null)."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        if isinstance(obj, (np.floating, np.integer)):
+            return clean(obj.item())
+        return obj
+
+    atomic_write_text(path, json.dumps(clean(payload), indent=2, sort_keys=True) + "\n")
+
+
+def curve(log_history: list[dict[str, Any]], key: str) -> dict[str, list[float]]:
+    """A curve `{"step": [...], "value": [...]}` of `key` from a Trainer log history."""
+    steps, values = [], []
+    for entry in log_history:
+        if key in entry:
+            steps.append(int(entry["step"]))
+            values.append(float(entry[key]))
+    return {"step": steps, "value": values}
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: str | Path, title: str) -> None:
+    """Plot each non-empty curve in its own panel and save a PNG (atomically).
+
+    Args:
+        curves (`dict[str, dict[str, list[float]]]`): Name -> `{"step", "value"}`.
+        path (`str` or `Path`): The PNG file.
+        title (`str`): Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(name, c) for name, c in curves.items() if c["step"]]
+    if not items:
+        return
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.2), squeeze=False)
+    for ax, (name, c) in zip(axes[0], items):
+        ax.plot(c["step"], c["value"], marker="." if len(c["step"]) < 50 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def console(message: str, state: TrainerState | None = None) -> None:
+    """Print one line on the main process without breaking a tqdm progress bar."""
+    if state is not None and not state.is_world_process_zero:
+        return
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    except ImportError:  # pragma: no cover
+        print(message, flush=True)
 
 
 def _fmt(value: Any) -> str:

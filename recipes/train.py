@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from lewm_hf.errors import LeWMError
-from lewm_hf.pipeline import run_recipe
 from lewm_hf.recipe import parse_cli_overrides
 from lewm_hf.reporting import format_summary
+from lewm_hf.tasks.runner import run_recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 

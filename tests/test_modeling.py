@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import typing
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, LlamaConfig, LlamaForCausalLM
@@ -104,7 +106,7 @@ def test_variable_clip_length_up_to_history():
 
 @pytest.mark.parametrize("phase", ["phase1", "phase2"])
 def test_loss_combines_prediction_and_regularizer(phase):
-    model = tiny_model(phase=phase, reg_weight=0.25)
+    model = tiny_model(loss_phase=phase, reg_weight=0.25)
     out = model(**make_batch())
     expected = out.pred_loss + 0.25 * out.reg_loss if phase == "phase2" else out.pred_loss
     torch.testing.assert_close(out.loss, expected)
@@ -403,7 +405,9 @@ def test_default_config_is_a_tiny_llama_and_round_trips(tmp_path):
         ({"action_hidden": 15}, "action_hidden"),
         ({"pred_loss": "l1"}, "pred_loss"),
         ({"regularizer": "vicreg"}, "regularizer"),
-        ({"phase": "phase3"}, "phase"),
+        ({"loss_phase": "phase3"}, "loss_phase"),
+        ({"mlp_ratio": 0.0}, "mlp_ratio"),
+        ({"d_state": "64"}, "d_state"),
         ({"reg_weight": -1.0}, "reg_weight"),
         ({"pool_radius": -1}, "pool_radius"),
         ({"encoder_config": {"hidden_size": 8}}, "encoder_config.model_type"),
@@ -449,8 +453,9 @@ def test_sigreg_on_ragged_clips_is_per_step_over_valid_states():
     torch.testing.assert_close(out.reg_loss, expected)
 
 
-def test_config_init_annotations_resolve():
-    import typing
+def test_config_recipe_fields_are_its_own():
+    from lewm_hf.recipe import recipe_fields
 
-    hints = typing.get_type_hints(LeWMConfig.__init__)
-    assert hints["d_state"] is int and hints["pooling"] is str
+    fields = recipe_fields(LeWMConfig)
+    assert fields["d_state"] is int and "dtype" not in fields and "id2label" not in fields
+    assert set(typing.get_args(fields["pooling"])) == {"last", "mean", "centered"}

@@ -21,9 +21,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf.data.collators import DataCollatorForLeWM
+from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.errors import LeWMConfigError
-from lewm_hf.pipeline import run_recipe, validate_recipe
-from lewm_hf.trainer.callbacks import GATE_CHECKPOINT
+from lewm_hf.losses import prediction_loss
+from lewm_hf.metric_keys import GATE_CHECKPOINT
+from lewm_hf.reporting import format_summary
+from lewm_hf.tasks.runner import run_recipe, validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "recipes" / "train.py"
@@ -158,15 +162,15 @@ def test_failed_gate_writes_failure_metadata(tmp_path, cache_dir):
 
 KILL_AT_STEP_3 = """
 import os, signal, sys
-from lewm_hf.pipeline import run_recipe
-from lewm_hf.trainer.callbacks import RunResultCallback
+from lewm_hf.tasks.runner import run_recipe
+from lewm_hf.trainer.callbacks import ComplianceGateCallback
 
 def on_save(self, args, state, control, **kwargs):
     # Called right after the Trainer wrote checkpoint-<step> (weights, optimizer, RNG, state).
     if state.global_step == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 
-RunResultCallback.on_save = on_save
+ComplianceGateCallback.on_save = on_save
 run_recipe(sys.argv[1])
 """
 
@@ -200,45 +204,66 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir):
     assert loss_resumed["edge_compliance"] == loss_full["edge_compliance"]
 
 
+WORLD_MODEL_PHASE = {
+    "name": "world_model",
+    "task": "world_model",
+    "encoder_path": "previous",
+    "encoder_mode": "frozen",
+    "d_state": 16,
+    "d_model": 32,
+    "predictor_layers": 1,
+    "predictor_heads": 2,
+    "projector_hidden": 32,
+    "num_clips": 128,
+    "eval_clips": 32,
+    "history_length": 2,
+    "max_steps": 4,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "sigreg_num_slices": 64,
+    "save_strategy": "no",
+}
+
+
+def held_out_mse(model_dir: Path, recipe: Path, cache_dir: str) -> tuple[float, float]:
+    """Independent re-evaluation of a saved world model: pred and copy MSE on the held-out clips
+    (one batch of 32, as the trainer's evaluation)."""
+    plan = validate_recipe(recipe)[-1]
+    clips = build_move_trajectories(plan.args.clips, cache_dir)["validation"]
+    batch = DataCollatorForLeWM(window=plan.args.clips.corpus.context_window)(list(clips))
+    model = AutoModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        out = model(**batch)
+    pred = prediction_loss(out.predictions, out.targets, None, "mse").item()
+    copy = prediction_loss(out.latents[:, :-1], out.targets, None, "mse").item()
+    return pred, copy
+
+
 def test_two_phase_recipe_cli(tmp_path, cache_dir):
-    world_model = {
-        "name": "world_model",
-        "task": "world_model",
-        "encoder_path": "previous",
-        "encoder_mode": "frozen",
-        "d_state": 16,
-        "d_model": 32,
-        "predictor_layers": 1,
-        "predictor_heads": 2,
-        "projector_hidden": 32,
-        "num_clips": 128,
-        "eval_clips": 32,
-        "history_length": 2,
-        "max_steps": 4,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "sigreg_num_slices": 64,
-        "save_strategy": "no",
-    }
+    world_model = dict(WORLD_MODEL_PHASE)
     encoder = lm_phase(**EASY_GATE, max_steps=10)
     recipe = write_recipe(tmp_path, cache_dir, [encoder, world_model])
 
+    # An unprefixed flag reaches the phases whose task has the key (here the world model).
     proc = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), "--config", str(recipe)],
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(recipe), "--reg_weight", "3.0"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "phase" in proc.stdout and "gate / eval" in proc.stdout
-
     run = tmp_path / "run"
     summary = read_json(run / "summary.json")
+    assert format_summary(summary) in proc.stdout
     assert summary["phases"]["encoder"]["gate_passed"] is True
     wm = summary["phases"]["world_model"]
-    assert wm["eval_pred_mse"] > 0 and wm["eval_copy_mse"] > 0
     assert wm["encoder_path"] == str(run / "encoder" / GATE_CHECKPOINT)
-    assert summary["wall_time_s"] > 0
+    # The reported numbers are those of the saved model on the held-out clips.
+    pred, copy = held_out_mse(run / "world_model", recipe, cache_dir)
+    assert wm["eval_pred_mse"] == pytest.approx(pred, rel=1e-5)
+    assert wm["eval_copy_mse"] == pytest.approx(copy, rel=1e-5)
+    assert read_json(run / "world_model" / "config.json")["reg_weight"] == 3.0
+    assert wm["reg_weight"] == 3.0
     for name in ("encoder", "world_model"):
         assert (run / name / "result.json").is_file()
         assert (run / name / "curves.png").is_file()
@@ -276,11 +301,24 @@ def test_cli_unknown_key_and_missing_config_exit_2(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("*.yaml")))
+SHIPPED_TASKS = {
+    "default.yaml": ["lm", "world_model"],
+    "walk_lm.yaml": ["lm"],
+    "walk_lewm.yaml": ["world_model"],
+}
+
+
+def test_every_shipped_recipe_is_listed():
+    assert sorted(p.name for p in (REPO / "recipes" / "configs").glob("*.yaml")) == sorted(
+        SHIPPED_TASKS
+    )
+
+
+@pytest.mark.parametrize("config", sorted(SHIPPED_TASKS))
 def test_shipped_recipes_validate(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output dirs must not land in the repo
-    plans = validate_recipe(config)
-    assert plans and all(plan.task in ("lm", "world_model") for plan in plans)
+    plans = validate_recipe(REPO / "recipes" / "configs" / config)
+    assert [plan.task for plan in plans] == SHIPPED_TASKS[config]
     assert not any(tmp_path.iterdir())  # validating creates nothing
 
 

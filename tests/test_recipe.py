@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.errors import LeWMConfigError
-from lewm_hf.pipeline import WalkDataArguments, WalkLMModelArguments
-from lewm_hf.recipe import field_types, load_recipe, parse_cli_overrides, split_phase_keys
-from lewm_hf.trainer.lewm_config import WalkLMTrainingArguments
+from lewm_hf.recipe import (
+    key_owners,
+    load_recipe,
+    parse_cli_overrides,
+    recipe_fields,
+    split_phase_keys,
+)
+from lewm_hf.tasks import TASKS, walk_lm
+from lewm_hf.tasks.arguments import WalkCorpusArguments
+from lewm_hf.tasks.runner import validate_recipe
+from lewm_hf.trainer.lewm_config import LeWMTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,11 +30,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-LM_TARGETS = {
-    "model": field_types(WalkLMModelArguments),
-    "data": field_types(WalkDataArguments),
-    "training": field_types(WalkLMTrainingArguments),
-}
+LM_OWNERS = key_owners(walk_lm.TARGETS, walk_lm.OWNERS)
+
+
+def split_lm(recipe, index=0):
+    return split_phase_keys(recipe, index, LM_OWNERS, tuple(walk_lm.TARGETS))
 
 
 def test_defaults_deep_merge_later_wins(tmp_path):
@@ -80,7 +89,7 @@ def test_cli_overrides_every_phase_and_one_phase(tmp_path):
     assert [p["max_steps"] for p in recipe.phases] == [3, 9]
     assert recipe.sources["phases.1.max_steps"] == "cli"
     # "1e-3" is a YAML string: the float field coerces it.
-    parts = split_phase_keys(recipe, 0, LM_TARGETS)
+    parts = split_lm(recipe)
     assert parts["training"]["learning_rate"] == pytest.approx(1e-3)
 
 
@@ -100,7 +109,7 @@ def test_unknown_key_names_path_and_file(tmp_path):
     top = write(tmp_path / "r.yaml", "learning_rat: 0.1\n")
     recipe = load_recipe(top)
     with pytest.raises(LeWMConfigError, match=r"learning_rat.*unknown key.*r\.yaml"):
-        split_phase_keys(recipe, 0, LM_TARGETS)
+        split_lm(recipe)
 
 
 def test_wrong_type_names_dotted_path(tmp_path):
@@ -108,13 +117,13 @@ def test_wrong_type_names_dotted_path(tmp_path):
     top = write(tmp_path / "r.yaml", "phases:\n  - {defaults: [lm.yaml]}\n  - {task: lm}\n")
     recipe = load_recipe(top)
     with pytest.raises(LeWMConfigError, match=r"phases\.0\.max_steps.*expected int.*lm\.yaml"):
-        split_phase_keys(recipe, 0, LM_TARGETS)
+        split_lm(recipe)
 
 
 def test_bool_is_not_int(tmp_path):
     top = write(tmp_path / "r.yaml", "hidden_size: true\n")
     with pytest.raises(LeWMConfigError, match="hidden_size"):
-        split_phase_keys(load_recipe(top), 0, LM_TARGETS)
+        split_lm(load_recipe(top))
 
 
 def test_cli_flag_without_value_is_true():
@@ -129,8 +138,94 @@ def test_not_a_mapping(tmp_path):
         load_recipe(top)
 
 
-@pytest.mark.parametrize("name", ["walk_lm.yaml", "default.yaml", "walk_lewm.yaml"])
-def test_shipped_recipes_parse(name):
-    from lewm_hf.pipeline import validate_recipe
+def test_shipped_recipes_parse_to_their_values():
+    configs = REPO / "recipes" / "configs"
+    (lm,) = validate_recipe(configs / "walk_lm.yaml")
+    assert (lm.task, lm.args.training.eval_steps, lm.args.data.corpus["chunk_stride"]) == (
+        "lm",
+        250,
+        4,
+    )
+    (wm,) = validate_recipe(configs / "walk_lewm.yaml")
+    assert wm.args.config["reg_weight"] == 5.0 and wm.args.config["loss_phase"] == "phase2"
+    assert wm.args.model.encoder_path is None and wm.args.clips.history_length == 3
+    encoder, world = validate_recipe(configs / "default.yaml")
+    assert (encoder.name, world.name) == ("encoder", "world_model")
+    assert world.args.model.encoder_path == "previous"
+    assert world.args.config["encoder_mode"] == "frozen"
+    assert world.output_dir == Path("outputs/default/world_model")
 
-    validate_recipe(REPO / "recipes" / "configs" / name)
+
+def test_every_task_key_has_one_owner():
+    # A key that two targets of a task declare must be settled by the task's owner map; this
+    # walks every target's fields, so a new field that collides with another fails here.
+    for name, task in TASKS.items():
+        declared: dict[str, list[str]] = {}
+        for target, cls in task.TARGETS.items():
+            for key in recipe_fields(cls):
+                declared.setdefault(key, []).append(target)
+        shared = {k: v for k, v in declared.items() if len(v) > 1}
+        assert set(shared) == set(task.OWNERS), (name, shared)
+        for key, owner in task.OWNERS.items():
+            assert owner in shared[key]
+        owners = key_owners(task.TARGETS, task.OWNERS)
+        assert set(owners) == set(declared)
+
+
+def test_key_of_two_targets_is_an_error():
+    # Before the loss keys had one owner, `reg_weight` was both a training argument and a
+    # config field, and the first target in dict order silently won.
+    @__import__("dataclasses").dataclass
+    class Clashing:
+        reg_weight: float = 0.1
+
+    with pytest.raises(LeWMConfigError, match=r"reg_weight.*several targets"):
+        key_owners({"config": LeWMConfig, "training": Clashing})
+    owners = key_owners({"config": LeWMConfig, "training": Clashing}, {"reg_weight": "config"})
+    assert owners["reg_weight"][0] == "config"
+
+
+def test_loss_keys_belong_to_the_model_config(tmp_path):
+    top = write(tmp_path / "r.yaml", "task: world_model\nreg_weight: 3.0\nloss_phase: phase1\n")
+    (plan,) = validate_recipe(top)
+    assert plan.args.config == {"reg_weight": 3.0, "loss_phase": "phase1"}
+    for key in ("reg_weight", "regularizer", "pred_loss", "loss_phase", "sigreg_num_slices"):
+        assert key in recipe_fields(LeWMConfig)
+        assert key not in recipe_fields(LeWMTrainingArguments)
+
+
+def test_empty_phases_is_an_error(tmp_path):
+    top = write(tmp_path / "r.yaml", "phases: []\n")
+    with pytest.raises(LeWMConfigError, match=r"phases.*empty"):
+        load_recipe(top)
+
+
+def test_unknown_phase_prefix_is_an_error(tmp_path):
+    top = write(tmp_path / "r.yaml", "phases:\n  - {name: encoder}\n")
+    with pytest.raises(LeWMConfigError, match=r"--decoder\.max_steps.*unknown phase 'decoder'"):
+        load_recipe(top, parse_cli_overrides(["--decoder.max_steps", "3"]))
+
+
+def test_unknown_task_is_an_error(tmp_path):
+    top = write(tmp_path / "r.yaml", "task: nope\n")
+    with pytest.raises(LeWMConfigError, match=r"task='nope'.*lm"):
+        validate_recipe(top)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("gate_decoding", "beam", r"gate_decoding.*greedy, sample"),
+        ("gate_edge_threshold", 1.5, r"gate_edge_threshold=1\.5.*\[0, 1\]"),
+        ("corpus_preset", "huge", r"preset='huge'"),
+    ],
+)
+def test_bad_choices_and_ranges_stop_parsing(tmp_path, key, value, match):
+    top = write(tmp_path / "r.yaml", f"task: lm\n{key}: {value}\n")
+    with pytest.raises(LeWMConfigError, match=match):
+        validate_recipe(top)
+
+
+def test_corpus_arguments_reject_unknown_corpus_field():
+    with pytest.raises(LeWMConfigError, match=r"corpus\.vertices"):
+        WalkCorpusArguments(corpus={"vertices": 3})

@@ -78,17 +78,19 @@ def make_args(tmp_path, **kwargs) -> LeWMTrainingArguments:
 
 
 def test_trains_logs_components_and_updates_every_trainable_parameter(tmp_path):
-    model = tiny_model(encoder_mode="frozen")
+    # A weight that is no default anywhere: the trainer must use the config's value as is.
+    model = tiny_model(encoder_mode="frozen", reg_weight=0.37)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = LeWMTrainer(model, make_args(tmp_path), train_dataset=clip_dataset(), window=W)
     trainer.train()
+    assert model.config.reg_weight == 0.37
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(logs) == 8
     for key in ("loss", "pred_loss", "reg_loss", "lr_multiplier", "learning_rate"):
         assert all(np.isfinite(e[key]) for e in logs), key
-    # phase2: loss = pred + 0.09 * reg (averaged over the same window)
+    # phase2: loss = pred + 0.37 * reg (averaged over the same window)
     for e in logs:
-        assert e["loss"] == pytest.approx(e["pred_loss"] + 0.09 * e["reg_loss"], rel=1e-4)
+        assert e["loss"] == pytest.approx(e["pred_loss"] + 0.37 * e["reg_loss"], rel=1e-4)
     for name, param in model.named_parameters():
         changed = not torch.equal(param, before[name])
         if name.startswith("encoder."):
@@ -129,35 +131,55 @@ def test_per_group_learning_rates_keep_ratios(tmp_path):
     assert lrs["action_encoder"].pop() == pytest.approx(0.5 * base)
 
 
-def test_gradient_accumulation_keeps_loss_scale(tmp_path):
-    data = clip_dataset(64)
-    common = dict(max_steps=1, regularizer="none", learning_rate=1e-3)
-    full = LeWMTrainer(
-        tiny_model(),
-        make_args(tmp_path / "a", per_device_train_batch_size=16, **common),
-        train_dataset=data,
-        window=W,
-    )
-    full.train()
-    accum = LeWMTrainer(
-        tiny_model(),
-        make_args(
-            tmp_path / "b",
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=4,
-            **common,
-        ),
-        train_dataset=data,
-        window=W,
-    )
-    accum.train()
-    loss_full = full.state.log_history[0]["loss"]
-    loss_accum = accum.state.log_history[0]["loss"]
-    # Same global batch, same weights: only BatchNorm's per-micro-batch statistics differ. A
-    # loss summed over micro-batches would be 4x larger.
-    assert loss_accum == pytest.approx(loss_full, rel=0.25)
-    assert accum.state.log_history[0]["pred_loss"] == pytest.approx(loss_accum, rel=1e-5)
+class RecordingTrainer(LeWMTrainer):
+    """Keeps a copy of every training micro-batch `compute_loss` sees."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches: list[dict] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.batches.append({k: v.clone() for k, v in inputs.items()})
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_gradient_accumulation_keeps_loss_scale(tmp_path):
+    # One SGD step over 4 micro-batches of 4: the logged loss must be the mean of the four
+    # micro-batch losses and the update must be -lr x the gradient of that mean (a loss summed
+    # over micro-batches, or divided twice, is 4x off in both). SGD without clipping keeps the
+    # update proportional to the gradient, which Adam's first step is not.
+    lr = 0.05
+    args = make_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        learning_rate=lr,
+        optim="sgd",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        warmup_steps=0,
+        lr_schedule="constant",
+    )
+    trainer = RecordingTrainer(
+        tiny_model(dropout=0.0), args, train_dataset=clip_dataset(16), window=W
+    )
+    trainer.train()
+    assert len(trainer.batches) == 4
+    reference = tiny_model(dropout=0.0)
+    reference.train()
+    losses = [reference(**batch, step=0).loss / 4 for batch in trainer.batches]
+    total = torch.stack(losses).sum()
+    total.backward()
+    logged = trainer.state.log_history[0]["loss"]
+    assert logged == pytest.approx(total.item(), rel=1e-5)
+    for (name, param), trained in zip(
+        reference.named_parameters(), trainer.model.parameters(), strict=True
+    ):
+        if param.grad is None:
+            continue
+        torch.testing.assert_close(trained.detach(), param.detach() - lr * param.grad, msg=name)
 
 def test_remove_unused_columns_keeps_action_fields(tmp_path):
     args = make_args(tmp_path, max_steps=2, remove_unused_columns=True)
@@ -244,15 +266,17 @@ def test_collapse_monitor_alerts_without_regulariser(tmp_path):
     args = make_args(
         tmp_path,
         max_steps=60,
-        regularizer="none",
         learning_rate=1e-2,
         warmup_steps=0,
         collapse_monitor_steps=10,
         lr_schedule="constant",
     )
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_model(regularizer="none")
+    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
     trainer.train()
-    assert trainer.collapse_monitor.alerts, "a collapsing run raised no alert"
+    alerts = trainer.collapse_monitor.alerts
+    assert alerts, "a collapsing run raised no alert"
+    assert {"target_var", "pairwise_distance"} <= set(alerts[-1]["alerts"])
     logged = [e for e in trainer.state.log_history if "collapse/effective_rank" in e]
     assert len(logged) == 6
 
@@ -261,13 +285,11 @@ def test_collapse_monitor_quiet_on_healthy_run(tmp_path):
     args = make_args(
         tmp_path,
         max_steps=60,
-        regularizer="sigreg",
-        reg_weight=1.0,
         learning_rate=1e-3,
         collapse_monitor_steps=10,
-        collapse_kl_max=50.0,
     )
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_model(regularizer="sigreg", reg_weight=1.0)
+    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
     trainer.train()
     assert trainer.collapse_monitor.alerts == []
 
@@ -276,14 +298,14 @@ def test_collapse_action_stop(tmp_path):
     args = make_args(
         tmp_path,
         max_steps=60,
-        regularizer="none",
         learning_rate=1e-2,
         collapse_monitor_steps=10,
         collapse_action="stop",
         lr_schedule="constant",
         warmup_steps=0,
     )
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_model(regularizer="none")
+    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
     trainer.train()
     assert trainer.state.global_step < 60
     assert trainer.collapse_monitor.result(trainer.state)["collapse_stopped"]
@@ -293,10 +315,11 @@ def test_bad_arguments_are_typed_errors(tmp_path):
     from lewm_hf.errors import LeWMConfigError
 
     for field, value in [
-        ("regularizer", "vicreg"),
-        ("loss_phase", "phase3"),
         ("lr_schedule", "linear"),
         ("collapse_action", "panic"),
+        ("collapse_var_ratio", 1.5),
+        ("collapse_kl_per_dim_max", 0.0),
+        ("encoder_lr_multiplier", -1.0),
     ]:
         with pytest.raises(LeWMConfigError, match=field):
             make_args(tmp_path, **{field: value})

@@ -31,9 +31,10 @@ from lewm_hf.data.walks import (
     derive_seed,
     generate_walks,
     load_walk_metadata,
+    move_clips,
     sample_jumper_paths,
 )
-from lewm_hf.errors import LeWMConfigError, LeWMGraphError
+from lewm_hf.errors import LeWMConfigError, LeWMGraphError, LeWMInputError
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_SIZE = 300
@@ -626,3 +627,25 @@ def test_bad_jumper_arguments(small):
         generate_walks(graph, [], 0, 10)
     with pytest.raises(LeWMConfigError, match=r"^walk_length="):
         generate_walks(graph, [], 10, 0)
+
+
+def test_unsatisfiable_jumper_rule_is_a_typed_error():
+    # Blocks {0, 1} and {2, 3}; from vertex 0 the only edge stays in block 0, so "be in block 1
+    # one step after visiting 0" has no viable path (the old sampler silently picked an edge).
+    indptr = np.array([0, 1, 3, 4, 6])
+    indices = np.array([1, 0, 2, 3, 0, 2], dtype=np.int32)
+    graph = Graph(indptr, indices, np.array([0, 0, 1, 1], np.int32), np.ones(4), 2, 0)
+    rule = Jumper(vertex=0, source_block=0, target_block=1, r=1)
+    with pytest.raises(LeWMGraphError, match=r"vertex=0.*target_block=1.*r=1.*zero viable paths"):
+        sample_jumper_paths(graph, [rule], pool=8)
+    # The same rule with r = 2 can be met (0 -> 1 -> 2): paths are drawn and all obey it.
+    ok = Jumper(vertex=0, source_block=0, target_block=1, r=2)
+    paths = sample_jumper_paths(graph, [ok], pool=8)
+    assert (paths.paths[:, 2] == 2).all()
+
+
+def test_clips_with_a_non_edge_are_a_typed_error(small):
+    _, graph, _ = small
+    walks = np.zeros((1, 40), dtype=np.int64)  # vertex 0 -> 0 is no edge (no self-loops)
+    with pytest.raises(LeWMInputError, match=r"walks.*not a graph edge"):
+        move_clips(graph, walks, window=8, history=3, per_walk=1, seed=0)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
-from ..errors import LeWMConfigError
+from ..errors import LeWMConfigError, LeWMGraphError, LeWMInputError
 from . import corpus as corpus_cache
 from .graphs import (
     Graph,
@@ -96,7 +96,6 @@ def sample_jumper_paths(
     max_r = max(j.r for j in jumpers)
     paths = np.zeros((len(jumpers) * pool, max_r + 1), dtype=np.int32)
     path_r = np.zeros(len(jumpers) * pool, dtype=np.int64)
-    src_of_edge = np.repeat(np.arange(n), graph.out_degree)
     h_cache: dict[tuple[int, int], np.ndarray] = {}
     for i, jumper in enumerate(jumpers):
         key = (jumper.r, jumper.target_block)
@@ -118,10 +117,16 @@ def sample_jumper_paths(
             end = graph.indptr[cur + 1]
             base = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
             total = cum[end - 1] - base
+            stuck = total <= 0
+            if stuck.any():
+                at = int(cur[stuck][0])
+                raise LeWMGraphError(
+                    f"jumper rule {jumper} has zero viable paths: from vertex {at} at step "
+                    f"{step - 1} of {jumper.r}, no out-edge continues a path that reaches block "
+                    f"{jumper.target_block} at step {jumper.r} through non-jumper vertices"
+                )
             x = base + rng.random(pool) * total
-            e = np.searchsorted(cum, x, side="right")
-            e = np.clip(e, start, end - 1)
-            assert (src_of_edge[e] == cur).all()
+            e = np.clip(np.searchsorted(cum, x, side="right"), start, end - 1)
             cur = graph.indices[e].astype(np.int64)
             paths[rows, step] = cur
         paths[rows, jumper.r + 1 :] = paths[rows, jumper.r : jumper.r + 1]
@@ -486,7 +491,8 @@ class MoveTrajectoryConfig:
         num_clips (`int`, defaults to 20000): Training clips.
         eval_clips (`int`, defaults to 2000): Held-out clips (own seed).
         clips_per_walk (`int`, defaults to 4): Clips cut from each generated walk.
-        seed (`int`, defaults to 0): Seed for the trajectory walks (distinct from the corpus's).
+        trajectory_seed (`int`, defaults to 0): Seed for the trajectory walks (distinct from the
+            corpus's `seed`, so clips are not the corpus's training walks).
     """
 
     corpus: WalkCorpusConfig = field(default_factory=WalkCorpusConfig)
@@ -494,7 +500,7 @@ class MoveTrajectoryConfig:
     num_clips: int = 20000
     eval_clips: int = 2000
     clips_per_walk: int = 4
-    seed: int = 0
+    trajectory_seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, dict):
@@ -537,7 +543,9 @@ def move_clips(
     src = spans[:, window - 1 : -1]
     dst = spans[:, window:]
     actions, found = graph.neighbor_rank(src, dst)
-    assert found.all(), "walk contains a non-edge"
+    if not found.all():
+        row = int(np.flatnonzero(~found.all(axis=1))[0])
+        raise LeWMInputError("walks", f"clip {row}", "contains a move that is not a graph edge")
     return spans.astype(np.int32), actions.astype(np.int32)
 
 
@@ -547,8 +555,8 @@ def build_move_trajectories(
     """Build (or load from the cache) move-trajectory clips for the world model.
 
     Walks are drawn on the walk corpus's graph with the same jumper rules, from seeds derived
-    from `config.seed` (so clips are not the corpus's training walks). Splits `train` and
-    `validation` with columns `tokens` (`w + H`) and `actions` (`H`).
+    from `config.trajectory_seed` (so clips are not the corpus's training walks). Splits `train`
+    and `validation` with columns `tokens` (`w + H`) and `actions` (`H`).
 
     Args:
         config (`MoveTrajectoryConfig`, *optional*): Defaults if None.
@@ -572,11 +580,11 @@ def build_move_trajectories(
             n_walks = -(-n_clips // config.clips_per_walk)
             walks = generate_walks(
                 meta.graph, meta.jumpers, n_walks, walk_cfg.walk_length,
-                seed=derive_seed(config.seed, f"moves-{split}"), paths=paths,
+                seed=derive_seed(config.trajectory_seed, f"moves-{split}"), paths=paths,
             )  # fmt: skip
             spans, actions = move_clips(
                 meta.graph, walks, w, h, config.clips_per_walk,
-                seed=derive_seed(config.seed, f"clips-{split}"),
+                seed=derive_seed(config.trajectory_seed, f"clips-{split}"),
             )  # fmt: skip
             splits[split] = fixed_length_dataset(
                 {"tokens": spans[:n_clips], "actions": actions[:n_clips]}

@@ -1,19 +1,27 @@
-"""Training arguments of the two phases: the walk LM (encoder phase) and the world model."""
+"""Training arguments of the two trainers: the walk LM (encoder phase) and the world model.
+
+Each recipe key has one owner. The world model's loss settings (`pred_loss`, `regularizer`,
+`reg_weight`, `loss_phase`, `sigreg_num_slices`) belong to `LeWMConfig`, since the model computes
+its loss and `config.json` must say how it was trained; the arguments below hold only what the
+trainers themselves use. Choices and ranges are declared on each field (`lewm_hf.fields`) and
+checked once, by `validate_fields`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from transformers import TrainingArguments
 
-from ..errors import LeWMConfigError
+from ..fields import CollapseAction, ContextRule, Decoding, LRSchedule, option, validate_fields
 
 
 @dataclass
 class WalkLMTrainingArguments(TrainingArguments):
     r"""`TrainingArguments` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
-    Parameters that control the gate:
+    Parameters that control the gate (evaluated after every Trainer evaluation):
         gate_edge_threshold (`float`, defaults to `0.95`): Edge compliance must exceed this.
         gate_rule_threshold (`float`, defaults to `0.80`): Rule compliance must exceed this.
         gate_min_rule_checks (`int`, defaults to `100`): At least this many rule checks.
@@ -25,56 +33,58 @@ class WalkLMTrainingArguments(TrainingArguments):
         gate_batch_size (`int`, defaults to `256`): Generation batch size.
 
     Defaults that differ from `TrainingArguments`: `logging_steps=1` (so `result.json` has the train
-    loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a fraction),
-    `save_strategy="epoch"`, `report_to="none"`.
+    loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a
+    fraction), `save_strategy="epoch"`, `report_to="none"`.
     """
 
     # Parameters that control the gate
-    gate_edge_threshold: float = field(default=0.95, metadata={"help": "Edge compliance > this."})
-    gate_rule_threshold: float = field(default=0.80, metadata={"help": "Rule compliance > this."})
-    gate_min_rule_checks: int = field(default=100, metadata={"help": "Minimum rule checks."})
-    gate_context_rule: str = field(default="window", metadata={"help": "window or chunked."})
-    gate_decoding: str = field(default="greedy", metadata={"help": "greedy or sample."})
-    gate_log_other_decoding: bool = field(
-        default=True, metadata={"help": "Also log compliance under the other decoding."}
-    )
-    gate_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    gate_num_sequences: int = field(default=1000, metadata={"help": "Sequences per evaluation."})
-    gate_batch_size: int = field(default=256, metadata={"help": "Generation batch size."})
+    gate_edge_threshold: float = option(0.95, help="Edge compliance > this.", low=0, high=1)
+    gate_rule_threshold: float = option(0.80, help="Rule compliance > this.", low=0, high=1)
+    gate_min_rule_checks: int = option(100, help="Minimum rule checks.", low=0)
+    gate_context_rule: ContextRule = option("window", help="window (exact) or chunked (KV cache).")
+    gate_decoding: Decoding = option("greedy", help="Decoding the gate uses: greedy or sample.")
+    gate_log_other_decoding: bool = option(True, help="Also log the other decoding.")
+    gate_temperature: float = option(1.0, help="Sampling temperature.", low=0, low_open=True)
+    gate_num_sequences: int = option(1000, help="Sequences per evaluation.", low=1)
+    gate_batch_size: int = option(256, help="Generation batch size.", low=1)
 
     # Defaults that differ from TrainingArguments
-    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler type."})
-    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps (< 1: fraction)."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Reporters."})
+    logging_steps: float = option(1, help="Log every N steps.")
+    eval_strategy: str = option("epoch", help="When to evaluate (and so run the gate).")
+    save_strategy: str = option("epoch", help="When to save.")
+    lr_scheduler_type: str = option("cosine", help="Scheduler type.")
+    warmup_steps: float = option(0.1, help="Warmup steps (< 1: a fraction of the run).")
+    report_to: str | list[str] | None = option("none", help="Reporting integrations.")
 
     def __post_init__(self):
+        validate_fields(self)
         super().__post_init__()
-        if self.gate_context_rule not in ("window", "chunked"):
-            raise LeWMConfigError("gate_context_rule", self.gate_context_rule, "window or chunked")
-        if self.gate_decoding not in ("greedy", "sample"):
-            raise LeWMConfigError("gate_decoding", self.gate_decoding, "greedy or sample")
-        for name in ("gate_edge_threshold", "gate_rule_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise LeWMConfigError(name, value, "must lie in [0, 1]")
-        if self.gate_num_sequences < 1:
-            raise LeWMConfigError("gate_num_sequences", self.gate_num_sequences, "must be >= 1")
+
+    def compliance_kwargs(self, decoding: str) -> dict[str, Any]:
+        """Keyword arguments of `evaluate_compliance` for one decoding (the gate's or the other)."""
+        return {
+            "num_sequences": self.gate_num_sequences,
+            "rule": self.gate_context_rule,
+            "decoding": decoding,
+            "temperature": self.gate_temperature,
+            "seed": self.seed,
+            "batch_size": self.gate_batch_size,
+        }
+
+    @property
+    def other_decoding(self) -> str | None:
+        """The decoding logged beside the gate's, or None."""
+        if not self.gate_log_other_decoding:
+            return None
+        return "sample" if self.gate_decoding == "greedy" else "greedy"
 
 
 @dataclass
 class LeWMTrainingArguments(TrainingArguments):
     r"""`TrainingArguments` for the LeWM world model.
 
-    Parameters that control the loss (copied into the model's config at trainer start):
-        pred_loss (`str`, defaults to `"mse"`): `"mse"` or `"cos_mse"`.
-        regularizer (`str`, defaults to `"sigreg"`): `"sigreg"`, `"kl"` or `"none"`.
-        reg_weight (`float`, defaults to `0.09`): Regulariser weight (lambda).
-        loss_phase (`str`, defaults to `"phase2"`): `"phase1"` (prediction only, regulariser
-            logged) or `"phase2"` (prediction + weight * regulariser).
-        sigreg_num_slices (`int`, defaults to `1024`): SIGReg random projections.
+    The loss settings are `LeWMConfig` fields (`pred_loss`, `regularizer`, `reg_weight`,
+    `loss_phase`, `sigreg_num_slices`): a recipe key reaches the model's config directly.
 
     Parameters that control the optimisation:
         lr_schedule (`str`, defaults to `"wsd"`): `"wsd"`, `"cosine"` or `"constant"` (DESIGN.md
@@ -85,74 +95,57 @@ class LeWMTrainingArguments(TrainingArguments):
         action_encoder_lr_multiplier (`float`, defaults to `1.0`): LR multiplier of the action
             encoder.
 
-    Parameters that control the collapse monitor:
+    Parameters that control the collapse monitor (alerts: see `CollapseMonitorCallback`):
         collapse_monitor_steps (`int`, defaults to `50`): Check period in steps (0 disables).
-        collapse_action (`str`, defaults to `"warn"`): `"warn"` or `"stop"`.
-        collapse_var_ratio (`float`, defaults to `0.5`), collapse_distance_ratio (`float`,
-            defaults to `0.5`), collapse_kl_max (`float`, defaults to `10.0`),
-            collapse_min_rank_fraction (`float`, defaults to `0.1`): Alert thresholds.
+        collapse_action (`str`, defaults to `"warn"`): `"warn"` (log and count) or `"stop"` (stop
+            training and raise `LeWMCollapseError`).
+        collapse_var_ratio (`float`, defaults to `0.5`): Alert when the target latents' variance
+            per dimension falls below this fraction of its first value.
+        collapse_distance_ratio (`float`, defaults to `0.5`): Alert when their mean pairwise
+            distance falls below this fraction of its first value.
+        collapse_kl_per_dim_max (`float`, defaults to `4.0`): Alert when their Gaussian KL to
+            N(0, I), divided by d_state, exceeds this.
+        collapse_min_rank_fraction (`float`, defaults to `0.1`): Alert when their effective rank
+            falls below this fraction of d_state.
 
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the action
-    fields are not `forward` arguments by name only), `logging_steps=1`, `warmup_steps=0.05` (a fraction),
-    `report_to="none"`.
+    fields are collator columns, not `forward` arguments), `logging_steps=1`, `warmup_steps=0.05`
+    (a fraction), `report_to="none"`.
     """
 
-    # Parameters that control the loss
-    pred_loss: str = field(default="mse", metadata={"help": "mse or cos_mse."})
-    regularizer: str = field(default="sigreg", metadata={"help": "sigreg, kl or none."})
-    reg_weight: float = field(default=0.09, metadata={"help": "Regulariser weight."})
-    loss_phase: str = field(default="phase2", metadata={"help": "phase1 or phase2."})
-    sigreg_num_slices: int = field(default=1024, metadata={"help": "SIGReg projections."})
-
     # Parameters that control the optimisation
-    lr_schedule: str = field(default="wsd", metadata={"help": "wsd, cosine or constant."})
-    encoder_lr_multiplier: float = field(default=1.0, metadata={"help": "Encoder LR factor."})
-    predictor_lr_multiplier: float = field(default=1.0, metadata={"help": "Predictor LR factor."})
-    action_encoder_lr_multiplier: float = field(
-        default=1.0, metadata={"help": "Action encoder LR factor."}
-    )
+    lr_schedule: LRSchedule = option("wsd", help="wsd, cosine or constant.")
+    encoder_lr_multiplier: float = option(1.0, help="Encoder + projector LR factor.", low=0)
+    predictor_lr_multiplier: float = option(1.0, help="Predictor LR factor.", low=0)
+    action_encoder_lr_multiplier: float = option(1.0, help="Action encoder LR factor.", low=0)
 
     # Parameters that control the collapse monitor
-    collapse_monitor_steps: int = field(default=50, metadata={"help": "Check period (0: off)."})
-    collapse_action: str = field(default="warn", metadata={"help": "warn or stop."})
-    collapse_var_ratio: float = field(default=0.5, metadata={"help": "pred_var < r * target_var."})
-    collapse_distance_ratio: float = field(
-        default=0.5, metadata={"help": "pairwise distance < r * first value."}
+    collapse_monitor_steps: int = option(50, help="Check period in steps (0: off).", low=0)
+    collapse_action: CollapseAction = option("warn", help="warn (log, count) or stop.")
+    collapse_var_ratio: float = option(
+        0.5, help="Alert: target variance < ratio x its first value.", low=0, high=1
     )
-    collapse_kl_max: float = field(default=10.0, metadata={"help": "KL alert threshold."})
-    collapse_min_rank_fraction: float = field(
-        default=0.1, metadata={"help": "effective rank < f * d alert."}
+    collapse_distance_ratio: float = option(
+        0.5, help="Alert: mean pairwise distance < ratio x its first value.", low=0, high=1
+    )
+    # Per dimension, so one threshold suits every d_state. The latents of a 100-vertex world are
+    # low-rank (effective rank about 23 of 64 in a healthy run): their KL to N(0, I) sits near
+    # 100 at d = 64 (1.6 per dimension, a 192-row estimate adding about d / (2 N) per dimension
+    # of bias), while a collapsed batch, whose covariance loses rank, reaches 7 per dimension and
+    # more through the log-determinant.
+    collapse_kl_per_dim_max: float = option(
+        4.0, help="Alert: Gaussian KL / d_state > this.", low=0, low_open=True
+    )
+    collapse_min_rank_fraction: float = option(
+        0.1, help="Alert: effective rank < fraction x d_state.", low=0, high=1
     )
 
     # Defaults that differ from TrainingArguments
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep action fields."})
-    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps (< 1: fraction)."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Reporters."})
+    remove_unused_columns: bool = option(False, help="Keep the collator's action columns.")
+    logging_steps: float = option(1, help="Log every N steps.")
+    warmup_steps: float = option(0.05, help="Warmup steps (< 1: a fraction of the run).")
+    report_to: str | list[str] | None = option("none", help="Reporting integrations.")
 
     def __post_init__(self):
+        validate_fields(self)
         super().__post_init__()
-        checks = {
-            "pred_loss": ("mse", "cos_mse"),
-            "regularizer": ("sigreg", "kl", "none"),
-            "loss_phase": ("phase1", "phase2"),
-            "lr_schedule": ("wsd", "cosine", "constant"),
-            "collapse_action": ("warn", "stop"),
-        }
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise LeWMConfigError(name, getattr(self, name), f"must be one of {allowed}")
-        for name in (
-            "reg_weight",
-            "encoder_lr_multiplier",
-            "predictor_lr_multiplier",
-            "action_encoder_lr_multiplier",
-        ):
-            if getattr(self, name) < 0:
-                raise LeWMConfigError(name, getattr(self, name), "must be >= 0")
-        if self.sigreg_num_slices < 1:
-            raise LeWMConfigError("sigreg_num_slices", self.sigreg_num_slices, "must be >= 1")
-        if self.collapse_monitor_steps < 0:
-            raise LeWMConfigError(
-                "collapse_monitor_steps", self.collapse_monitor_steps, "must be >= 0"
-            )

@@ -1,18 +1,33 @@
-"""`LeWMTrainer`: the HF `Trainer` for action-conditioned JEPA world models."""
+"""The trainers: `LeWMTrainer` for world models and `WalkLMTrainer` for the encoder phase.
+
+Both own their callbacks and build their run's `result.json` payload (`build_result`) from the
+Trainer's log history, which every checkpoint saves, so a resumed run's curves are continuous.
+"""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerState
+from transformers.trainer_callback import ProgressCallback
 
-from ..data.collators import DataCollatorForLeWM
+from .. import metric_keys as K
+from ..data.collators import DataCollatorForLeWM, DataCollatorForWalkLM
 from ..losses import prediction_loss
-from .callbacks import CollapseMonitorCallback, WSDSchedulerCallback
-from .lewm_config import LeWMTrainingArguments
+from ..reporting import curve, plot_curves, write_json
+from .callbacks import (
+    CollapseMonitorCallback,
+    ComplianceGateCallback,
+    SummaryProgressCallback,
+    WSDSchedulerCallback,
+)
+from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
@@ -64,11 +79,60 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
     return list(groups.values())
 
 
-class LeWMTrainer(Trainer):
+class _ResultMixin:
+    """`result.json` of a trainer: curves from the log history plus each contributor's keys.
+
+    Subclasses set `result_curves` (result curve name -> logged key) and `result_contributors`
+    (objects with a `result(state) -> dict` method). The task runner writes the payload once,
+    after training and the final evaluation.
+    """
+
+    result_curves: ClassVar[dict[str, str]] = {}
+
+    def _use_summary_progress(self) -> None:
+        if not self.args.disable_tqdm:
+            self.remove_callback(ProgressCallback)
+            self.add_callback(SummaryProgressCallback())
+
+    @property
+    def result_contributors(self) -> list[Any]:
+        return []
+
+    def build_result(self, phase: str, **extra: Any) -> dict[str, Any]:
+        """The run's result: `phase`, `global_step`, `epoch`, `curves.train_loss` (every logged
+        step) and the other curves, the train runtime, the contributors' keys and `extra`."""
+        state: TrainerState = self.state
+        curves = {K.TRAIN_LOSS: curve(state.log_history, K.LOSS)}
+        for name, key in self.result_curves.items():
+            curves[name] = curve(state.log_history, key)
+        payload: dict[str, Any] = {
+            "phase": phase,
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "curves": curves,
+        }
+        final = [e for e in state.log_history if K.TRAIN_LOSS in e]
+        if final:
+            payload["train_runtime_s"] = final[-1].get(K.TRAIN_RUNTIME)
+        for contributor in self.result_contributors:
+            payload.update(contributor.result(state))
+        payload.update(extra)
+        return payload
+
+    def write_result(self, payload: dict[str, Any]) -> None:
+        """Write `result.json` and `curves.png` in the output dir (main process only)."""
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        write_json(out / K.RESULT_FILE, payload)
+        plot_curves(payload["curves"], out / K.CURVES_PLOT, payload["phase"])
+
+
+class LeWMTrainer(_ResultMixin, Trainer):
     """A `Trainer` for `LeWMModel`.
 
-    - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, per the
-      arguments, which are copied into the model's config) and records `pred_loss`, `reg_loss`
+    - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, as the
+      model's config says) and records `pred_loss`, `reg_loss`
       and, in evaluation, `pred_mse` and `copy_mse` (the copy baseline `z_hat = z_t`); `log`
       averages them over the logging window (prefixed `eval_` in evaluation), so they reach
       `report_to` backends and can drive `metric_for_best_model`.
@@ -77,7 +141,8 @@ class LeWMTrainer(Trainer):
       and embeddings.
     - Gradient accumulation keeps the loss scale: each micro-batch's mean loss is divided by
       the number of accumulation steps (the model takes no loss kwargs).
-    - A `CollapseMonitorCallback` and a `WSDSchedulerCallback` are added.
+    - It owns a `CollapseMonitorCallback` (its state is restored on resume) and a
+      `WSDSchedulerCallback`, and shows the loss on the progress bar.
 
     Args:
         model (`LeWMModel`): The model.
@@ -97,14 +162,6 @@ class LeWMTrainer(Trainer):
     ):
         if not isinstance(args, LeWMTrainingArguments):
             raise TypeError("LeWMTrainer needs LeWMTrainingArguments")
-        for key, value in (
-            ("pred_loss", args.pred_loss),
-            ("regularizer", args.regularizer),
-            ("reg_weight", args.reg_weight),
-            ("phase", args.loss_phase),
-            ("sigreg_num_slices", args.sigreg_num_slices),
-        ):
-            setattr(model.config, key, value)
         if data_collator is None:
             data_collator = DataCollatorForLeWM(window=window)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
@@ -120,16 +177,37 @@ class LeWMTrainer(Trainer):
         self.add_callback(self.wsd_callback)
         self.collapse_monitor: CollapseMonitorCallback | None = None
         if args.collapse_monitor_steps > 0:
-            self.collapse_monitor = CollapseMonitorCallback(
-                self,
-                every_steps=args.collapse_monitor_steps,
-                action=args.collapse_action,
-                var_ratio=args.collapse_var_ratio,
-                distance_ratio=args.collapse_distance_ratio,
-                kl_max=args.collapse_kl_max,
-                min_rank_fraction=args.collapse_min_rank_fraction,
-            )
+            self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
             self.add_callback(self.collapse_monitor)
+        self._use_summary_progress()
+
+    result_curves: ClassVar[dict[str, str]] = K.WORLD_MODEL_CURVES
+
+    @property
+    def result_contributors(self) -> list[Any]:
+        return [self.collapse_monitor] if self.collapse_monitor is not None else []
+
+    def _load_callback_state(self) -> None:
+        # The Trainer restores stateful callbacks by re-creating them from their `state()` args
+        # (and only with `restore_callback_states_from_checkpoint`), which would lose the monitor's
+        # reference to this trainer; the monitor's history is part of the run, so it is restored
+        # in place, always.
+        saved = self.state.stateful_callbacks.get(CollapseMonitorCallback.__name__)
+        if self.collapse_monitor is not None and saved:
+            self.collapse_monitor.restore(saved[0] if isinstance(saved, list) else saved)
+        super()._load_callback_state()
+
+    def final_metrics(self) -> dict[str, float]:
+        """Evaluation metrics of the final model: the last logged evaluation when it ran at the
+        final step on the final weights (no best-model reload), else a fresh `evaluate()`."""
+        evals = [e for e in self.state.log_history if K.EVAL_PRED_MSE in e]
+        if (
+            evals
+            and evals[-1]["step"] == self.state.global_step
+            and not self.args.load_best_model_at_end
+        ):
+            return evals[-1]
+        return self.evaluate()
 
     def _set_signature_columns_if_needed(self) -> None:
         # The collator turns clip columns (`tokens`, `actions`, ...) into forward arguments, so
@@ -175,16 +253,16 @@ class LeWMTrainer(Trainer):
         mode = "train" if model.training else "eval"
         outputs = model(**inputs, step=self.state.global_step)
         metrics = self._metrics[mode]
-        metrics["pred_loss"].append(outputs.pred_loss.detach().float().item())
-        metrics["reg_loss"].append(outputs.reg_loss.detach().float().item())
+        metrics[K.PRED_LOSS].append(outputs.pred_loss.detach().float().item())
+        metrics[K.REG_LOSS].append(outputs.reg_loss.detach().float().item())
         if mode == "eval":
             mask = inputs.get("action_mask")
             latents = outputs.latents.detach()
             targets = outputs.targets.detach()
             pred_mse = prediction_loss(outputs.predictions.detach(), targets, mask, "mse")
             copy_mse = prediction_loss(latents[:, :-1], targets, mask, "mse")
-            metrics["pred_mse"].append(pred_mse.float().item())
-            metrics["copy_mse"].append(copy_mse.float().item())
+            metrics[K.PRED_MSE].append(pred_mse.float().item())
+            metrics[K.COPY_MSE].append(copy_mse.float().item())
         else:
             self.latest_latents = (
                 outputs.predictions.detach(),
@@ -206,9 +284,9 @@ class LeWMTrainer(Trainer):
         return loss, None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        mode = "train" if K.LOSS in logs else "eval" if K.EVAL_LOSS in logs else None
         if mode is not None:
-            prefix = "eval_" if mode == "eval" else ""
+            prefix = K.EVAL_PREFIX if mode == "eval" else ""
             for key, values in self._metrics[mode].items():
                 if values:
                     logs[f"{prefix}{key}"] = sum(values) / len(values)
@@ -216,3 +294,58 @@ class LeWMTrainer(Trainer):
         if mode == "train":
             logs.update(self.wsd_callback.extra_logs())
         super().log(logs, start_time)
+
+
+class WalkLMTrainer(_ResultMixin, Trainer):
+    """A `Trainer` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
+
+    It owns its `ComplianceGateCallback`, configured by the `gate_*` fields of its
+    `WalkLMTrainingArguments`: after every evaluation the LM generates walks from held-out
+    prompts, and training stops (saving `gate_checkpoint/`) as soon as the gate passes.
+
+    Args:
+        model (`PreTrainedModel`): A causal LM whose vocabulary is the graph's vertices.
+        args (`WalkLMTrainingArguments`): The arguments.
+        graph (`Graph`), jumpers (`list[Jumper]`): The walk process the gate checks.
+        prompt_walks (`np.ndarray`): Held-out walks; their first tokens are the prompts.
+        context_window (`int`): The window `w`.
+        data_collator (*optional*): Defaults to `DataCollatorForWalkLM()`.
+        **kwargs: Passed to `Trainer`.
+    """
+
+    result_curves: ClassVar[dict[str, str]] = K.LM_CURVES
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: WalkLMTrainingArguments,
+        graph,
+        jumpers,
+        prompt_walks: np.ndarray,
+        context_window: int,
+        data_collator=None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, WalkLMTrainingArguments):
+            raise TypeError("WalkLMTrainer needs WalkLMTrainingArguments")
+        data_collator = data_collator if data_collator is not None else DataCollatorForWalkLM()
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.gate = ComplianceGateCallback(self, graph, jumpers, prompt_walks, context_window)
+        self.add_callback(self.gate)
+        self._use_summary_progress()
+
+    @property
+    def result_contributors(self) -> list[Any]:
+        return [self.gate]
+
+    @staticmethod
+    def gate_passed_in(checkpoint: str | os.PathLike) -> TrainerState | None:
+        """The trainer state saved in `checkpoint` when the gate had passed in it, else None.
+
+        Resuming such a checkpoint must not train on: that would overwrite `gate_checkpoint/`
+        with a later model while `result.json` keeps the first pass's step and numbers.
+        """
+        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        if any(e.get(K.EVAL_GATE_PASSED) == 1.0 for e in state.log_history):
+            return state
+        return None

@@ -1,0 +1,241 @@
+"""Field declarations shared by every argument and config class, and the one validation of them.
+
+Each setting with a fixed set of values is a `Literal` alias defined here once (`PredLoss`,
+`Regularizer`, ...) and used as the annotation of the field that owns it; each numeric range is
+declared on its field with `option(..., low=..., high=...)`. `validate_fields` checks both for
+a dataclass instance (every `LeWMConfig`, training-arguments class and settings dataclass of the
+package calls it from `__post_init__`), and the recipe parser checks types from the same
+annotations (`type_accepts`), so a rule is written once and enforced wherever a value enters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import math
+import types
+import typing
+from dataclasses import MISSING
+from typing import Any, Literal
+
+from .errors import LeWMConfigError
+
+# ---- choices ----------------------------------------------------------------------------
+PredLoss = Literal["mse", "cos_mse"]
+Regularizer = Literal["sigreg", "kl", "none"]
+LossPhase = Literal["phase1", "phase2"]
+LRSchedule = Literal["wsd", "cosine", "constant"]
+ContextRule = Literal["window", "chunked"]
+Decoding = Literal["greedy", "sample"]
+CollapseAction = Literal["warn", "stop"]
+Pooling = Literal["last", "mean", "centered"]
+EncoderMode = Literal["train", "frozen"]
+
+
+def choices(alias: Any) -> tuple[Any, ...]:
+    """The values of a `Literal` alias."""
+    return typing.get_args(alias)
+
+
+def check_choice(name: str, value: Any, alias: Any) -> Any:
+    """Raise `LeWMConfigError` unless `value` is one of the alias's values; return it."""
+    allowed = choices(alias)
+    if value not in allowed:
+        raise LeWMConfigError(name, value, f"must be one of {', '.join(map(str, allowed))}")
+    return value
+
+
+# ---- ranges -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """An interval `low <= x <= high` (either side may be open or absent).
+
+    Args:
+        low (`float`, *optional*): Lower bound.
+        high (`float`, *optional*): Upper bound.
+        low_open (`bool`, defaults to `False`): `low < x` instead of `low <= x`.
+        high_open (`bool`, defaults to `False`): `x < high` instead of `x <= high`.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"must lie in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Any = MISSING,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """A dataclass field with a `help` text and, optionally, a numeric range.
+
+    Args:
+        default (`Any`, *optional*): The default value.
+        help (`str`): What the field does (shown by `HfArgumentParser` and in the docs).
+        default_factory (`Callable`, *optional*): Factory of a mutable default.
+        low, high (`float`, *optional*): Bounds checked by `validate_fields`.
+        low_open, high_open (`bool`, defaults to `False`): Exclude the bound itself.
+
+    Returns:
+        `dataclasses.Field`: The field.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if low is not None or high is not None:
+        metadata["range"] = Range(low, high, low_open, high_open)
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# ---- types ------------------------------------------------------------------------------
+def type_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
+    """Whether `value` fits the annotation `tp`; returns `(ok, value coerced to tp)`.
+
+    YAML and command-line values arrive as `int`, `float`, `str`, `bool`, lists and dicts: an
+    integer or a numeric string is accepted for a `float` (`1e-3` parses as a string in YAML 1.1),
+    a `bool` is never an `int`, and a `Literal` accepts exactly its values.
+    """
+    if tp is Any or tp is object:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, coerced = type_accepts(arg, value)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if tp is type(None):
+        return value is None, value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return (isinstance(value, tp) or value in {m.value for m in tp}), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(tp)
+        if args and origin is list:
+            coerced = []
+            for item in value:
+                ok, c = type_accepts(args[0], item)
+                if not ok:
+                    return False, value
+                coerced.append(c)
+            return True, coerced
+        return True, list(value) if (origin is list or tp is list) else tuple(value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value  # an annotation this parser does not model: accepted as is
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of an annotation, for error messages."""
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+@functools.cache
+def own_field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of the fields that `lewm_hf` classes in `cls`'s MRO declare.
+
+    Inherited fields of `TrainingArguments` or `PreTrainedConfig` are left out: transformers
+    validates those itself.
+    """
+    out: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if not klass.__module__.startswith("lewm_hf"):
+            continue
+        for name, tp in inspect.get_annotations(klass, eval_str=True).items():
+            if typing.get_origin(tp) is typing.ClassVar or tp is typing.ClassVar:
+                continue
+            out[name] = tp
+    return out
+
+
+def validate_fields(obj: Any) -> None:
+    """Check every field that a `lewm_hf` class declares: its type, `Literal` choices and range.
+
+    Args:
+        obj (`Any`): A dataclass instance (an arguments class, a config, a settings dataclass).
+
+    Raises:
+        `LeWMConfigError`: naming the first bad field and its value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, tp in own_field_types(type(obj)).items():
+        if name not in fields:
+            continue
+        value = getattr(obj, name)
+        ok, coerced = type_accepts(tp, value)
+        if not ok:
+            raise LeWMConfigError(name, value, f"expected {type_name(tp)}")
+        if coerced is not value and isinstance(coerced, float):
+            setattr(obj, name, coerced)
+            value = coerced
+        bounds = fields[name].metadata.get("range")
+        if bounds is not None and value is not None and not bounds.contains(value):
+            raise LeWMConfigError(name, value, bounds.describe())
+
+
+__all__ = [
+    "CollapseAction",
+    "ContextRule",
+    "Decoding",
+    "EncoderMode",
+    "LRSchedule",
+    "LossPhase",
+    "Pooling",
+    "PredLoss",
+    "Range",
+    "Regularizer",
+    "check_choice",
+    "choices",
+    "option",
+    "own_field_types",
+    "type_accepts",
+    "type_name",
+    "validate_fields",
+]

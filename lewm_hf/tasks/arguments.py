@@ -1,0 +1,87 @@
+"""Argument classes that tasks share or that are not a trainer's or a model config's own.
+
+Each recipe key belongs to exactly one class among a task's targets (`lewm_hf.recipe.key_owners`
+checks it): corpus keys here, clip keys in `MoveTrajectoryConfig`, model keys in `LeWMConfig` or
+the task's model arguments, trainer keys in the training arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..data.walks import WalkCorpusConfig
+from ..errors import LeWMConfigError
+from ..fields import option, validate_fields
+
+
+@dataclass
+class WalkCorpusArguments:
+    """Which walk corpus a task uses.
+
+    Args:
+        corpus_preset (`str`, defaults to `"small"`): A `WalkCorpusConfig` preset (`small`, `anchor`).
+        corpus (`dict`, defaults to `{}`): `WalkCorpusConfig` field overrides.
+        corpus_cache_dir (`str`, *optional*): Corpus cache root (default `$LEWM_HF_CACHE` or
+            `~/.cache/lewm_hf/corpora`).
+    """
+
+    corpus_preset: str = option("small", help="WalkCorpusConfig preset: small or anchor.")
+    corpus: dict = option(default_factory=dict, help="WalkCorpusConfig field overrides.")
+    corpus_cache_dir: str | None = option(None, help="Corpus cache root.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        self.corpus_config()  # a bad preset or corpus field fails when the recipe is parsed
+
+    def corpus_config(self) -> WalkCorpusConfig:
+        """The `WalkCorpusConfig` these arguments describe."""
+        valid = {f.name for f in dataclasses.fields(WalkCorpusConfig)}
+        for key, value in self.corpus.items():
+            if key not in valid:
+                raise LeWMConfigError(f"corpus.{key}", value, "unknown corpus field")
+        return WalkCorpusConfig.preset(self.corpus_preset, **self.corpus)
+
+
+@dataclass
+class WalkLMModelArguments:
+    """The encoder-phase model: any `transformers` causal LM, built from a config or loaded.
+
+    Args:
+        model_name_or_path (`str`, *optional*): A local checkpoint to start from instead.
+        model_type (`str`, defaults to `"llama"`): Architecture (`AutoConfig.for_model`).
+        hidden_size (`int`, defaults to 128), num_hidden_layers (`int`, defaults to 4),
+        num_attention_heads (`int`, defaults to 4), intermediate_size (`int`, defaults to 512):
+            Size of the default CPU-sized model.
+        model_config_overrides (`dict`, defaults to `{}`): Any other config fields.
+    """
+
+    model_name_or_path: str | None = option(None, help="Local checkpoint to start from.")
+    model_type: str = option("llama", help="transformers architecture (AutoConfig.for_model).")
+    hidden_size: int = option(128, help="Hidden size.", low=1)
+    num_hidden_layers: int = option(4, help="Layers.", low=1)
+    num_attention_heads: int = option(4, help="Attention heads.", low=1)
+    intermediate_size: int = option(512, help="MLP width.", low=1)
+    model_config_overrides: dict = option(default_factory=dict, help="Other config fields.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
+class WorldModelArguments:
+    """Where the world model's state encoder comes from; the other model keys are `LeWMConfig`'s.
+
+    Args:
+        encoder_path (`str`, *optional*, defaults to `"previous"`): `"previous"` (the previous
+            phase's model: its gate checkpoint when the gate passed), a local path, or null to
+            build the encoder from `LeWMConfig.encoder_config` (a tiny Llama by default).
+    """
+
+    encoder_path: str | None = option("previous", help="previous, a local path, or null.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+__all__ = ["WalkCorpusArguments", "WalkLMModelArguments", "WorldModelArguments"]

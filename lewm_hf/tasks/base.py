@@ -1,0 +1,78 @@
+"""What every task runner shares: the phase context and the training-arguments constructor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..errors import LeWMConfigError
+
+
+@dataclass
+class PhaseContext:
+    """Where a task runs within a recipe.
+
+    Args:
+        name (`str`): The phase name (its output folder under the run's output dir).
+        index (`int`): The phase's position in the recipe.
+        previous (`dict`, *optional*): The previous phase's summary (its `model_path` feeds
+            `encoder_path: previous`).
+        resume (`str`, *optional*): The checkpoint folder to resume from.
+    """
+
+    name: str
+    index: int = 0
+    previous: dict[str, Any] | None = None
+    resume: str | None = None
+
+
+def build_training_arguments(
+    cls: type, kwargs: dict[str, Any], output_dir: Path, source: str
+) -> Any:
+    """Construct a task's `TrainingArguments` subclass, turning its errors into typed ones.
+
+    Args:
+        cls (`type`): The arguments class.
+        kwargs (`dict[str, Any]`): The recipe keys it owns.
+        output_dir (`Path`): The phase's output folder.
+        source (`str`): The recipe file (named in errors).
+
+    Returns:
+        The arguments.
+    """
+    kwargs = {**kwargs, "output_dir": str(output_dir)}
+    # Pinned memory only helps host-to-GPU copies (and warns at every epoch without a GPU).
+    kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    try:
+        return cls(**kwargs)
+    except LeWMConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise LeWMConfigError("training arguments", source, str(err)) from err
+
+
+def resolve_resume(value: Any, output_dir: Path) -> str | None:
+    """The checkpoint folder `resume_from_checkpoint` names (`true`: the last one), or None.
+
+    Raises:
+        `LeWMConfigError`: when there is no such checkpoint.
+    """
+    if value in (None, False):
+        return None
+    if value is True:
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise LeWMConfigError(
+                "resume_from_checkpoint", True, f"no checkpoint-* folder in {output_dir}"
+            )
+        return last
+    if not Path(str(value)).is_dir():
+        raise LeWMConfigError("resume_from_checkpoint", value, "checkpoint folder not found")
+    return str(value)
+
+
+__all__ = ["PhaseContext", "build_training_arguments", "resolve_resume"]
