@@ -327,3 +327,128 @@ def test_bad_corpus_field_fails_before_training(tmp_path, cache_dir):
     with pytest.raises(LeWMConfigError, match="num_blocks"):
         run_recipe(recipe)
     assert not (tmp_path / "run").exists()
+
+
+def test_format_summary_rows():
+    summary = {
+        "output_dir": "out",
+        "wall_time_s": 12.34,
+        "phases": {
+            "encoder": {
+                "task": "lm",
+                "gate_passed": True,
+                "edge_compliance": 1.0,
+                "rule_compliance": 0.9621,
+                "final_train_loss": 2.68214,
+                "global_step": 500,
+                "wall_time_s": 205.61,
+            },
+            "lm2": {
+                "task": "lm",
+                "gate_passed": False,
+                "failure_reason": "too few rule checks (3 < 100)",
+                "edge_compliance": None,
+                "rule_compliance": None,
+                "final_train_loss": None,
+                "global_step": 4,
+                "wall_time_s": 1.0,
+            },
+            "world_model": {
+                "task": "world_model",
+                "eval_pred_mse": 1.671,
+                "eval_copy_mse": 102.4,
+                "final_pred_loss": 4.498,
+                "final_reg_loss": 1.678,
+                "global_step": 939,
+                "wall_time_s": 170.9,
+            },
+        },
+    }
+    lines = format_summary(summary).splitlines()
+    assert lines[0].split() == ["phase", "task", "steps", "final", "loss", "gate", "/", "eval"] + [
+        "time",
+        "(s)",
+    ]
+    assert set(lines[1]) == {"-", " "}
+    assert lines[2].split() == "encoder lm 500 2.682 passed (edge 1, rule 0.9621) 205.6".split()
+    assert "failed: too few rule checks (3 < 100) (edge -, rule -)" in lines[3]
+    assert lines[4].split()[:7] == [
+        "world_model",
+        "world_model",
+        "939",
+        "pred",
+        "4.498",
+        "reg",
+        "1.678",
+    ]
+    assert "pred MSE 1.671 vs copy 102.4 (ratio 0.01632)" in lines[4]
+    assert lines[-1] == "total wall time 12.3s; outputs in out"
+
+
+def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_path, cache_dir):
+    recipe_gate, _ = gate_run
+    gate_dir = recipe_gate.parent / "run" / "encoder" / GATE_CHECKPOINT
+    fresh = write_recipe(
+        tmp_path / "fresh", cache_dir, [{**WORLD_MODEL_PHASE, "encoder_path": None, "max_steps": 2}]
+    )
+    summary = run_recipe(fresh)["phases"]["world_model"]
+    assert summary["encoder_path"] is None
+    config = read_json(tmp_path / "fresh" / "run" / "world_model" / "config.json")
+    # The default tiny Llama, sized to the graph's 100 vertices.
+    assert config["encoder_config"]["vocab_size"] == 100
+    assert config["encoder_config"]["hidden_size"] == 64
+
+    local = write_recipe(
+        tmp_path / "local",
+        cache_dir,
+        [{**WORLD_MODEL_PHASE, "encoder_path": str(gate_dir), "max_steps": 2}],
+    )
+    summary = run_recipe(local)["phases"]["world_model"]
+    assert summary["encoder_path"] == str(gate_dir)
+    saved = load_file(tmp_path / "local" / "run" / "world_model" / "model.safetensors")
+    gate = load_file(gate_dir / "model.safetensors")
+    for key, value in gate.items():
+        if key.startswith("model."):
+            assert torch.equal(saved["encoder." + key.removeprefix("model.")], value), key
+
+
+def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
+    phase = lm_phase(**EASY_GATE, max_steps=2, gate_decoding="greedy", gate_log_other_decoding=True)
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    enc = run_recipe(recipe)["phases"]["encoder"]
+    out = tmp_path / "run" / "encoder"
+    result = read_json(out / "result.json")
+    # The gate's numbers are greedy decoding's; sampled decoding is logged beside them, and
+    # both equal a direct evaluation of the gate checkpoint with the gate's settings.
+    from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
+    from lewm_hf.evaluation.compliance import evaluate_compliance
+
+    plan = validate_recipe(recipe)[0]
+    corpus = build_walk_corpus(plan.args.data.corpus_config(), cache_dir)
+    meta = load_walk_metadata(corpus)
+    model = AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
+    prompts = corpus["validation_walks"]["walk"]
+    for decoding, key in (("greedy", "rule_compliance"), ("sample", "sampled_rule_compliance")):
+        direct = evaluate_compliance(
+            model,
+            meta.graph,
+            meta.jumpers,
+            prompts,
+            8,
+            **plan.args.training.compliance_kwargs(decoding),
+        )
+        assert result[key] == pytest.approx(direct.rule_compliance, abs=1e-12), decoding
+    assert enc["greedy_rule_compliance"] == result["rule_compliance"]
+    assert enc["sampled_rule_compliance"] == result["sampled_rule_compliance"]
+    assert result["gate"]["decoding"] == "greedy"
+    assert result["curves"]["sampled_rule_compliance"]["step"] == [2]
+    assert result["curves"]["greedy_rule_compliance"]["step"] == []
+
+
+def test_empty_phases_exit_2(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("phases: []\n")
+    main = runpy.run_path(str(TRAIN_SCRIPT))["main"]
+    assert main(["--config", str(recipe)]) == 2
+    assert "phases=[]: is empty" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

@@ -181,6 +181,7 @@ def test_gradient_accumulation_keeps_loss_scale(tmp_path):
             continue
         torch.testing.assert_close(trained.detach(), param.detach() - lr * param.grad, msg=name)
 
+
 def test_remove_unused_columns_keeps_action_fields(tmp_path):
     args = make_args(tmp_path, max_steps=2, remove_unused_columns=True)
     trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
@@ -323,3 +324,42 @@ def test_bad_arguments_are_typed_errors(tmp_path):
     ]:
         with pytest.raises(LeWMConfigError, match=field):
             make_args(tmp_path, **{field: value})
+
+
+def test_final_metrics_reuse_the_evaluation_at_the_final_step(tmp_path, monkeypatch):
+    data = clip_dataset(64)
+    args = make_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2)
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "eval_pred_mse" in e][-1]
+    assert logged["step"] == 4
+
+    def forbidden(*a, **k):
+        raise AssertionError("evaluated the same weights twice")
+
+    monkeypatch.setattr(trainer, "evaluate", forbidden)
+    assert trainer.final_metrics() is logged
+
+
+def test_final_metrics_evaluate_the_reloaded_best_model(tmp_path):
+    # With `load_best_model_at_end` the final weights are not those of the last evaluation.
+    data = clip_dataset(64)
+    args = make_args(
+        tmp_path,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_copy_mse",
+        greater_is_better=True,
+    )
+    trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    best = max(evals, key=lambda e: e["eval_copy_mse"])
+    fresh = trainer.final_metrics()
+    assert len([e for e in trainer.state.log_history if "eval_pred_mse" in e]) == 3
+    assert fresh["eval_pred_mse"] == pytest.approx(best["eval_pred_mse"], rel=1e-6)
