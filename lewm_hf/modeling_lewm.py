@@ -519,30 +519,58 @@ class LeWMModel(LeWMPreTrainedModel):
         weights = mask.unsqueeze(-1)  # (N, L, 1)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
-    def _encode_rows(
+    def pooled_features(
         self,
         input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
-        locus: torch.Tensor | None,
-        valid: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Encode rows `(N, L)` to latents `(N, D)`; invalid rows are skipped and left zero."""
+        attention_mask: torch.Tensor | None = None,
+        locus: torch.LongTensor | None = None,
+    ) -> torch.FloatTensor:
+        """The encoder's pooled token states `(N, E)`, before the projector.
+
+        With a frozen encoder these are fixed, so they can be computed once per state and fed
+        back through `forward(state_features=...)` (the frozen-encoder feature cache).
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(N, L)`): Token ids of N states.
+            attention_mask (`torch.Tensor` of shape `(N, L)`, *optional*): 1 for real tokens.
+            locus (`torch.LongTensor` of shape `(N,)`, *optional*): Centre of `"centered"` pooling.
+
+        Returns:
+            `torch.FloatTensor` of shape `(N, E)`.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        ids, mask, loc = input_ids, attention_mask, locus
-        if valid is not None:
-            ids, mask = ids[valid], mask[valid]
-            loc = None if loc is None else loc[valid]
         # A frozen encoder never builds a graph, whatever its parameters' requires_grad says.
         frozen = self.config.encoder_mode == "frozen"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            pooled = self._pool(hidden, mask, loc)  # (N_valid, E)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            return self._pool(hidden.last_hidden_state, attention_mask, locus)  # (N, E)
+
+    def _encode_rows(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        locus: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode rows `(N, L)` (or their pooled `features` `(N, E)`) to latents `(N, D)`;
+        invalid rows are skipped and left zero."""
+        num_rows = features.shape[0] if features is not None else input_ids.shape[0]
+        if features is not None:
+            pooled = features if valid is None else features[valid]
+        else:
+            ids, mask, loc = input_ids, attention_mask, locus
+            if valid is not None:
+                ids = ids[valid]
+                mask = None if mask is None else mask[valid]
+                loc = None if loc is None else loc[valid]
+            pooled = self.pooled_features(ids, mask, loc)  # (N_valid, E)
         pooled = pooled.to(self.projector[0].weight.dtype)
         z = _apply_rows(self.projector, pooled, None, "input_ids")  # (N_valid, D)
         if valid is None:
             return z
-        full = z.new_zeros(input_ids.shape[0], z.shape[-1])
+        full = z.new_zeros(num_rows, z.shape[-1])
         full[valid] = z
         return full
 
@@ -658,7 +686,7 @@ class LeWMModel(LeWMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         action_ids: torch.LongTensor | None = None,
         action_mask: torch.Tensor | None = None,
@@ -667,6 +695,7 @@ class LeWMModel(LeWMPreTrainedModel):
         action_tokens: torch.LongTensor | None = None,
         action_token_mask: torch.Tensor | None = None,
         locus: torch.LongTensor | None = None,
+        state_features: torch.FloatTensor | None = None,
         step: int = 0,
         return_dict: bool | None = None,
     ) -> LeWMOutput | tuple:
@@ -688,6 +717,9 @@ class LeWMModel(LeWMPreTrainedModel):
                 Valid entries of `action_tokens`.
             locus (`torch.LongTensor` of shape `(B, T + 1)`, *optional*):
                 Centre token of each state for `pooling="centered"`.
+            state_features (`torch.FloatTensor` of shape `(B, T + 1, E)`, *optional*):
+                The encoder's pooled features of each state (`pooled_features`), instead of
+                `input_ids`: a frozen encoder's features are computed once and reused.
             step (`int`, *optional*, defaults to 0):
                 Global optimisation step; seeds the SIGReg projections so every rank draws the same.
             return_dict (`bool`, *optional*): Return a [`LeWMOutput`] (default) or a tuple.
@@ -696,11 +728,24 @@ class LeWMModel(LeWMPreTrainedModel):
             [`LeWMOutput`] or `tuple`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        if input_ids.dim() != 3 or input_ids.shape[1] < 2:
+        if state_features is not None:
+            if input_ids is not None:
+                raise LeWMInputError("state_features", "given", "give input_ids or state_features")
+            if state_features.dim() != 3 or state_features.shape[1] < 2:
+                raise LeWMInputError(
+                    "state_features",
+                    tuple(state_features.shape),
+                    "must have shape (B, T + 1, E) with T >= 1",
+                )
+            batch, num_states, seq_len = state_features.shape
+        elif input_ids is None or input_ids.dim() != 3 or input_ids.shape[1] < 2:
             raise LeWMInputError(
-                "input_ids", tuple(input_ids.shape), "must have shape (B, T + 1, L) with T >= 1"
+                "input_ids",
+                None if input_ids is None else tuple(input_ids.shape),
+                "must have shape (B, T + 1, L) with T >= 1",
             )
-        batch, num_states, seq_len = input_ids.shape
+        else:
+            batch, num_states, seq_len = input_ids.shape
         steps = num_states - 1
         if steps > self.config.history_length:
             raise LeWMInputError(
@@ -708,9 +753,10 @@ class LeWMModel(LeWMPreTrainedModel):
                 tuple(input_ids.shape),
                 f"T={steps} actions exceed history_length={self.config.history_length}",
             )
-        _check_shape(attention_mask, (batch, num_states, seq_len), "attention_mask")
-        _check_shape(locus, (batch, num_states), "locus")
-        device = input_ids.device
+        if state_features is None:
+            _check_shape(attention_mask, (batch, num_states, seq_len), "attention_mask")
+            _check_shape(locus, (batch, num_states), "locus")
+        device = (input_ids if state_features is None else state_features).device
 
         # State k >= 1 exists when action k - 1 does; padding must be trailing.
         state_mask = None
@@ -725,12 +771,19 @@ class LeWMModel(LeWMPreTrainedModel):
 
         # One batched encoder call over the B * (T + 1) states.
         flat_valid = None if state_mask is None else state_mask.reshape(-1)
-        latents = self._encode_rows(
-            input_ids.reshape(batch * num_states, seq_len),
-            None if attention_mask is None else attention_mask.reshape(batch * num_states, seq_len),
-            None if locus is None else locus.reshape(-1),
-            flat_valid,
-        ).view(batch, num_states, -1)  # (B, T + 1, D)
+        if state_features is not None:
+            latents = self._encode_rows(
+                None, None, None, flat_valid, state_features.reshape(batch * num_states, -1)
+            ).view(batch, num_states, -1)  # (B, T + 1, D)
+        else:
+            latents = self._encode_rows(
+                input_ids.reshape(batch * num_states, seq_len),
+                None
+                if attention_mask is None
+                else attention_mask.reshape(batch * num_states, seq_len),
+                None if locus is None else locus.reshape(-1),
+                flat_valid,
+            ).view(batch, num_states, -1)  # (B, T + 1, D)
 
         action_emb = self.encode_actions(
             action_ids, mask, action_ops, action_positions, action_tokens, action_token_mask

@@ -94,6 +94,9 @@ class LeWMTrainingArguments(TrainingArguments):
         predictor_lr_multiplier (`float`, defaults to `1.0`): LR multiplier of the predictor.
         action_encoder_lr_multiplier (`float`, defaults to `1.0`): LR multiplier of the action
             encoder.
+        frozen_feature_cache (`bool`, defaults to `True`): With `encoder_mode="frozen"`, compute
+            the encoder's pooled features of every training and evaluation state once, before
+            training (`FeatureCache`), instead of at every step; the results are the same.
 
     Parameters that control the collapse monitor (alerts: see `CollapseMonitorCallback`):
         collapse_monitor_steps (`int`, defaults to `50`): Check period in steps (0 disables).
@@ -118,6 +121,9 @@ class LeWMTrainingArguments(TrainingArguments):
     encoder_lr_multiplier: float = option(1.0, help="Encoder + projector LR factor.", low=0)
     predictor_lr_multiplier: float = option(1.0, help="Predictor LR factor.", low=0)
     action_encoder_lr_multiplier: float = option(1.0, help="Action encoder LR factor.", low=0)
+    frozen_feature_cache: bool = option(
+        True, help="With a frozen encoder, compute its state features once (false: every step)."
+    )
 
     # Parameters that control the collapse monitor
     collapse_monitor_steps: int = option(50, help="Check period in steps (0: off).", low=0)

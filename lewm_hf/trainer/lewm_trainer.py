@@ -13,12 +13,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainerState
 from transformers.trainer_callback import ProgressCallback
 
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForLeWM, DataCollatorForWalkLM
+from ..errors import LeWMConfigError
 from ..losses import prediction_loss
 from ..reporting import curve, plot_curves, write_json
 from .callbacks import (
@@ -27,11 +29,12 @@ from .callbacks import (
     SummaryProgressCallback,
     WSDSchedulerCallback,
 )
+from .feature_cache import FEATURE_INDEX, FeatureCache, FeatureCacheCollator, encoder_fingerprint
 from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
-COLLATOR_COLUMNS = ("tokens", "actions", "input_ids", "action_mask", "locus", "edits")
+COLLATOR_COLUMNS = ("tokens", "actions", "input_ids", "action_mask", "locus", "edits", FEATURE_INDEX)
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
 NO_DECAY_PATTERNS = ("bias", "norm", "embed", "bn", "ln_", ".ln")
 # Model parts and the argument holding their LR multiplier; the first matching prefix wins.
@@ -180,6 +183,43 @@ class LeWMTrainer(_ResultMixin, Trainer):
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
             self.add_callback(self.collapse_monitor)
         self._use_summary_progress()
+        self.feature_cache: FeatureCache | None = None
+        if args.frozen_feature_cache and model.config.encoder_mode == "frozen":
+            self._attach_feature_cache()
+
+    def _attach_feature_cache(self) -> None:
+        """Compute the frozen encoder's features of every train/eval state once (see
+        `FeatureCache`) and collate `state_features` from them from now on."""
+        names = [
+            n
+            for n in ("train_dataset", "eval_dataset")
+            if isinstance(getattr(self, n), Dataset)
+        ]
+        if not names:
+            return
+        self.feature_cache, indexed = FeatureCache.build(
+            self.model, [getattr(self, n) for n in names], self.data_collator
+        )
+        for name, dataset in zip(names, indexed):
+            setattr(self, name, dataset)
+        self.data_collator = FeatureCacheCollator(self.data_collator, self.feature_cache)
+
+    def _check_feature_cache(self) -> None:
+        if self.feature_cache is None:
+            return
+        encoder = self.accelerator.unwrap_model(self.model).encoder
+        if encoder_fingerprint(encoder) != self.feature_cache.fingerprint:
+            raise LeWMConfigError(
+                "frozen_feature_cache",
+                True,
+                "the encoder's weights differ from those the cached features were computed with",
+            )
+
+    def train(self, *args: Any, **kwargs: Any):
+        """`Trainer.train`, after checking that cached features match the encoder's weights
+        (a resumed or reloaded encoder must not reuse another encoder's features)."""
+        self._check_feature_cache()
+        return super().train(*args, **kwargs)
 
     result_curves: ClassVar[dict[str, str]] = K.WORLD_MODEL_CURVES
 
