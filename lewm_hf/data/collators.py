@@ -1,4 +1,5 @@
-"""Collators: LM rows for the encoder phase, move clips and ragged action sequences for LeWM."""
+"""Collators: LM rows for the encoder phase, move clips, ragged action sequences and edit
+trajectories for LeWM."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import torch
 
 from ..errors import LeWMInputError
+from .dna import DNA_END_ID
+from .edits import DEFAULT_MAX_EDIT_LEN, edits_from_row, edits_to_actions
 
 
 @dataclass
@@ -26,27 +29,41 @@ class DataCollatorForWalkLM:
 class DataCollatorForLeWM:
     """Collate world-model clips.
 
-    Accepts rows in one of two forms:
+    Accepts rows in one of three forms:
 
     - move clips: `tokens` (a `w + H` token span) and `actions` (`H` neighbour ranks); the span
       is unfolded into `H + 1` windows of `window` tokens;
     - explicit trajectories: `input_ids` (`K + 1` states of equal length) and `actions` (`K`
       action ids), ragged in `K`: padded to the batch maximum, with `action_mask` marking real
-      steps (padded states repeat the last real state).
+      steps (padded states repeat the last real state);
+    - edit trajectories (rows of `build_edit_corpus`): `input_ids` (`K + 1` states),
+      `edit_ops`, `edit_positions`, `edit_tokens` (`K` edits) and `locus` (`K + 1`), ragged in
+      `K`; the edits become actions through `edits.edits_to_actions` (each action's tokens
+      closed by `edit_end_token`); padded states repeat the last real state and locus, padded
+      actions are 0 and masked.
 
     Args:
         window (`int`, *optional*): The state window `w`, required for move clips.
+        edit_end_token (`int`, *optional*, defaults to `DNA_END_ID`): Closes every edit
+            action's tokens (None: nothing appended).
+        max_edit_len (`int`, defaults to 16): Longest edit accepted.
 
     Returns (from `__call__`):
         `dict[str, torch.Tensor]`: `input_ids` `(B, T + 1, L)`, `action_ids` `(B, T)`, and for
-        ragged trajectories `action_mask` `(B, T)` bool.
+        ragged trajectories `action_mask` `(B, T)` bool. Edit trajectories give `input_ids`
+        `(B, K + 1, L)`, `action_ops`, `action_positions` `(B, K)`, `action_tokens` and
+        `action_token_mask` `(B, K, L_a)`, `action_mask` `(B, K)` and `locus` `(B, K + 1)`.
     """
 
     window: int | None = None
+    edit_end_token: int | None = DNA_END_ID
+    max_edit_len: int = DEFAULT_MAX_EDIT_LEN
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise LeWMInputError("features", [], "empty batch")
+        if "edit_ops" in features[0]:
+            return self._collate_edits(features)
         if "tokens" in features[0]:
             if self.window is None:
                 raise LeWMInputError("window", None, "move clips need the state window")
@@ -77,3 +94,32 @@ class DataCollatorForLeWM:
             "action_ids": torch.stack(action_ids),
             "action_mask": torch.stack(masks),
         }
+
+    def _collate_edits(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Edit-trajectory rows -> padded states, loci and actions."""
+        trajectories = [edits_from_row(f) for f in features]
+        batch = edits_to_actions(trajectories, self.edit_end_token, self.max_edit_len)
+        steps = batch["action_mask"].shape[1]
+        input_ids, loci = [], []
+        for i, f in enumerate(features):
+            states = torch.as_tensor(f["input_ids"], dtype=torch.long)  # (K + 1, L)
+            locus = torch.as_tensor(f["locus"], dtype=torch.long)  # (K + 1,)
+            k = len(trajectories[i])
+            if states.dim() != 2 or states.shape[0] != k + 1:
+                raise LeWMInputError(
+                    f"features[{i}].input_ids", tuple(states.shape), f"need {k + 1} states"
+                )
+            if locus.shape != (k + 1,):
+                raise LeWMInputError(
+                    f"features[{i}].locus", tuple(locus.shape), f"need {k + 1} loci"
+                )
+            if input_ids and states.shape[1] != input_ids[0].shape[1]:
+                raise LeWMInputError(
+                    f"features[{i}].input_ids",
+                    tuple(states.shape),
+                    f"windows differ in length ({input_ids[0].shape[1]} before)",
+                )
+            pad = steps - k
+            input_ids.append(torch.cat([states, states[-1:].expand(pad, -1)]))
+            loci.append(torch.cat([locus, locus[-1:].expand(pad)]))
+        return {"input_ids": torch.stack(input_ids), "locus": torch.stack(loci), **batch}
