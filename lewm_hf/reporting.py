@@ -111,6 +111,35 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def format_evaluation(results: dict[str, Any]) -> str:
+    """A short table of the suite's headline numbers against their references."""
+
+    def f(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [
+        f"action R@1     {f(results.get('eval_action_r1'))}  copy {f(results.get('eval_action_r1_copy'))}"
+        f"  shuffled {f(results.get('eval_action_r1_shuffled'))}  chance {f(results.get('eval_action_chance'))}",
+        f"surprise AUROC {f(results.get('eval_surprise_auroc'))} (true moves vs teleports)",
+    ]
+    l2, copy = results.get("eval_rollout_l2") or [], results.get("eval_rollout_l2_copy") or []
+    if l2:
+        lines.append(
+            "rollout L2     "
+            + " ".join(f"h{h}:{a:.2f}/{b:.2f}" for h, (a, b) in enumerate(zip(l2, copy), 1))
+            + "  (model/copy)"
+        )
+    success = results.get("eval_plan_success") or {}
+    random = results.get("eval_plan_success_random") or {}
+    if success:
+        lines.append(
+            "plan success   "
+            + " ".join(f"d{d}:{success[d]:.2f}/{random.get(d, float('nan')):.2f}" for d in success)
+            + "  (model/random)"
+        )
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A short table: per phase the final losses, the gate result and, for world models, the
     held-out latent prediction error against the copy baseline.
@@ -141,6 +170,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, p in summary["phases"].items():
+        if "eval_action_r1" in p:
+            lines.append(f"{name} evaluation:")
+            lines.extend("  " + line for line in format_evaluation(p).splitlines())
     lines.append(
         f"total wall time {summary['wall_time_s']:.1f}s; outputs in {summary['output_dir']}"
     )
