@@ -34,7 +34,15 @@ from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
-COLLATOR_COLUMNS = ("tokens", "actions", "input_ids", "action_mask", "locus", "edits", FEATURE_INDEX)
+COLLATOR_COLUMNS = (
+    "tokens",
+    "actions",
+    "input_ids",
+    "action_mask",
+    "locus",
+    "edits",
+    FEATURE_INDEX,
+)
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
 NO_DECAY_PATTERNS = ("bias", "norm", "embed", "bn", "ln_", ".ln")
 # Model parts and the argument holding their LR multiplier; the first matching prefix wins.
@@ -191,9 +199,7 @@ class LeWMTrainer(_ResultMixin, Trainer):
         """Compute the frozen encoder's features of every train/eval state once (see
         `FeatureCache`) and collate `state_features` from them from now on."""
         names = [
-            n
-            for n in ("train_dataset", "eval_dataset")
-            if isinstance(getattr(self, n), Dataset)
+            n for n in ("train_dataset", "eval_dataset") if isinstance(getattr(self, n), Dataset)
         ]
         if not names:
             return
