@@ -41,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
             raise LeWMConfigError("model_path", None, "give --model_path PATH")
         config = Path(str(options.pop("config", DEFAULT_CONFIG)))
         output = Path(str(options.pop("output", Path(str(model_path)) / RESULTS_FILE)))
-        plans = [p for p in validate_recipe(config) if hasattr(p.args, "evaluation")]
+        plans = [p for p in validate_recipe(config) if p.task == "world_model"]
         if not plans:
             raise LeWMConfigError("config", str(config), "has no world-model phase")
         plan = plans[-1]
         full = PlanningConfig()
-        evaluation = dict(plan.args.evaluation.evaluation)
+        recipe_args = getattr(plan.args, "evaluation", None) or EvaluationArguments()
+        evaluation = dict(recipe_args.evaluation)
         planning = {"goals_per_distance": full.goals_per_distance, "seeds": full.seeds}
         for key, value in options.items():
             group, _, field = key.partition(".")
