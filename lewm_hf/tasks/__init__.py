@@ -12,11 +12,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import LeWMConfigError
-from . import walk_lm, world_model
+from . import dna_lm, edit_world_model, walk_lm, world_model
 
 TASKS: dict[str, ModuleType] = {
     "lm": walk_lm,
     "world_model": world_model,
+    "dna_lm": dna_lm,
+    "edit_world_model": edit_world_model,
 }
 
 

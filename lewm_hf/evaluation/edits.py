@@ -1,0 +1,310 @@
+"""Evaluation of DNA edit world models on held-out windows.
+
+- `snv_recovery`: from a source window and its edited window (one SNV near the locus), rank all
+  single-base substitutions of the window (every position, every other base: about `3L`) by
+  the distance of their *predicted* latent to the *observed* (encoded) edited latent; Recall@1
+  of the true SNV (`eval_snv_recovery_r1`). A model that ignores its action ranks every
+  candidate alike, so the reference is chance `1 / (3L)`. The copy baseline
+  (`eval_snv_recovery_r1_copy`) ranks the candidates' *true* next latents (each candidate
+  window encoded) by distance to the source latent `z_t`: it asks whether the true edit is the
+  one that moves the latent least, which it is not by construction.
+- `edit_action_candidates` + `action_discrimination`: for a held-out source state and its true
+  first edit, candidates are the true edit, the substitutions of the other bases at the same
+  position, and random other edits (SUB/INS/DEL from the corpus sampler), each with its true
+  next state encoded; rank by distance to the prediction (`eval_edit_action_r1`, with copy,
+  shuffled and chance references).
+
+Everything runs batched under `torch.inference_mode` and is seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.dna import DNA_EDIT_ALPHABET, DNA_END_ID, N_ID
+from ..data.edits import Edit, EditOp, EditSampler, apply_edit, edits_from_row, map_locus
+from ..data.walks import derive_seed
+from ..fields import option, validate_fields
+from ..metric_keys import EVAL_PREFIX
+from .world_model import (
+    ActionCandidates,
+    action_discrimination,
+    chance_metrics,
+    evaluating,
+    model_device,
+    retrieval_metrics,
+    retrieval_ranks,
+)
+
+EVAL_SNV_RECOVERY = EVAL_PREFIX + "snv_recovery_"
+EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY + "r1"
+EVAL_EDIT_ACTION = EVAL_PREFIX + "edit_action_"
+EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION + "r1"
+
+
+@dataclass
+class EditEvaluationArguments:
+    """DNA evaluation after training (`lewm_hf.evaluation.edits`).
+
+    Args:
+        run_evaluation (`bool`, defaults to True): Run SNV recovery and edit discrimination.
+        eval_items (`int`, defaults to 256): Held-out source windows evaluated.
+        eval_copy_items (`int`, defaults to 32): Items of the SNV copy baseline (it encodes
+            every candidate window: `~3L` encoder calls per item).
+        eval_random_edits (`int`, defaults to 16): Random other edits per discrimination item.
+        eval_seed (`int`, defaults to 0): Seed of the evaluation's draws.
+    """
+
+    run_evaluation: bool = option(True, help="Run the DNA evaluation after training.")
+    eval_items: int = option(256, help="Held-out source windows evaluated.", low=1)
+    eval_copy_items: int = option(32, help="Items of the SNV copy baseline.", low=0)
+    eval_random_edits: int = option(16, help="Random other edits per item.", low=0)
+    eval_seed: int = option(0, help="Seed of the evaluation.", low=0)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+def _actions(ops: torch.Tensor, positions: torch.Tensor, bases: torch.Tensor) -> dict:
+    """Single-base `predict` kwargs of shape `(..., )` -> tokens `[base, <end>]`."""
+    tokens = torch.stack([bases, torch.full_like(bases, DNA_END_ID)], dim=-1)
+    return {
+        "action_ops": ops,
+        "action_positions": positions,
+        "action_tokens": tokens,
+        "action_token_mask": torch.ones_like(tokens, dtype=torch.bool),
+    }
+
+
+def draw_snvs(
+    windows: np.ndarray, loci: np.ndarray, radius: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One SNV per window within `locus +- radius`: positions `(N,)` and alternative bases."""
+    length = windows.shape[1]
+    lo = np.clip(loci - radius, 0, length - 1)
+    hi = np.clip(loci + radius, 0, length - 1)
+    pos = lo + (rng.random(len(loci)) * (hi - lo + 1)).astype(np.int64)
+    alphabet = np.asarray(DNA_EDIT_ALPHABET)
+    ref = windows[np.arange(len(pos)), pos]
+    alts = np.empty(len(pos), dtype=np.int64)
+    for i, r in enumerate(ref):
+        choices = alphabet[alphabet != r]
+        alts[i] = choices[rng.integers(len(choices))]
+    return pos, alts
+
+
+def snv_recovery(
+    model: Any,
+    windows: np.ndarray,
+    loci: np.ndarray,
+    radius: int,
+    seed: int = 0,
+    copy_items: int = 32,
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """Recall@1 (and MRR) of the true SNV among all single-base substitutions of a window.
+
+    Args:
+        model: A `LeWMModel` (or an object with `encode(input_ids, locus=...)` and `predict`).
+        windows (`np.ndarray`): `(N, L)` held-out source windows.
+        loci (`np.ndarray`): `(N,)` their loci (centre of `centered` pooling).
+        radius (`int`): The SNV is drawn within `locus +- radius`.
+        seed (`int`, defaults to 0): Seed of the SNVs.
+        copy_items (`int`, defaults to 32): Items of the copy baseline (0: none).
+        batch_size (`int`, defaults to 4096): Rows per predictor / encoder call.
+
+    Returns:
+        `dict[str, float]`: `eval_snv_recovery_r1`, `_r5`, `_mrr`, `_r1_copy` (on the first
+        `copy_items` items), `_chance` (mean `1 / candidates`), `_num_items`.
+    """
+    windows = np.asarray(windows, dtype=np.int64)
+    loci = np.asarray(loci, dtype=np.int64)
+    num, length = windows.shape
+    rng = np.random.default_rng(derive_seed(seed, "snv-recovery"))
+    pos, alt = draw_snvs(windows, loci, radius, rng)
+    edited = windows.copy()
+    edited[np.arange(num), pos] = alt
+    alphabet = torch.tensor(DNA_EDIT_ALPHABET)
+    width = length * len(alphabet)
+    cand_pos = torch.arange(length).repeat_interleave(len(alphabet))  # (C,)
+    cand_base = alphabet.repeat(length)  # (C,)
+    win_t = torch.from_numpy(windows)
+    mask = cand_base.unsqueeze(0) != win_t[:, cand_pos]  # (N, C): the reference is no edit
+    target = torch.from_numpy(pos * len(alphabet)) + (
+        torch.from_numpy(alt).unsqueeze(1) == alphabet
+    ).long().argmax(1)
+    device = model_device(model)
+    loc_t = torch.from_numpy(loci).to(device)
+    with evaluating(model):
+        z_src = model.encode(win_t.to(device), locus=loc_t).float()  # (N, D)
+        z_obs = model.encode(torch.from_numpy(edited).to(device), locus=loc_t).float()
+        z_rep = z_src.repeat_interleave(width, 0).unsqueeze(1)  # (N * C, 1, D)
+        acts = _actions(
+            torch.full((num * width, 1), int(EditOp.SUB), dtype=torch.long),
+            cand_pos.repeat(num).unsqueeze(1),
+            cand_base.repeat(num).unsqueeze(1),
+        )
+        acts = {k: v.to(device) for k, v in acts.items()}
+        preds = torch.cat(
+            [
+                model.predict(
+                    z_rep[i : i + batch_size], **{k: v[i : i + batch_size] for k, v in acts.items()}
+                )[:, -1].float()
+                for i in range(0, num * width, batch_size)
+            ]
+        ).view(num, width, -1)
+        mask_d, target_d = mask.to(device), target.to(device)
+        metrics = retrieval_metrics(*retrieval_ranks(z_obs, preds, mask_d, target_d))
+        out = {EVAL_SNV_RECOVERY + key: value for key, value in metrics.items()}
+        out[EVAL_SNV_RECOVERY + "chance"] = chance_metrics(mask.sum(1))["r1"]
+        out[EVAL_SNV_RECOVERY + "num_items"] = num
+        m = min(copy_items, num)
+        if m > 0:
+            cand = win_t[:m].unsqueeze(1).repeat(1, width, 1)  # (m, C, L)
+            cand[:, torch.arange(width), cand_pos] = cand_base
+            cand_loc = loc_t[:m].repeat_interleave(width)
+            flat = cand.view(-1, length).to(device)
+            z_cand = torch.cat(
+                [
+                    model.encode(flat[i : i + batch_size], locus=cand_loc[i : i + batch_size])
+                    for i in range(0, flat.shape[0], batch_size)
+                ]
+            ).float()
+            z_cand = z_cand.view(m, width, -1)
+            copy = retrieval_metrics(*retrieval_ranks(z_src[:m], z_cand, mask_d[:m], target_d[:m]))
+            out[EVAL_SNV_RECOVERY + "r1_copy"] = copy["r1"]
+    return out
+
+
+def edit_action_candidates(
+    model: Any,
+    rows: list[dict[str, Any]],
+    sampler: EditSampler,
+    radius: int | None,
+    num_random: int = 16,
+    seed: int = 0,
+    end_token: int = DNA_END_ID,
+    batch_size: int = 1024,
+) -> ActionCandidates:
+    """Action-discrimination items of held-out edit-corpus rows (their first edit).
+
+    Candidates: the true edit; `SUB` of each other base at its position (single base, the
+    reference excluded, the true edit's own substitution skipped); `num_random` random edits of
+    the corpus sampler near the locus. Each candidate's true next window is encoded (at the
+    locus mapped through it). Duplicate edits are masked.
+    """
+    rng = np.random.default_rng(derive_seed(seed, "edit-candidates"))
+    sources = np.stack([np.asarray(r["input_ids"][0], dtype=np.int64) for r in rows])
+    loci = np.asarray([int(r["locus"][0]) for r in rows], dtype=np.int64)
+    length = sources.shape[1]
+    true_edits = [edits_from_row(r)[0] for r in rows]
+    randoms = [
+        sampler.sample(sources, rng, loci, radius).to_edits() for _ in range(num_random)
+    ]  # num_random lists of N
+    cands: list[list[Edit]] = []
+    for i, edit in enumerate(true_edits):
+        items = [edit]
+        ref = int(sources[i, edit.pos])
+        for base in DNA_EDIT_ALPHABET:
+            sub = Edit(EditOp.SUB, edit.pos, (base,))
+            if base != ref and sub != edit:
+                items.append(sub)
+        items.extend(r[i] for r in randoms)
+        cands.append(items)
+    width = max(len(c) for c in cands)
+    tok_width = 1 + max(e.length for c in cands for e in c)
+    num = len(rows)
+    ops = torch.zeros(num, width, dtype=torch.long)
+    positions = torch.zeros(num, width, dtype=torch.long)
+    tokens = torch.zeros(num, width, tok_width, dtype=torch.long)
+    token_mask = torch.zeros(num, width, tok_width, dtype=torch.bool)
+    mask = torch.zeros(num, width, dtype=torch.bool)
+    next_states = np.full((num, width, length), N_ID, dtype=np.int64)
+    next_loci = np.zeros((num, width), dtype=np.int64)
+    for i, items in enumerate(cands):
+        seen = set()
+        for j, e in enumerate(items):
+            if e in seen:
+                continue
+            seen.add(e)
+            row = [*e.tokens, end_token]
+            ops[i, j], positions[i, j] = int(e.op), e.pos
+            tokens[i, j, : len(row)] = torch.tensor(row)
+            token_mask[i, j, : len(row)] = True
+            mask[i, j] = True
+            next_states[i, j] = apply_edit(sources[i], e)
+            next_loci[i, j] = map_locus(loci[i], int(e.op), e.pos, e.length, length)
+    device = model_device(model)
+    flat = torch.from_numpy(next_states[mask.numpy()])
+    flat_loc = torch.from_numpy(next_loci[mask.numpy()]).to(device)
+    with evaluating(model):
+        z_src = model.encode(
+            torch.from_numpy(sources).to(device), locus=torch.from_numpy(loci).to(device)
+        ).float()
+        z_next = torch.cat(
+            [
+                model.encode(
+                    flat[i : i + batch_size].to(device), locus=flat_loc[i : i + batch_size]
+                )
+                for i in range(0, flat.shape[0], batch_size)
+            ]
+        ).float()
+    z_src, z_next = z_src.clone(), z_next.clone()  # ordinary tensors, outside inference mode
+    latents = z_src.new_zeros(num, width, z_src.shape[-1])
+    mask_d = mask.to(device)
+    latents[mask_d] = z_next
+    cand_actions = {
+        "action_ops": ops,
+        "action_positions": positions,
+        "action_tokens": tokens,
+        "action_token_mask": token_mask,
+    }
+    cand_actions = {k: v.to(device) for k, v in cand_actions.items()}
+    return ActionCandidates(
+        z_hist=z_src.unsqueeze(1),
+        actions={k: v[:, :1] for k, v in cand_actions.items()},
+        candidate_latents=latents,
+        candidate_actions=cand_actions,
+        candidate_mask=mask_d,
+        target=torch.zeros(num, dtype=torch.long, device=device),
+    )
+
+
+def evaluate_edit_model(
+    model: Any,
+    rows: list[dict[str, Any]],
+    sampler: EditSampler,
+    radius: int,
+    args: EditEvaluationArguments,
+) -> dict[str, float]:
+    """SNV recovery and edit-action discrimination on held-out edit-corpus rows.
+
+    Returns:
+        `dict[str, float]`: `eval_snv_recovery_*` and `eval_edit_action_*` (`r1`, `r5`, `mrr`,
+        `r1_copy`, `r1_shuffled`, `chance`, ...).
+    """
+    rows = rows[: args.eval_items]
+    windows = np.stack([np.asarray(r["input_ids"][0], dtype=np.int64) for r in rows])
+    loci = np.asarray([int(r["locus"][0]) for r in rows], dtype=np.int64)
+    out = snv_recovery(model, windows, loci, radius, args.eval_seed, args.eval_copy_items)
+    cands = edit_action_candidates(
+        model, rows, sampler, radius, args.eval_random_edits, args.eval_seed
+    )
+    metrics = action_discrimination(model, cands, seed=args.eval_seed)
+    out.update({EVAL_EDIT_ACTION + key: value for key, value in metrics.items()})
+    return out
+
+
+__all__ = [
+    "EVAL_EDIT_ACTION_R1",
+    "EVAL_SNV_RECOVERY_R1",
+    "EditEvaluationArguments",
+    "draw_snvs",
+    "edit_action_candidates",
+    "evaluate_edit_model",
+    "snv_recovery",
+]
