@@ -54,3 +54,11 @@ class LeWMGraphError(LeWMError, RuntimeError):
 
 class LeWMCollapseError(LeWMError, RuntimeError):
     """Training stopped because the collapse monitor raised an alert with action `stop`."""
+
+
+class LeWMNonFiniteLossError(LeWMError, RuntimeError):
+    """Training stopped after `max_nonfinite_steps` consecutive steps with a NaN or Inf loss.
+
+    Each of those steps was skipped (no optimizer update), so the last checkpoint holds the
+    weights of the last finite step.
+    """

@@ -26,6 +26,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from .checkpoints import check_model_dir
 from .configuration_lewm import LeWMConfig
 from .errors import LeWMInputError
 from .losses import combine_losses, gaussian_kl, prediction_loss, sigreg, sigreg_generator
@@ -441,8 +442,12 @@ class LeWMModel(LeWMPreTrainedModel):
         """[`PreTrainedModel.from_pretrained`], then re-freeze a frozen encoder.
 
         Loading replaces the parameters with fresh ones (`requires_grad=True`), which would
-        silently unfreeze `encoder_mode="frozen"`.
+        silently unfreeze `encoder_mode="frozen"`. A local folder is checked first
+        (`lewm_hf.checkpoints.check_model_dir`): another `model_type`, or missing, truncated or
+        corrupt weights are a `LeWMInputError` naming the file.
         """
+        if args and os.path.isdir(args[0]):
+            check_model_dir(args[0], "pretrained_model_name_or_path", LeWMConfig.model_type)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._apply_encoder_mode()
@@ -470,6 +475,8 @@ class LeWMModel(LeWMPreTrainedModel):
         is_local = os.path.isdir(encoder_path)
         if not is_local and (os.path.exists(encoder_path) or not _HUB_ID.match(encoder_path)):
             raise LeWMInputError("encoder_path", encoder_path, "no such checkpoint directory")
+        if is_local:
+            check_model_dir(encoder_path, "encoder_path")
         # A causal-LM checkpoint has an `lm_head` the base model does not use; the load report
         # would flag it as unexpected at warning level, so the report is silenced and the one
         # thing that matters, encoder weights missing from the checkpoint, is an error here.

@@ -514,6 +514,12 @@ PACKAGED_GENOMES: dict[str, PackagedGenome] = {
 }
 
 
+def genome_packages() -> set[str]:
+    """The only packages a recipe's `genome` may name: those of `PACKAGED_GENOMES` (locating a
+    file in a package imports it, which runs its code)."""
+    return {genome.package for genome in PACKAGED_GENOMES.values()}
+
+
 def packaged_genome_path(name: str) -> Path:
     """Locate a genome FASTA shipped by an installed package (nothing is downloaded or copied).
 
@@ -536,6 +542,16 @@ def packaged_genome_path(name: str) -> Path:
     else:
         raise LeWMConfigError(
             "genome", name, f"must be one of {sorted(PACKAGED_GENOMES)} or 'package:path'"
+        )
+    # Locating a resource imports its package (and `find_spec` a dotted name's parents): a
+    # recipe may name only the packages of this allow-list, never run an arbitrary module.
+    allowed = genome_packages()
+    if genome.package not in allowed:
+        raise LeWMConfigError(
+            "genome",
+            name,
+            f"package {genome.package!r} is not allowed: genomes come from {sorted(allowed)} "
+            "(or give a FASTA file path instead)",
         )
     try:
         spec = importlib.util.find_spec(genome.package)

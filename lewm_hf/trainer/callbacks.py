@@ -15,7 +15,8 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from .. import metric_keys as K
-from ..errors import LeWMConfigError
+from ..distributed import gather_rows
+from ..errors import LeWMConfigError, LeWMNonFiniteLossError
 from ..evaluation.compliance import ComplianceGate, ComplianceResult, evaluate_compliance
 from ..evaluation.latents import collapse_statistics
 from ..reporting import console
@@ -297,7 +298,11 @@ class CollapseMonitorCallback(TrainerCallback, ExportableState):
         if latest is None:
             return control
         predictions, targets, reg = latest
-        stats = collapse_statistics(predictions, targets, reg)
+        # The statistics of the global batch, on every rank (so every rank takes the same
+        # decision on `stop`): the ranks' latents are gathered in rank order, which is the
+        # order of the samples in one process's batch of the same global size.
+        predictions, targets = gather_rows(predictions), gather_rows(targets)
+        stats = collapse_statistics(predictions, targets, float(reg))
         reasons = self.check(stats, targets.shape[-1])
         if reasons:
             self.alerts.append({"step": state.global_step, "alerts": reasons})
@@ -306,7 +311,12 @@ class CollapseMonitorCallback(TrainerCallback, ExportableState):
                 control.should_training_stop = True
         logs = {f"{K.COLLAPSE_PREFIX}{k}": v for k, v in stats.items()}
         logs[K.COLLAPSE_ALERTS] = float(len(self.alerts))
+        # `Trainer.log` ends in `CallbackHandler.on_log`, which clears `should_log`: without
+        # restoring it, the step's own train-loss log (due after `on_step_end`) would be dropped
+        # at every check step, leaving holes in `curves.train_loss`.
+        should_log = control.should_log
         self.trainer.log(logs)
+        control.should_log = should_log
         return control
 
     @property
@@ -340,9 +350,71 @@ class CollapseMonitorCallback(TrainerCallback, ExportableState):
         return {"collapse_alerts": self.alerts, "collapse_stopped": self.stopped}
 
 
+class NonFiniteLossGuard(TrainerCallback, ExportableState):
+    """Counts the optimizer steps skipped for a NaN or Inf loss, and stops a run that keeps
+    producing them.
+
+    `LeWMTrainer.training_step` decides once per optimizer step, from a flag all-reduced over
+    the ranks (so every rank decides alike), whether any micro-batch's loss was non-finite; such
+    a step is skipped (no optimizer update) and `record` counts it. `total` is logged as
+    `nonfinite_steps`; `max_consecutive` skipped steps in a row raise `LeWMNonFiniteLossError`
+    before anything else is saved, so the last checkpoint holds the last finite step's weights.
+    The counters are checkpointed (`ExportableState`) and restored on resume.
+
+    Args:
+        max_consecutive (`int`): Consecutive skipped steps that stop training.
+    """
+
+    def __init__(self, max_consecutive: int = 3):
+        self.max_consecutive = max_consecutive
+        self.total = 0
+        self.consecutive = 0
+        self.skipped_steps: list[int] = []
+
+    def record(self, finite: bool, step: int, state: TrainerState | None = None) -> None:
+        """Count optimizer step `step` (1-indexed) as finite or skipped.
+
+        Raises:
+            `LeWMNonFiniteLossError`: at the `max_consecutive`-th skipped step in a row.
+        """
+        if finite:
+            self.consecutive = 0
+            return
+        self.total += 1
+        self.consecutive += 1
+        self.skipped_steps.append(step)
+        console(f"[nonfinite] step {step}: NaN/Inf loss, step skipped ({self.total} so far)", state)
+        if self.consecutive >= self.max_consecutive:
+            first = self.skipped_steps[-self.consecutive]
+            raise LeWMNonFiniteLossError(
+                f"max_nonfinite_steps={self.max_consecutive}: the loss was NaN or Inf at "
+                f"{self.consecutive} consecutive steps ({first} to {step}); every one was skipped, "
+                "so the last checkpoint holds the weights of the last finite step"
+            )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "args": {"max_consecutive": self.max_consecutive},
+            "attributes": {
+                "total": self.total,
+                "consecutive": self.consecutive,
+                "skipped_steps": self.skipped_steps,
+            },
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Restore the attributes of a checkpointed `state()` in place."""
+        for name, value in saved.get("attributes", {}).items():
+            setattr(self, name, value)
+
+    def result(self, state: TrainerState) -> dict[str, Any]:
+        return {K.NONFINITE_STEPS: self.total, "nonfinite_skipped_steps": self.skipped_steps}
+
+
 __all__ = [
     "CollapseMonitorCallback",
     "ComplianceGateCallback",
+    "NonFiniteLossGuard",
     "SummaryProgressCallback",
     "WSDSchedulerCallback",
 ]
