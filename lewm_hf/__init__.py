@@ -12,7 +12,14 @@ from .data.walks import (
     build_walk_corpus,
     load_walk_metadata,
 )
-from .errors import LeWMCollapseError, LeWMConfigError, LeWMError, LeWMGraphError, LeWMInputError
+from .errors import (
+    LeWMCollapseError,
+    LeWMConfigError,
+    LeWMError,
+    LeWMGraphError,
+    LeWMInputError,
+    LeWMNonFiniteLossError,
+)
 from .modeling_lewm import LeWMModel, LeWMOutput
 from .trainer.lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
 from .trainer.lewm_trainer import LeWMTrainer, WalkLMTrainer
@@ -29,6 +36,7 @@ __all__ = [
     "LeWMGraphError",
     "LeWMInputError",
     "LeWMModel",
+    "LeWMNonFiniteLossError",
     "LeWMOutput",
     "LeWMTrainer",
     "LeWMTrainingArguments",

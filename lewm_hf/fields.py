@@ -32,6 +32,8 @@ Decoding = Literal["greedy", "sample"]
 CollapseAction = Literal["warn", "stop"]
 Pooling = Literal["last", "mean", "centered"]
 EncoderMode = Literal["train", "frozen"]
+# The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
+LoRATarget = Literal["encoder", "predictor", "action_encoder"]
 
 
 def choices(alias: Any) -> tuple[Any, ...]:
@@ -226,6 +228,7 @@ __all__ = [
     "Decoding",
     "EncoderMode",
     "LRSchedule",
+    "LoRATarget",
     "LossPhase",
     "Pooling",
     "PredLoss",

@@ -14,12 +14,28 @@ RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
 CURVES_PLOT = "curves.png"
 GATE_CHECKPOINT = "gate_checkpoint"
+DETERMINISM_FILE = "determinism.json"
+RECIPE_FILE = "recipe.yaml"
+MODEL_CARD_FILE = "README.md"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+# ---- parameters and adaptation (result.json of every world-model run) ----------------------
+TRAINABLE_PARAMS = "trainable_params"
+TOTAL_PARAMS = "total_params"
+TRAINABLE_FRACTION = "trainable_fraction"
+LORA = "lora"
+# Prefix of the metrics of the starting model (a pretrained world model), evaluated on this
+# run's data before training: `before_eval_pred_mse`, `before_eval_copy_mse`, ...
+BEFORE_PREFIX = "before_"
 
 # ---- training (logged by the Trainer and the trainers of this package) ---------------------
 LOSS = "loss"
 TRAIN_LOSS = "train_loss"
 TRAIN_RUNTIME = "train_runtime"
 LR_MULTIPLIER = "lr_multiplier"
+# Optimizer steps skipped so far for a NaN / Inf loss (`LeWMTrainer`, `NonFiniteLossGuard`).
+NONFINITE_STEPS = "nonfinite_steps"
 
 # ---- world model (`LeWMTrainer`) -----------------------------------------------------------
 PRED_LOSS = "pred_loss"
@@ -31,6 +47,11 @@ EVAL_PRED_LOSS = EVAL_PREFIX + PRED_LOSS
 EVAL_REG_LOSS = EVAL_PREFIX + REG_LOSS
 EVAL_PRED_MSE = EVAL_PREFIX + PRED_MSE
 EVAL_COPY_MSE = EVAL_PREFIX + COPY_MSE
+# Keys of `lewm_hf.evaluation` that the model card shows where result.json has them.
+EVAL_ACTION_PREFIX = EVAL_PREFIX + "action_"
+EVAL_ACTION_R1 = EVAL_ACTION_PREFIX + "r1"
+EVAL_PLAN_PREFIX = EVAL_PREFIX + "plan_"
+EVAL_PLAN_SUCCESS = EVAL_PLAN_PREFIX + "success"
 COLLAPSE_PREFIX = "collapse/"
 COLLAPSE_ALERTS = COLLAPSE_PREFIX + "alerts"
 

@@ -222,6 +222,7 @@ WORLD_MODEL_PHASE = {
     "per_device_eval_batch_size": 32,
     "sigreg_num_slices": 64,
     "save_strategy": "no",
+    "run_evaluation": False,
 }
 
 
@@ -303,6 +304,7 @@ def test_cli_unknown_key_and_missing_config_exit_2(tmp_path, capsys):
 
 SHIPPED_TASKS = {
     "default.yaml": ["lm", "world_model"],
+    "dna_lewm.yaml": ["dna_lm", "edit_world_model"],
     "walk_lm.yaml": ["lm"],
     "walk_lewm.yaml": ["world_model"],
     "walk_lewm_lora.yaml": ["world_model"],

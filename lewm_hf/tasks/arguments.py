@@ -76,9 +76,17 @@ class WorldModelArguments:
         encoder_path (`str`, *optional*, defaults to `"previous"`): `"previous"` (the previous
             phase's model: its gate checkpoint when the gate passed), a local path, or null to
             build the encoder from `LeWMConfig.encoder_config` (a tiny Llama by default).
+        model_name_or_path (`str`, *optional*): A whole saved `LeWMModel` to start from instead
+            (a local folder, a Hub id, or `"previous"`: the previous phase's world model), e.g.
+            to adapt it with LoRA; `encoder_path` is then ignored. Its architecture comes from
+            its `config.json`: a recipe may set only the loss keys, `dropout` and
+            `encoder_mode` differently.
     """
 
     encoder_path: str | None = option("previous", help="previous, a local path, or null.")
+    model_name_or_path: str | None = option(
+        None, help="A saved LeWMModel to start from (local path, Hub id or previous)."
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

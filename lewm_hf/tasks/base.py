@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..checkpoints import check_checkpoint_dir
 from ..errors import LeWMConfigError
 
 
@@ -22,12 +23,14 @@ class PhaseContext:
         previous (`dict`, *optional*): The previous phase's summary (its `model_path` feeds
             `encoder_path: previous`).
         resume (`str`, *optional*): The checkpoint folder to resume from.
+        recipe (`dict`, *optional*): The phase's resolved recipe keys (written as `recipe.yaml`).
     """
 
     name: str
     index: int = 0
     previous: dict[str, Any] | None = None
     resume: str | None = None
+    recipe: dict[str, Any] | None = None
 
 
 def build_training_arguments(
@@ -45,6 +48,10 @@ def build_training_arguments(
         The arguments.
     """
     kwargs = {**kwargs, "output_dir": str(output_dir)}
+    # The Trainer names a repo after the output dir's last part, the phase name; with the run's
+    # name in front, phases and runs do not overwrite each other's repos.
+    if kwargs.get("push_to_hub") and not kwargs.get("hub_model_id"):
+        kwargs["hub_model_id"] = f"{output_dir.parent.name}-{output_dir.name}"
     # Pinned memory only helps host-to-GPU copies (and warns at every epoch without a GPU).
     kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     try:
@@ -52,7 +59,22 @@ def build_training_arguments(
     except LeWMConfigError:
         raise
     except (ValueError, TypeError) as err:
-        raise LeWMConfigError("training arguments", source, str(err)) from err
+        field = _named_field(kwargs, str(err))
+        if field in kwargs:
+            raise LeWMConfigError(field, kwargs[field], str(err), source) from err
+        raise LeWMConfigError(field, source, str(err)) from err
+
+
+def _named_field(kwargs: dict[str, Any], message: str) -> str:
+    """The key a `TrainingArguments` error is about: one named in the message, else one whose
+    value the message rejects (`"nope is not a valid OptimizerNames"`), else a generic name."""
+    for key in kwargs:
+        if key in message:
+            return key
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value and f"{value} is not a valid" in message:
+            return key
+    return "training arguments"
 
 
 def resolve_resume(value: Any, output_dir: Path) -> str | None:
@@ -69,9 +91,12 @@ def resolve_resume(value: Any, output_dir: Path) -> str | None:
             raise LeWMConfigError(
                 "resume_from_checkpoint", True, f"no checkpoint-* folder in {output_dir}"
             )
+        check_checkpoint_dir(last, "resume_from_checkpoint")
         return last
     if not Path(str(value)).is_dir():
         raise LeWMConfigError("resume_from_checkpoint", value, "checkpoint folder not found")
+    # A truncated or corrupt checkpoint fails here, naming the file, before any phase runs on.
+    check_checkpoint_dir(str(value), "resume_from_checkpoint")
     return str(value)
 
 

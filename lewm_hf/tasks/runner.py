@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metric_keys as K
+from ..errors import LeWMConfigError
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
 from . import get_task
@@ -32,6 +33,7 @@ class PhasePlan:
         output_dir (`Path`): Where the phase writes.
         args (`Any`): The task's parsed arguments.
         resume (`Any`): The recipe's `resume_from_checkpoint` (resolved when the phase starts).
+        keys (`dict`, *optional*): The phase's resolved recipe keys (`recipe.yaml` of the run).
     """
 
     name: str
@@ -39,6 +41,7 @@ class PhasePlan:
     output_dir: Path
     args: Any
     resume: Any = None
+    keys: dict[str, Any] | None = None
 
 
 def _phase_owners(recipe: Recipe, index: int) -> dict[str, tuple[str, Any]]:
@@ -78,7 +81,32 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
     )
     output_dir = root / name
     args = task.parse(parts, output_dir, recipe.phase_source(index, "name"))
-    return PhasePlan(name, task_name, output_dir, args, phase.get("resume_from_checkpoint"))
+    keys = {"name": name, "task": task_name, **{k: v for k, v in phase.items() if k != "defaults"}}
+    return PhasePlan(
+        name, task_name, output_dir, args, phase.get("resume_from_checkpoint"), keys=keys
+    )
+
+
+def check_hub_repos(plans: list[PhasePlan]) -> None:
+    """Each phase that pushes to the Hub needs its own repo.
+
+    Raises:
+        `LeWMConfigError`: when two phases push to the same `hub_model_id`.
+    """
+    seen: dict[str, str] = {}
+    for plan in plans:
+        training = getattr(plan.args, "training", None)
+        if training is None or not training.push_to_hub:
+            continue
+        repo = training.hub_model_id
+        if repo in seen:
+            raise LeWMConfigError(
+                "hub_model_id",
+                repo,
+                f"phases {seen[repo]!r} and {plan.name!r} would push to the same repo: set it "
+                f"per phase (--{plan.name}.hub_model_id ...)",
+            )
+        seen[repo] = plan.name
 
 
 def run_root(recipe: Recipe) -> Path:
@@ -96,7 +124,9 @@ def validate_recipe(
     """
     recipe = load_recipe(config, overrides)
     root = run_root(recipe)
-    return [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
+    plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
+    check_hub_repos(plans)
+    return plans
 
 
 def run_recipe(
@@ -117,6 +147,7 @@ def run_recipe(
     recipe = load_recipe(config, overrides)
     root = run_root(recipe)
     plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
+    check_hub_repos(plans)
     summary: dict[str, Any] = {"config": str(recipe.path), "output_dir": str(root), "phases": {}}
     previous = None
     for index, plan in enumerate(plans):
@@ -128,6 +159,7 @@ def run_recipe(
             index=index,
             previous=previous,
             resume=resolve_resume(plan.resume, plan.output_dir),
+            recipe=plan.keys,
         )
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous

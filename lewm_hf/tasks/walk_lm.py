@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .. import metric_keys as K
+from ..checkpoints import check_model_dir
 from ..data.walks import build_walk_corpus, load_walk_metadata
+from ..determinism import prepare_run
 from ..errors import LeWMConfigError
+from ..hub import publish
 from ..reporting import console
 from ..trainer.lewm_config import WalkLMTrainingArguments
 from ..trainer.lewm_trainer import WalkLMTrainer
@@ -68,6 +71,7 @@ def build_walk_lm(
         path = Path(model_args.model_name_or_path)
         if not (path / "config.json").is_file():
             raise LeWMConfigError("model_name_or_path", str(path), "no config.json there")
+        check_model_dir(path, "model_name_or_path")  # missing, truncated or corrupt weights
         return AutoModelForCausalLM.from_pretrained(path)
     kwargs = {
         "vocab_size": vocab_size,
@@ -103,7 +107,7 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     """
     start = time.time()
     training_args = args.training
-    set_seed(training_args.seed)
+    prepare_run(training_args, context.recipe)
 
     # Data
     corpus_config = args.data.corpus_config()
@@ -144,6 +148,7 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     # Report
     result = trainer.build_result(context.name)
     trainer.write_result(result)
+    publish(trainer)  # the model card, and the Hub upload with `push_to_hub`
     out_dir = Path(training_args.output_dir)
     passed = result[K.GATE_PASSED]
     prefix = "" if passed else "final_"

@@ -14,7 +14,56 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..fields import CollapseAction, ContextRule, Decoding, LRSchedule, option, validate_fields
+from ..errors import LeWMConfigError
+from ..fields import (
+    CollapseAction,
+    ContextRule,
+    Decoding,
+    LoRATarget,
+    LRSchedule,
+    option,
+    validate_fields,
+)
+
+# LoRA's default target modules: the predictor blocks' attention (`qkv`, `attn_out`), MLP
+# (`mlp.0`, `mlp.2`) and AdaLN modulation (`adaLN_modulation.1`) projections; `mlp.0`/`mlp.2`
+# also name the action encoder's MLP. Entries match module names by suffix.
+DEFAULT_LORA_TARGET_MODULES = ("qkv", "attn_out", "mlp.0", "mlp.2", "adaLN_modulation.1")
+
+
+def check_batch_sizes(args: TrainingArguments) -> None:
+    """Batch sizes and accumulation steps are positive (else torch's DataLoader fails later with
+    a bare `ValueError`, after the run has started).
+
+    Raises:
+        `LeWMConfigError`: naming the first field below 1.
+    """
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+    ):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LeWMConfigError(name, value, "must be an integer >= 1")
+
+
+def check_warmup(args: TrainingArguments, num_training_steps: int | None = None) -> None:
+    """Warmup longer than the run is an error (a warmup that never ends is no schedule).
+
+    Checked when the arguments are built if `max_steps` is set, and again by the trainer once
+    the number of steps of an epoch-based run is known (`num_training_steps`).
+
+    Raises:
+        `LeWMConfigError`: naming `warmup_steps` and the number of steps.
+    """
+    total = num_training_steps if num_training_steps is not None else args.max_steps
+    if total is None or total <= 0 or args.warmup_steps < 1:  # < 1: a fraction of the run
+        return
+    if args.warmup_steps > total:
+        raise LeWMConfigError(
+            "warmup_steps", args.warmup_steps, f"exceeds the run's {total} training steps"
+        )
 
 
 @dataclass
@@ -53,12 +102,14 @@ class WalkLMTrainingArguments(TrainingArguments):
     eval_strategy: str = option("epoch", help="When to evaluate (and so run the gate).")
     save_strategy: str = option("epoch", help="When to save.")
     lr_scheduler_type: str = option("cosine", help="Scheduler type.")
-    warmup_steps: float = option(0.1, help="Warmup steps (< 1: a fraction of the run).")
+    warmup_steps: float = option(0.1, help="Warmup steps (< 1: a fraction of the run).", low=0)
     report_to: str | list[str] | None = option("none", help="Reporting integrations.")
 
     def __post_init__(self):
         validate_fields(self)
         super().__post_init__()
+        check_batch_sizes(self)
+        check_warmup(self)
 
     def compliance_kwargs(self, decoding: str) -> dict[str, Any]:
         """Keyword arguments of `evaluate_compliance` for one decoding (the gate's or the other)."""
@@ -111,6 +162,37 @@ class LeWMTrainingArguments(TrainingArguments):
         collapse_min_rank_fraction (`float`, defaults to `0.1`): Alert when their effective rank
             falls below this fraction of d_state.
 
+    Parameters that control LoRA (`lewm_hf.trainer.lora`; the trainer applies peft itself):
+        lora_targets (`list[str]`, defaults to `[]`): Parts to adapt: any of `"encoder"`,
+            `"predictor"`, `"action_encoder"`. Empty: no LoRA, the model trains as configured.
+            With LoRA only the adapters, the BatchNorm layers (affine parameters and running
+            statistics, carried in the adapter as `modules_to_save`) and `lora_modules_to_save`
+            train; every other parameter and buffer stays bitwise as loaded.
+        lora_r (`int`, defaults to `8`): Rank of every adapter.
+        lora_alpha (`float`, defaults to `16.0`): Scale numerator (`alpha / r`).
+        lora_dropout (`float`, defaults to `0.05`): Dropout on the adapters' input.
+        lora_target_modules (`list[str]`, defaults to `["qkv", "attn_out", "mlp.0", "mlp.2",
+            "adaLN_modulation.1"]`): Linear layers of the targeted parts to adapt, matched by
+            name suffix (the defaults: the predictor's attention, MLP and AdaLN projections and
+            the action encoder's MLP; e.g. `[q_proj, v_proj]` for a Llama encoder). An entry
+            that matches no Linear layer is an error listing the available ones.
+        lora_modules_to_save (`list[str]`, defaults to `[]`): Further modules (e.g.
+            `projector`, `predictor`) trained in full and saved in the adapter: needed for the
+            freshly initialised parts of a model built around a pretrained encoder.
+        lora_seed (`int`, *optional*): Seed of the adapters' initialisation; defaults to
+            `derive_seed(seed, "lora")` (`lewm_hf.determinism.run_seeds`).
+
+    Parameters that control distributed training and robustness:
+        sync_batchnorm (`bool`, defaults to `True`): Under DDP or FSDP (more than one process),
+            normalise every BatchNorm (the projector's and the predictor head's) over the global
+            batch (`lewm_hf.distributed.GlobalBatchNorm1d` on CPU, `torch.nn.SyncBatchNorm` on
+            CUDA), so training matches one process on the concatenated batch; names and state
+            dict are unchanged. False: each rank normalises its own batch.
+        max_nonfinite_steps (`int`, defaults to `3`): A step whose loss is NaN or Inf on any rank
+            is skipped on every rank (no optimizer update, gradients dropped, BatchNorm running
+            statistics restored) and counted (`nonfinite_steps` in the logs); after this many
+            consecutive ones training stops with `LeWMNonFiniteLossError`.
+
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the action
     fields are collator columns, not `forward` arguments), `logging_steps=1`, `warmup_steps=0.05`
     (a fraction), `report_to="none"`.
@@ -146,12 +228,43 @@ class LeWMTrainingArguments(TrainingArguments):
         0.1, help="Alert: effective rank < fraction x d_state.", low=0, high=1
     )
 
+    # Parameters that control LoRA
+    lora_targets: list[LoRATarget] = option(
+        default_factory=list,
+        help="Parts to adapt with LoRA: encoder, predictor, action_encoder (empty: no LoRA).",
+    )
+    lora_r: int = option(8, help="LoRA rank.", low=1)
+    lora_alpha: float = option(16.0, help="LoRA alpha (scale alpha / r).", low=0, low_open=True)
+    lora_dropout: float = option(
+        0.05, help="Dropout on the adapters' input.", low=0, high=1, high_open=True
+    )
+    lora_target_modules: list[str] = option(
+        default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES),
+        help="Linear layers of the targeted parts to adapt (name suffixes).",
+    )
+    lora_modules_to_save: list[str] = option(
+        default_factory=list, help="Modules trained in full and saved in the adapter."
+    )
+    lora_seed: int | None = option(
+        None, help="Seed of the adapters' init (null: derived from seed).", low=0
+    )
+
+    # Parameters that control distributed training and robustness
+    sync_batchnorm: bool = option(
+        True, help="BatchNorm over the global batch under DDP/FSDP (false: per rank)."
+    )
+    max_nonfinite_steps: int = option(
+        3, help="Stop after this many consecutive skipped NaN/Inf-loss steps.", low=1
+    )
+
     # Defaults that differ from TrainingArguments
     remove_unused_columns: bool = option(False, help="Keep the collator's action columns.")
     logging_steps: float = option(1, help="Log every N steps.")
-    warmup_steps: float = option(0.05, help="Warmup steps (< 1: a fraction of the run).")
+    warmup_steps: float = option(0.05, help="Warmup steps (< 1: a fraction of the run).", low=0)
     report_to: str | list[str] | None = option("none", help="Reporting integrations.")
 
     def __post_init__(self):
         validate_fields(self)
         super().__post_init__()
+        check_batch_sizes(self)
+        check_warmup(self)

@@ -19,18 +19,23 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_callback import ProgressCallback
 
 from .. import metric_keys as K
+from ..checkpoints import check_checkpoint_dir
 from ..data.collators import DataCollatorForLeWM, DataCollatorForWalkLM
+from ..distributed import convert_to_global_batchnorm, is_distributed
 from ..errors import LeWMConfigError
+from ..hub import HubMixin
 from ..losses import prediction_loss
 from ..reporting import curve, plot_curves, write_json
 from .callbacks import (
     CollapseMonitorCallback,
     ComplianceGateCallback,
+    NonFiniteLossGuard,
     SummaryProgressCallback,
     WSDSchedulerCallback,
 )
 from .feature_cache import FEATURE_INDEX, FeatureCache, FeatureCacheCollator, encoder_fingerprint
-from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
+from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments, check_warmup
+from .lora import ParameterReport, prepare_lora_model, strip_peft_prefix
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
@@ -41,6 +46,9 @@ COLLATOR_COLUMNS = (
     "action_mask",
     "locus",
     "edits",
+    "edit_ops",
+    "edit_positions",
+    "edit_tokens",
     FEATURE_INDEX,
 )
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
@@ -62,7 +70,8 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
     parameters are left out.
 
     Args:
-        model (`nn.Module`): The (unwrapped) LeWM model.
+        model (`nn.Module`): The (unwrapped) LeWM model, or its peft wrapper (whose names carry
+            a `base_model.model.` prefix, removed here so the parts are found).
         args (`LeWMTrainingArguments`): The arguments.
 
     Returns:
@@ -72,6 +81,7 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        name = strip_peft_prefix(name)
         multiplier_name = next(
             (m for prefix, m in PART_MULTIPLIERS if name.startswith(prefix)), None
         )
@@ -139,14 +149,18 @@ class _ResultMixin:
         plot_curves(payload["curves"], out / K.CURVES_PLOT, payload["phase"])
 
 
-class LeWMTrainer(_ResultMixin, Trainer):
+class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for `LeWMModel`.
 
     - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, as the
       model's config says) and records `pred_loss`, `reg_loss`
       and, in evaluation, `pred_mse` and `copy_mse` (the copy baseline `z_hat = z_t`); `log`
-      averages them over the logging window (prefixed `eval_` in evaluation), so they reach
-      `report_to` backends and can drive `metric_for_best_model`.
+      averages them over the logging window and over the ranks (prefixed `eval_` in
+      evaluation), so they reach `report_to` backends and can drive `metric_for_best_model`.
+    - Distributed (DDP, FSDP, DeepSpeed), every BatchNorm normalises over the global batch
+      (`sync_batchnorm`, `lewm_hf.distributed`), as SIGReg does; docs/distributed.md.
+    - A step whose loss is NaN or Inf on any rank is skipped on every rank and counted
+      (`nonfinite_steps`); `max_nonfinite_steps` in a row raise `LeWMNonFiniteLossError`.
     - The learning rate follows `lr_schedule` (`wsd` by default) through a `LambdaLR` that the
       Trainer checkpoints, with per-part LR multipliers and no weight decay on biases, norms
       and embeddings.
@@ -154,6 +168,9 @@ class LeWMTrainer(_ResultMixin, Trainer):
       the number of accumulation steps (the model takes no loss kwargs).
     - It owns a `CollapseMonitorCallback` (its state is restored on resume) and a
       `WSDSchedulerCallback`, and shows the loss on the progress bar.
+    - With `lora_targets` it wraps the model with peft itself (`lewm_hf.trainer.lora`):
+      checkpoints and the final output then hold the adapters, and `result.json` the
+      trainable parameter count (`trainable_params`, `trainable_fraction`) and LoRA settings.
 
     Args:
         model (`LeWMModel`): The model.
@@ -175,17 +192,30 @@ class LeWMTrainer(_ResultMixin, Trainer):
             raise TypeError("LeWMTrainer needs LeWMTrainingArguments")
         if data_collator is None:
             data_collator = DataCollatorForLeWM(window=window)
+        # LoRA (`lora_targets`): the trainer wraps the model with peft itself, as TRL's do.
+        model = prepare_lora_model(model, args)
+        # Under DDP / FSDP every BatchNorm normalises over the global batch, as SIGReg does
+        # (DESIGN.md section 10). The swap is done here, not in the model, so a saved model is a
+        # plain `LeWMModel` with `nn.BatchNorm1d` layers; parameter and buffer names are kept.
+        if args.sync_batchnorm and (args.world_size > 1 or is_distributed()):
+            model = convert_to_global_batchnorm(model, args.device)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.parameter_report = ParameterReport(model, args)
         # The model averages its loss per micro-batch; Trainer then divides by the number of
         # accumulation steps, which keeps the scale of the optimised and logged loss.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {
+        # Per-step metric tensors, kept on the device: `log` reduces them over the logging
+        # window and the ranks with one collective and one host sync.
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        self.latest_latents: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self.latest_latents: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.wsd_callback = WSDSchedulerCallback(args.lr_schedule, 0)
         self.add_callback(self.wsd_callback)
+        self.nonfinite_guard = NonFiniteLossGuard(args.max_nonfinite_steps)
+        self.add_callback(self.nonfinite_guard)
+        self._step_snapshot: dict[str, Any] | None = None
         self.collapse_monitor: CollapseMonitorCallback | None = None
         if args.collapse_monitor_steps > 0:
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
@@ -223,15 +253,20 @@ class LeWMTrainer(_ResultMixin, Trainer):
 
     def train(self, *args: Any, **kwargs: Any):
         """`Trainer.train`, after checking that cached features match the encoder's weights
-        (a resumed or reloaded encoder must not reuse another encoder's features)."""
+        (a resumed or reloaded encoder must not reuse another encoder's features) and that a
+        checkpoint to resume from is whole (`lewm_hf.checkpoints.check_checkpoint_dir`)."""
         self._check_feature_cache()
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(resume, (str, os.PathLike)):
+            check_checkpoint_dir(resume, "resume_from_checkpoint")
         return super().train(*args, **kwargs)
 
     result_curves: ClassVar[dict[str, str]] = K.WORLD_MODEL_CURVES
 
     @property
     def result_contributors(self) -> list[Any]:
-        return [self.collapse_monitor] if self.collapse_monitor is not None else []
+        monitor = [self.collapse_monitor] if self.collapse_monitor is not None else []
+        return [*monitor, self.parameter_report, self.nonfinite_guard]
 
     def _load_callback_state(self) -> None:
         # The Trainer restores stateful callbacks by re-creating them from their `state()` args
@@ -241,7 +276,24 @@ class LeWMTrainer(_ResultMixin, Trainer):
         saved = self.state.stateful_callbacks.get(CollapseMonitorCallback.__name__)
         if self.collapse_monitor is not None and saved:
             self.collapse_monitor.restore(saved[0] if isinstance(saved, list) else saved)
+        saved = self.state.stateful_callbacks.get(NonFiniteLossGuard.__name__)
+        if saved:
+            self.nonfinite_guard.restore(saved[0] if isinstance(saved, list) else saved)
         super()._load_callback_state()
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ) -> tuple[int, int]:
+        # Resuming a checkpoint that already reached `max_steps`, transformers (5.24) still runs
+        # the rest of the checkpoint's epoch when `max_steps` is not a multiple of the epoch
+        # length: `DefaultFlowCallback` stops training only after a step has run. Such a run is
+        # complete: report "all epochs trained" so that the loop runs no step at all.
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
+            return num_train_epochs, 0
+        return epochs_trained, steps_in_epoch
 
     def final_metrics(self) -> dict[str, float]:
         """Evaluation metrics of the final model: the last logged evaluation when it ran at the
@@ -280,6 +332,7 @@ class LeWMTrainer(_ResultMixin, Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             optimizer = optimizer if optimizer is not None else self.optimizer
+            check_warmup(self.args, num_training_steps)
             warmup = self.args.get_warmup_steps(num_training_steps)
             self.wsd_callback.warmup_steps = warmup
             self.lr_scheduler = get_wsd_scheduler(
@@ -298,24 +351,84 @@ class LeWMTrainer(_ResultMixin, Trainer):
     ):
         mode = "train" if model.training else "eval"
         outputs = model(**inputs, step=self.state.global_step)
+        # Metric tensors stay on the device (no per-step host sync); `log` reduces them.
         metrics = self._metrics[mode]
-        metrics[K.PRED_LOSS].append(outputs.pred_loss.detach().float().item())
-        metrics[K.REG_LOSS].append(outputs.reg_loss.detach().float().item())
+        metrics[K.PRED_LOSS].append(outputs.pred_loss.detach().float())
+        metrics[K.REG_LOSS].append(outputs.reg_loss.detach().float())
         if mode == "eval":
             mask = inputs.get("action_mask")
             latents = outputs.latents.detach()
             targets = outputs.targets.detach()
             pred_mse = prediction_loss(outputs.predictions.detach(), targets, mask, "mse")
             copy_mse = prediction_loss(latents[:, :-1], targets, mask, "mse")
-            metrics[K.PRED_MSE].append(pred_mse.float().item())
-            metrics[K.COPY_MSE].append(copy_mse.float().item())
+            metrics[K.PRED_MSE].append(pred_mse.float())
+            metrics[K.COPY_MSE].append(copy_mse.float())
         else:
             self.latest_latents = (
                 outputs.predictions.detach(),
                 outputs.targets.detach(),
-                outputs.reg_loss.detach().float().item(),
+                outputs.reg_loss.detach().float(),
             )
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """`Trainer.training_step`, skipping optimizer steps whose loss is not finite.
+
+        Before the first micro-batch of an optimizer step the BatchNorm running statistics are
+        copied; after the last one a flag "some micro-batch's loss was NaN or Inf" is summed over
+        the ranks (one collective and one host sync per optimizer step), so that every rank
+        decides alike. A non-finite step drops the gradients (`zero_grad(set_to_none=True)`: the
+        optimizer then leaves every parameter and its state untouched), restores the running
+        statistics and the step's metrics, and is counted by `nonfinite_guard` (which raises
+        `LeWMNonFiniteLossError` after `max_nonfinite_steps` in a row). The learning-rate
+        schedule and the global step advance as for any step. (Under DeepSpeed, accelerate
+        steps the engine inside `backward`: such a step is counted and stops the run, but its
+        update is not undone.)
+        """
+        if self._step_snapshot is None:
+            self._step_snapshot = self._snapshot_step(model)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        snapshot = self._step_snapshot
+        snapshot["nonfinite"] = snapshot["nonfinite"] + (~torch.isfinite(loss)).float()
+        if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer steps next
+            self._step_snapshot = None
+            flag = self.accelerator.reduce(snapshot["nonfinite"].reshape(1), reduction="sum")
+            finite = bool(flag.item() == 0)
+            if not finite:
+                model.zero_grad(set_to_none=True)
+                self._restore_step(snapshot)
+            self.nonfinite_guard.record(finite, self.state.global_step + 1, self.state)
+        return loss
+
+    def _snapshot_step(self, model: nn.Module) -> dict[str, Any]:
+        """What a skipped step must put back: BatchNorm running statistics, metric counts and
+        the collapse monitor's latents."""
+        buffers = [
+            (buffer, buffer.detach().clone())
+            for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for buffer in module.buffers(recurse=False)
+        ]
+        return {
+            "buffers": buffers,
+            "metrics": {key: len(values) for key, values in self._metrics["train"].items()},
+            "latest_latents": self.latest_latents,
+            "nonfinite": torch.zeros((), device=self.args.device),
+        }
+
+    def _restore_step(self, snapshot: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for buffer, saved in snapshot["buffers"]:
+                buffer.copy_(saved)
+        metrics = self._metrics["train"]
+        for key in list(metrics):
+            del metrics[key][snapshot["metrics"].get(key, 0) :]
+        self.latest_latents = snapshot["latest_latents"]
 
     def prediction_step(
         self,
@@ -333,16 +446,30 @@ class LeWMTrainer(_ResultMixin, Trainer):
         mode = "train" if K.LOSS in logs else "eval" if K.EVAL_LOSS in logs else None
         if mode is not None:
             prefix = K.EVAL_PREFIX if mode == "eval" else ""
-            for key, values in self._metrics[mode].items():
-                if values:
-                    logs[f"{prefix}{key}"] = sum(values) / len(values)
+            logs.update({f"{prefix}{k}": v for k, v in self._reduce_metrics(mode).items()})
             self._metrics[mode].clear()
         if mode == "train":
             logs.update(self.wsd_callback.extra_logs())
+            logs[K.NONFINITE_STEPS] = float(self.nonfinite_guard.total)
         super().log(logs, start_time)
 
+    def _reduce_metrics(self, mode: str) -> dict[str, float]:
+        """The mean of each metric over the logging window, then over the ranks.
 
-class WalkLMTrainer(_ResultMixin, Trainer):
+        Every rank logs at the same steps with the same keys, so the per-rank means travel in one
+        gathered vector (as TRL's `gather_for_metrics`, without its deduplication of the last
+        evaluation batch, which applies to per-sample values only): one collective and one host
+        sync per log, none per step.
+        """
+        keys = sorted(k for k, values in self._metrics[mode].items() if values)
+        if not keys:
+            return {}
+        local = torch.stack([torch.stack(self._metrics[mode][k]).float().mean() for k in keys])
+        means = self.accelerator.gather(local.unsqueeze(0)).mean(dim=0)
+        return dict(zip(keys, means.tolist()))
+
+
+class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     It owns its `ComplianceGateCallback`, configured by the `gate_*` fields of its
@@ -395,3 +522,14 @@ class WalkLMTrainer(_ResultMixin, Trainer):
         if any(e.get(K.EVAL_GATE_PASSED) == 1.0 for e in state.log_history):
             return state
         return None
+
+
+class CausalLMTrainer(_ResultMixin, Trainer):
+    """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
+    (train and eval loss curves); no gate."""
+
+    result_curves: ClassVar[dict[str, str]] = {"eval_loss": K.EVAL_LOSS}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._use_summary_progress()

@@ -1,0 +1,385 @@
+"""Model card and Hub push, tested at the client boundary without a network.
+
+The Trainer talks to the Hub through one `HfApi` object (`transformers.trainer.hf_api()`), so
+the tests put a `RecordingHfApi` there: `create_repo` records the repo, and `upload_folder`
+runs `HfApi`'s own client-side file selection (`_prepare_upload_folder_additions` with the
+Trainer's ignore patterns and huggingface_hub's defaults) and commits by copying the selected
+files into a local folder, one per repo. `HF_HUB_OFFLINE=1` makes any other Hub call fail.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+import transformers.trainer
+import yaml
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.hf_api import RepoUrl
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS
+from peft import AutoPeftModel
+from safetensors.torch import load_file
+from test_lora import pretrained_like
+from transformers import AutoModel
+
+import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf.data.collators import DataCollatorForLeWM
+from lewm_hf.data.walks import build_move_trajectories
+from lewm_hf.determinism import run_seeds
+from lewm_hf.errors import LeWMConfigError
+from lewm_hf.hub import CopyBaselineWarning, write_model_card
+from lewm_hf.losses import prediction_loss
+from lewm_hf.tasks.runner import run_recipe, validate_recipe
+
+CORPUS = {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32}
+TINY_WORLD_MODEL = {
+    "name": "world_model",
+    "task": "world_model",
+    "encoder_path": None,
+    "encoder_mode": "frozen",
+    "dropout": 0.0,
+    "d_state": 16,
+    "d_model": 32,
+    "predictor_layers": 1,
+    "predictor_heads": 2,
+    "projector_hidden": 32,
+    "num_clips": 256,
+    "eval_clips": 64,
+    "history_length": 2,
+    "max_steps": 40,
+    "learning_rate": 1e-2,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "sigreg_num_slices": 64,
+    "save_strategy": "no",
+    "logging_steps": 4,
+    "run_evaluation": False,  # the evaluation suite's card rows: test_hub_card_*
+}  # beats the copy baseline (about 0.9x) in 40 steps
+
+
+class RecordingHfApi(HfApi):
+    """An `HfApi` whose commits land in `root/<repo id>/` (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        super().__init__(endpoint="https://hub.invalid", token="hf_offline")
+        self.root = root
+        self.repos: list[tuple[str, bool | None]] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, repo_id, *, token=None, private=None, exist_ok=False, **kwargs):
+        repo_id = repo_id if "/" in repo_id else f"tester/{repo_id}"
+        self.repos.append((repo_id, private))
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def _validate_yaml(self, content, *, repo_type=None, token=None):
+        ModelCard(content)  # parses the metadata locally instead of POST /api/validate-yaml
+
+    def upload_folder(
+        self,
+        *,
+        repo_id,
+        folder_path,
+        path_in_repo=None,
+        commit_message=None,
+        ignore_patterns=None,
+        allow_patterns=None,
+        run_as_future=False,
+        **kwargs,
+    ):
+        ignore = (
+            [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        )
+        operations = self._prepare_upload_folder_additions(
+            folder_path,
+            path_in_repo or "",
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS,
+        )
+        repo = self.root / repo_id
+        for op in operations:
+            target = repo / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(op.path_or_fileobj).read_bytes())
+        self.commits.append(
+            {"message": commit_message, "files": sorted(op.path_in_repo for op in operations)}
+        )
+        if run_as_future:
+            future: Future = Future()
+            future.set_result(None)
+            return future
+        return None
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> RecordingHfApi:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    api = RecordingHfApi(tmp_path / "hub")
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    return api
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("corpora"))
+
+
+def write_recipe(tmp_path: Path, cache_dir: str, phases: list[dict]) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "disable_tqdm": True,
+        "corpus_preset": "small",
+        "corpus": CORPUS,
+        "corpus_cache_dir": cache_dir,
+        "phases": phases,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def held_out_batch(recipe: Path, cache_dir: str) -> dict[str, torch.Tensor]:
+    plan = validate_recipe(recipe)[-1]
+    clips = build_move_trajectories(plan.args.clips, cache_dir)["validation"]
+    return DataCollatorForLeWM(window=plan.args.clips.corpus.context_window)(list(clips))
+
+
+def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
+    phase = {**TINY_WORLD_MODEL, "push_to_hub": True, "hub_model_id": "me/tiny-wm"}
+    phase["hub_private_repo"] = True
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CopyBaselineWarning)  # this one beats the copy baseline
+        run_recipe(recipe)
+    out = tmp_path / "run" / "world_model"
+    assert hub.repos == [("me/tiny-wm", True)]
+    assert len(hub.commits) == 1 and hub.commits[0]["message"] == "End of training"
+    pushed = hub.root / "me" / "tiny-wm"
+    assert files_in(pushed) == {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "training_args.bin",
+        "result.json",
+        "curves.png",
+        "recipe.yaml",
+        "determinism.json",
+    }
+    for name in files_in(pushed):
+        assert (pushed / name).read_bytes() == (out / name).read_bytes(), name
+
+    # The pushed model loads with AutoModel and computes what the trained one does, bitwise.
+    inputs = held_out_batch(recipe, cache_dir)
+    reloaded = AutoModel.from_pretrained(pushed).eval()
+    local = LeWMModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        a, b = reloaded(**inputs), local(**inputs)
+    assert torch.equal(a.predictions, b.predictions) and torch.equal(a.latents, b.latents)
+    saved = load_file(pushed / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in reloaded.state_dict().items() if k in saved)
+
+    # The card: metadata, metrics equal to result.json (table and model-index), how to load.
+    result = json.loads((out / "result.json").read_text())
+    assert result["eval_pred_mse"] < result["eval_copy_mse"]
+    card = ModelCard.load(pushed / "README.md")
+    assert card.data.license == "apache-2.0"
+    assert {"lewm", "world-model"} <= set(card.data.tags)
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["eval_pred_mse"] == result["eval_pred_mse"]
+    assert metrics["eval_copy_mse"] == result["eval_copy_mse"]
+    assert card.data.to_dict()["model-index"][0]["name"] == "tiny-wm"
+    text = card.text
+    assert "does not beat the copy baseline" not in text
+    assert f"{result['eval_pred_mse']:.4g} | {result['eval_copy_mse']:.4g}" in text
+    assert "import lewm_hf" in text and 'AutoModel.from_pretrained("me/tiny-wm")' in text
+    assert "![training curves](curves.png)" in text
+    record = json.loads((out / "determinism.json").read_text())
+    assert record["command"] in text
+    seeds = run_seeds(validate_recipe(recipe)[0].args.training)
+    assert record["seeds"] == {
+        "seed": 0,
+        "data_seed": seeds.data,
+        "model_init_seed": seeds.model,
+        "lora_init_seed": seeds.lora,
+    }
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["hub_model_id"] == "me/tiny-wm" and resolved["d_state"] == 16
+
+
+def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, hub):
+    phase = {
+        **TINY_WORLD_MODEL,
+        "max_steps": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "push_to_hub": True,
+        "hub_strategy": "every_save",
+    }
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CopyBaselineWarning)
+        run_recipe(recipe)
+    # The default repo name: the run's and the phase's.
+    assert [r for r, _ in hub.repos] == ["tester/run-world_model"]
+    messages = [c["message"] for c in hub.commits]
+    assert messages == [
+        "Training in progress, step 2",
+        "Training in progress, step 4",
+        "End of training",
+    ]
+    assert all(not f.startswith("checkpoint-") for c in hub.commits for f in c["files"])
+    assert (tmp_path / "run" / "world_model" / "checkpoint-4").is_dir()
+    assert "result.json" in hub.commits[-1]["files"]
+
+    # hub_strategy: checkpoint also uploads the last checkpoint, as `last-checkpoint/`.
+    phase.update(hub_strategy="checkpoint", hub_model_id="me/ckpt")
+    recipe = write_recipe(tmp_path / "second", cache_dir, [phase])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CopyBaselineWarning)
+        run_recipe(recipe)
+    pushed = files_in(hub.root / "me" / "ckpt")
+    assert "last-checkpoint/trainer_state.json" in pushed
+    assert not any(f.startswith("checkpoint-") for f in pushed)
+
+
+def test_hub_warns_and_the_card_says_so_when_the_model_does_not_beat_copy(tmp_path, cache_dir, hub):
+    # learning_rate 0: the untrained predictor returns z_t, exactly the copy baseline.
+    phase = {**TINY_WORLD_MODEL, "max_steps": 2, "learning_rate": 0.0}
+    phase.update(push_to_hub=True, hub_model_id="me/copy")
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    with pytest.warns(CopyBaselineWarning, match="does not beat the copy baseline"):
+        run_recipe(recipe)
+    result = json.loads((tmp_path / "run" / "world_model" / "result.json").read_text())
+    assert result["eval_pred_mse"] == result["eval_copy_mse"]
+    card = ModelCard.load(hub.root / "me" / "copy" / "README.md")
+    first_lines = card.text.strip().splitlines()[:2]
+    assert first_lines[0] == "> [!WARNING]"
+    assert "does not beat the copy baseline" in first_lines[1]
+
+
+def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(tmp_path, cache_dir, hub):
+    # A saved world model (the LoRA recipe's starting point), adapted and pushed as adapters.
+    base_dir = tmp_path / "base"
+    config = LeWMConfig(
+        vocab_size=100,
+        d_state=16,
+        projector_hidden=32,
+        d_model=32,
+        predictor_layers=1,
+        predictor_heads=2,
+        history_length=2,
+        action_vocab_size=47,
+        sigreg_num_slices=64,
+        encoder_mode="frozen",
+    )
+    torch.manual_seed(0)
+    pretrained_like(LeWMModel(config)).save_pretrained(base_dir)
+    phase = {
+        "name": "world_model",
+        "task": "world_model",
+        "model_name_or_path": str(base_dir),
+        "num_clips": 256,
+        "eval_clips": 64,
+        "history_length": 2,
+        "max_steps": 4,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 64,
+        "save_strategy": "no",
+        "lora_targets": ["predictor", "action_encoder"],
+        "run_evaluation": False,
+        "push_to_hub": True,
+        "hub_model_id": "me/tiny-lora",
+    }
+    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CopyBaselineWarning)
+        summary = run_recipe(recipe)["phases"]["world_model"]
+    out = tmp_path / "run" / "world_model"
+    pushed = hub.root / "me" / "tiny-lora"
+    files = files_in(pushed)
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "result.json"} <= files
+    assert {"recipe.yaml", "determinism.json", "curves.png"} <= files
+    assert "model.safetensors" not in files
+    result = json.loads((out / "result.json").read_text())
+    assert summary["trainable_fraction"] == result["trainable_fraction"] < 0.5
+    # The starting model's numbers on this data (one evaluation batch), computed independently.
+    inputs = held_out_batch(recipe, cache_dir)
+    with torch.no_grad():
+        start = LeWMModel.from_pretrained(base_dir).eval()(**inputs)
+    pred = prediction_loss(start.predictions, start.targets, None, "mse").item()
+    copy = prediction_loss(start.latents[:, :-1], start.targets, None, "mse").item()
+    assert result["before_eval_pred_mse"] == pytest.approx(pred, rel=1e-5)
+    assert result["before_eval_copy_mse"] == pytest.approx(copy, rel=1e-5)
+    assert result["eval_pred_mse"] < result["before_eval_pred_mse"]
+    card = ModelCard.load(pushed / "README.md")
+    assert card.data.library_name == "peft" and "lora" in card.data.tags
+    assert "AutoPeftModel.from_pretrained" in card.text
+    loaded = AutoPeftModel.from_pretrained(pushed).eval()
+    merged = AutoPeftModel.from_pretrained(out).eval().merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(**inputs).predictions, merged(**inputs).predictions, rtol=0, atol=1e-6
+        )
+
+
+def test_hub_two_phases_cannot_share_a_repo(tmp_path, cache_dir):
+    phases = [
+        {**TINY_WORLD_MODEL, "name": "a", "push_to_hub": True, "hub_model_id": "me/x"},
+        {**TINY_WORLD_MODEL, "name": "b", "push_to_hub": True, "hub_model_id": "me/x"},
+    ]
+    with pytest.raises(LeWMConfigError, match="hub_model_id"):
+        validate_recipe(write_recipe(tmp_path, cache_dir, phases))
+
+
+def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):
+    # Action discrimination and planning rows, where result.json has them.
+    result = {
+        "phase": "world_model",
+        "curves": {},
+        "eval_pred_mse": 0.25,
+        "eval_copy_mse": 4.0,
+        "before_eval_pred_mse": 3.5,
+        "before_eval_copy_mse": 4.0,
+        "eval_action_r1": 0.625,
+        "eval_action_r1_copy": 0.125,
+        "eval_action_r1_shuffled": 0.0625,
+        "eval_action_chance": 0.05,
+        "eval_action_mrr": 0.75,
+        "eval_plan_success": 0.375,
+        "trainable_params": 10,
+        "total_params": 1000,
+        "trainable_fraction": 0.01,
+    }
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    (tmp_path / "recipe.yaml").write_text("task: world_model\ncorpus: {seed: 21}\n")
+    card = ModelCard.load(write_model_card(tmp_path, "me/m"))
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics == {
+        "eval_pred_mse": 0.25,
+        "eval_copy_mse": 4.0,
+        "eval_action_r1": 0.625,
+        "eval_plan_success": 0.375,
+    }
+    assert {r.dataset_name for r in card.data.eval_results} == {
+        "graph walks (small preset, corpus seed 21)"
+    }
+    text = card.text
+    assert "| `eval_pred_mse` / `eval_copy_mse` | 0.25 | 4 | 0.0625 |" in text
+    assert "| before adaptation (the starting model on this data) | 3.5 | 4 | 0.875 |" in text
+    assert "| `eval_action_r1` | 0.625 | 0.125 | 0.0625 | 0.05 |" in text
+    assert "| `eval_plan_success` | 0.375 |" in text
+    assert "10 of 1,000 (1.00%)" in text
+    assert "> [!WARNING]" not in text
