@@ -16,12 +16,14 @@ Each key has exactly one owner among a task's targets (its argument and config c
 that two targets accept is an error unless the task's explicit owner map settles it. Every value
 is checked against the type of the field it lands in; an unknown key or a wrong type raises
 `LeWMConfigError` naming the dotted path and the file that set it.
-YAML is read with `yaml.safe_load` only.
+YAML is read with `yaml.safe_load` only, with YAML 1.2 booleans: only `true` / `false` (any case)
+are booleans, so `save_strategy: no` or `--save_strategy no` is the string `"no"`, not False.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,40 @@ from .errors import LeWMConfigError
 from .fields import own_field_types, type_accepts, type_name
 
 RESERVED_KEYS = ("defaults", "phases", "name", "task")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with YAML 1.2 booleans and floats: `yes`, `no`, `on`, `off` stay strings
+    (`save_strategy: no` is a valid `TrainingArguments` value), and `1e-3` is a float."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_FLOAT = "tag:yaml.org,2002:float"
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+RecipeLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+# The int resolver must not run before the float one for a leading digit (`1e-3`).
+for _first in "-+0123456789":
+    RecipeLoader.yaml_implicit_resolvers[_first].sort(key=lambda item: item[0] != _FLOAT)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.load` with `RecipeLoader` (safe: no Python tags, YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=RecipeLoader)
 
 
 @dataclass
@@ -100,7 +136,7 @@ def _read_yaml(path: Path, included_from: str | None) -> dict[str, Any]:
             "defaults" if included_from else "config", str(path), "file not found", included_from
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise LeWMConfigError("config", str(path), f"invalid YAML: {err}") from err
     if data is None:
@@ -185,7 +221,7 @@ def parse_cli_overrides(argv: list[str]) -> list[tuple[str, Any]]:
             raw = "true"
             i += 1
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)
         except yaml.YAMLError:
             value = raw
         out.append((key.replace("-", "_"), value))

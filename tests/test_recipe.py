@@ -85,10 +85,9 @@ def test_cli_overrides_every_phase_and_one_phase(tmp_path):
     )
     overrides = parse_cli_overrides(["--learning_rate", "1e-3", "--world_model.max_steps=9"])
     recipe = load_recipe(top, overrides)
-    assert [p["learning_rate"] for p in recipe.phases] == ["1e-3", "1e-3"]
+    assert [p["learning_rate"] for p in recipe.phases] == [1e-3, 1e-3]  # YAML 1.2 float
     assert [p["max_steps"] for p in recipe.phases] == [3, 9]
     assert recipe.sources["phases.1.max_steps"] == "cli"
-    # "1e-3" is a YAML string: the float field coerces it.
     parts = split_lm(recipe)
     assert parts["training"]["learning_rate"] == pytest.approx(1e-3)
 
@@ -130,6 +129,22 @@ def test_cli_flag_without_value_is_true():
     assert parse_cli_overrides(["--bf16", "--x", "3"]) == [("bf16", True), ("x", 3)]
     with pytest.raises(LeWMConfigError, match="cli"):
         parse_cli_overrides(["positional"])
+
+
+def test_yaml_1_1_booleans_stay_strings(tmp_path):
+    # `no` is a valid `save_strategy`; YAML 1.1 would read it (and yes/on/off) as a boolean.
+    top = write(tmp_path / "r.yaml", "save_strategy: no\neval_strategy: 'no'\nbf16: false\n")
+    overrides = parse_cli_overrides(["--logging_strategy", "no", "--fp16", "False"])
+    assert overrides == [("logging_strategy", "no"), ("fp16", False)]
+    parts = split_lm(load_recipe(top, overrides))["training"]
+    assert parts["save_strategy"] == "no" and parts["eval_strategy"] == "no"
+    assert parts["logging_strategy"] == "no"
+    assert parts["bf16"] is False and parts["fp16"] is False
+    assert parse_cli_overrides(["--x", "yes", "--y", "on", "--z", "2.5e-4"]) == [
+        ("x", "yes"),
+        ("y", "on"),
+        ("z", 2.5e-4),
+    ]
 
 
 def test_not_a_mapping(tmp_path):
