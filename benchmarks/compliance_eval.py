@@ -1,50 +1,35 @@
-"""Benchmark: batched compliance generation against a one-sequence-at-a-time loop.
+"""Benchmark: batched compliance generation against the one-sequence-at-a-time reference.
 
-For each context rule (`window`, `chunked`) the batched `generate_walk_sequences` (greedy) is
-timed against a plain reference loop that generates ONE sequence at a time with no cache under
-the same rule, on the same randomly initialised Llama and the same prompts (the first token of
-walks on the `small` preset graph); both must produce identical sequences.
+For each context rule (`window`, `chunked`) the batched `generate_walk_sequences` is timed
+against `reference_generate` (lewm_hf.evaluation.compliance: ONE sequence at a time, no cache,
+the whole context recomputed every step, under the same rule and decoding) on the same randomly
+initialised Llama and the same prompts (the first token of walks on the `small` preset graph).
+The reference is slow, so it runs on the first `--reference-prompts` prompts only and both are
+normalised per sequence; its sequences must equal the batched run's first rows. The default
+decoding is `sample` (every sequence its own generation; with `greedy` the batched run also
+generates each distinct prompt only once, which the per-sequence ratio then includes).
 
-    .venv/bin/python benchmarks/compliance_eval.py [--prompts 256] [--length 64] [--window 16]
+The four runs are interleaved (`_timing.interleave`, at least 5 rounds after a warm-up, process
+CPU time) and each ratio is the median of the per-round ratios, printed with their min and max.
 
-Prints `speedup_window: X.X` and, last, `speedup: X.X` (chunked: batched + KV cache against the
-no-cache loop).
+    .venv/bin/python benchmarks/compliance_eval.py [--prompts 64] [--reference-prompts 8]
+        [--length 64] [--window 16] [--decoding sample] [--rounds 5] [--threads 2]
+
+Prints `speedup_window: X.XX (...)` and, last, `speedup: X.XX (...)` (chunked: batched + KV cache
+against the no-cache reference), both per sequence.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
+from _timing import Timings, interleave, ratio_line, set_threads
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lewm_hf.data.walks import WalkCorpusConfig, build_graph_and_jumpers, generate_walks
-from lewm_hf.evaluation.compliance import generate_walk_sequences
-
-
-def reference_generate(
-    model: LlamaForCausalLM, prompts: torch.Tensor, length: int, window: int, rule: str
-) -> torch.Tensor:
-    """Greedy, one sequence at a time, recomputing the whole current context every step."""
-    num, prompt_length = prompts.shape
-    out = []
-    with torch.no_grad():
-        for n in range(num):
-            seq = prompts[n].tolist()
-            start = max(0, prompt_length - window)
-            for i in range(prompt_length, length):
-                if rule == "window":
-                    context = seq[max(0, i - window) : i]
-                else:
-                    if i - start > window:  # chunked: restart from the last window // 2 tokens
-                        start = i - window // 2
-                    context = seq[start:i]
-                logits = model(input_ids=torch.tensor([context])).logits[0, -1]
-                seq.append(int(logits.argmax()))
-            out.append(seq)
-    return torch.tensor(out)
+from lewm_hf.evaluation.compliance import generate_walk_sequences, reference_generate
 
 
 def cpu_name() -> str:
@@ -58,12 +43,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def per_sequence(timings: Timings, sequences: int) -> Timings:
+    """The same rounds, in seconds per generated sequence."""
+    return Timings(timings.name, [s / sequences for s in timings.seconds], timings.clock)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=64, help="sequences of the batched run")
+    parser.add_argument(
+        "--reference-prompts", type=int, default=8, help="sequences of the reference run"
+    )
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--window", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--decoding", choices=["greedy", "sample"], default="sample")
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -71,13 +66,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=100)
     parser.add_argument("--max-positions", type=int, default=64)
     parser.add_argument("--rules", nargs="+", default=["window", "chunked"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clock", choices=["process", "wall"], default="process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS)"
     )
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
+    num_ref = min(args.reference_prompts, args.prompts)
 
     torch.manual_seed(args.seed)
     config = LlamaConfig(
@@ -93,36 +90,52 @@ def main() -> None:
     graph, jumpers = build_graph_and_jumpers(WalkCorpusConfig.preset("small"))
     walks = generate_walks(graph, jumpers, args.prompts, 2, seed=args.seed)
     prompts = torch.from_numpy(walks[:, :1].astype("int64")) % args.vocab
+    decode = {"decoding": args.decoding, "temperature": args.temperature, "seed": args.seed}
 
-    print(f"cpu: {cpu_name()}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"cpu: {cpu_name()}, torch threads: {threads}, torch {torch.__version__}")
     print(
         f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
         f"intermediate {args.intermediate}, vocab {args.vocab}; w={args.window}, "
-        f"length={args.length}, prompts={args.prompts}, batch_size={args.batch_size}"
+        f"length={args.length}, decoding={args.decoding}, batched: {args.prompts} prompts "
+        f"(batch_size {args.batch_size}), reference: {num_ref} prompts"
     )
+    outputs: dict[str, torch.Tensor] = {}
+
+    def batched(rule: str) -> None:
+        outputs[f"batched_{rule}"] = generate_walk_sequences(
+            model, prompts, args.length, args.window, rule=rule,
+            batch_size=args.batch_size, **decode,
+        )  # fmt: skip
+
+    def reference(rule: str) -> None:
+        outputs[f"reference_{rule}"] = reference_generate(
+            model, prompts[:num_ref], args.length, args.window, rule, **decode
+        )
+
+    fns = {}
+    for rule in args.rules:
+        fns[f"batched_{rule}"] = lambda rule=rule: batched(rule)
+        fns[f"reference_{rule}"] = lambda rule=rule: reference(rule)
+    stats = interleave(fns, rounds=args.rounds, clock=args.clock)
+
     speedups = {}
     for rule in args.rules:
-        generate_walk_sequences(model, prompts[:2], args.window + 4, args.window, rule=rule)  # warm
-        started = time.perf_counter()
-        batched = generate_walk_sequences(
-            model, prompts, args.length, args.window, rule=rule, batch_size=args.batch_size
-        )
-        batched_s = time.perf_counter() - started
-        started = time.perf_counter()
-        reference = reference_generate(model, prompts, args.length, args.window, rule)
-        reference_s = time.perf_counter() - started
-        identical = torch.equal(batched, reference)
-        mismatched = int((batched != reference).any(dim=1).sum())
-        speedups[rule] = reference_s / batched_s
+        fast = per_sequence(stats[f"batched_{rule}"], args.prompts)
+        slow = per_sequence(stats[f"reference_{rule}"], num_ref)
+        got, ref = outputs[f"batched_{rule}"], outputs[f"reference_{rule}"]
+        mismatched = int((got[:num_ref] != ref).any(dim=1).sum())
+        distinct = len({tuple(r) for r in got.tolist()})
+        print(f"{rule}: {fast.summary('ms per sequence', 1000)}")
+        print(f"{rule}: {slow.summary('ms per sequence', 1000)}")
         print(
-            f"{rule}: batched {batched_s:.2f} s, one-at-a-time reference {reference_s:.2f} s, "
-            f"identical {identical} ({mismatched} sequences differ), "
-            f"distinct {len({tuple(r) for r in batched.tolist()})}/{args.prompts}"
+            f"{rule}: identical {mismatched == 0} ({mismatched} of {num_ref} sequences differ), "
+            f"distinct {distinct}/{args.prompts}"
         )
+        speedups[rule] = ratio_line(f"speedup_{rule}", slow, fast)
     if "window" in speedups:
-        print(f"speedup_window: {speedups['window']:.1f}")
+        print(speedups["window"])
     if "chunked" in speedups:
-        print(f"speedup: {speedups['chunked']:.1f}")
+        print(speedups["chunked"].replace("speedup_chunked", "speedup", 1))
 
 
 if __name__ == "__main__":

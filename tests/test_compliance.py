@@ -17,6 +17,7 @@ from lewm_hf.evaluation.compliance import (
     compliance_metrics,
     evaluate_compliance,
     generate_walk_sequences,
+    reference_generate,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -116,8 +117,10 @@ def test_distinct_fraction_and_to_dict():
     assert sum(d[f"steps_{name}"] for name in STEP_CLASSES) == d["edge_steps"] == 16
 
 
-def loop_reference(seqs: np.ndarray, graph: Graph, jumpers: list[Jumper]) -> dict:
-    """One step at a time, straight from the definitions."""
+def loop_reference(
+    seqs: np.ndarray, graph: Graph, jumpers: list[Jumper], prompt_length: int = 1
+) -> dict:
+    """One step at a time, straight from the definitions; steps before `prompt_length` unscored."""
     n = graph.num_vertices
 
     def block(v: int) -> int:
@@ -129,12 +132,12 @@ def loop_reference(seqs: np.ndarray, graph: Graph, jumpers: list[Jumper]) -> dic
         status = {}  # step -> all rules met so far
         for t, v in enumerate(row):
             for j in jumpers:
-                if v == j.vertex and t + j.r <= len(row) - 1:
+                if v == j.vertex and prompt_length <= t + j.r <= len(row) - 1:
                     checks += 1
                     ok = block(row[t + j.r]) == j.target_block
                     met += ok
                     status[t + j.r] = status.get(t + j.r, True) and ok
-        for s in range(1, len(row)):
+        for s in range(prompt_length, len(row)):
             u, v = row[s - 1], row[s]
             valid = 0 <= u < n and 0 <= v < n and v in graph.neighbors(u).tolist()
             edges += valid
@@ -143,17 +146,61 @@ def loop_reference(seqs: np.ndarray, graph: Graph, jumpers: list[Jumper]) -> dic
     return {"edges": edges, "checks": checks, "met": met, "classes": counts}
 
 
-def test_vectorised_metrics_match_a_loop_on_random_sequences():
+@pytest.mark.parametrize("prompt_length", [1, 2, 3, 5, 8])
+def test_vectorised_metrics_match_a_loop_on_random_sequences(prompt_length):
     graph = tiny_graph()
     jumpers = [JUMPER, Jumper(4, 1, 0, 1), Jumper(2, 0, 1, 3)]
     rng = np.random.default_rng(0)
     seqs = rng.integers(-1, 8, size=(50, 9))  # includes tokens outside the graph
-    res = compliance_metrics(seqs, graph, jumpers)
-    ref = loop_reference(seqs, graph, jumpers)
-    assert res.edge_compliance == pytest.approx(ref["edges"] / (50 * 8))
+    res = compliance_metrics(seqs, graph, jumpers, prompt_length=prompt_length)
+    ref = loop_reference(seqs, graph, jumpers, prompt_length)
+    assert res.edge_steps == 50 * (9 - prompt_length) == sum(res.step_classes.values())
+    assert res.edge_compliance == pytest.approx(ref["edges"] / res.edge_steps)
     assert res.rule_checks == ref["checks"] > 0
     assert res.rule_compliance == pytest.approx(ref["met"] / ref["checks"])
     assert res.step_classes == ref["classes"]
+    assert res.prompt_length == prompt_length
+
+
+def test_invalid_prompt_edges_do_not_lower_edge_compliance():
+    # 0 -> 0 is no edge: the prompt [0, 0, 0] has two invalid transitions, the generated
+    # steps 3 ... 5 (0 -> 1, 1 -> 4, 4 -> 5) are all edges.
+    seqs = np.array([[0, 0, 0, 1, 4, 5]])
+    assert compliance_metrics(seqs, tiny_graph(), [JUMPER]).edge_compliance == 0.6
+    res = compliance_metrics(seqs, tiny_graph(), [JUMPER], prompt_length=3)
+    assert (res.edge_compliance, res.edge_steps) == (1.0, 3)
+    # The jumper at t = 3 (generated) targets step 5: block(5) = 1, met.
+    assert (res.rule_checks, res.rule_compliance) == (1, 1.0)
+    assert res.step_classes == classes(valid_followed=1, valid_na=2)
+
+
+def test_rule_inside_the_prompt_is_not_counted():
+    # The jumper at t = 0 targets step 2 (vertex 0, block 0): violated, but inside the prompt.
+    seqs = np.array([[1, 2, 0, 1, 4, 5]])
+    full = compliance_metrics(seqs, tiny_graph(), [JUMPER])
+    assert (full.rule_checks, full.rule_compliance) == (2, 0.5)
+    res = compliance_metrics(seqs, tiny_graph(), [JUMPER], prompt_length=3)
+    assert (res.rule_checks, res.rule_compliance) == (1, 1.0)
+    assert res.step_classes == classes(valid_followed=1, valid_na=2)
+    assert sum(res.step_classes.values()) == res.edge_steps == 3
+
+
+def test_jumper_in_the_prompt_with_a_generated_target_is_counted():
+    # Prompt [0, 1]: the visit at t = 1 targets step 3 (vertex 5, block 1), which was generated.
+    res = compliance_metrics(np.array([[0, 1, 4, 5, 3]]), tiny_graph(), [JUMPER], prompt_length=2)
+    assert (res.rule_checks, res.rule_compliance) == (1, 1.0)
+    assert res.step_classes == classes(valid_followed=1, valid_na=2)
+    assert res.edge_steps == 3
+
+
+def test_prompt_as_long_as_the_sequence_scores_nothing():
+    res = compliance_metrics(np.array([[0, 0, 1, 0]]), tiny_graph(), [JUMPER], prompt_length=4)
+    assert (res.edge_compliance, res.edge_steps, res.rule_checks) == (1.0, 0, 0)
+    assert res.step_classes == classes()
+    for bad in (0, 5, 1.5):
+        with pytest.raises(LeWMConfigError) as info:
+            compliance_metrics(np.array([[0, 1, 2, 0]]), tiny_graph(), [JUMPER], prompt_length=bad)
+        assert info.value.field == "prompt_length"
 
 
 def test_corpus_walks_are_fully_compliant():
@@ -172,8 +219,13 @@ def test_metrics_input_errors():
         compliance_metrics(np.array([0, 1, 2]), tiny_graph(), [JUMPER])
     with pytest.raises(LeWMInputError, match="sequences"):
         compliance_metrics(np.zeros((2, 3)), tiny_graph(), [JUMPER])
-    with pytest.raises(LeWMInputError, match="sequences"):
-        compliance_metrics(np.zeros((0, 3), dtype=int), tiny_graph(), [JUMPER])
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0), (0, 0)])
+def test_empty_sequences_are_rejected_either_way(shape):
+    with pytest.raises(LeWMInputError, match=rf"shape \({shape[0]}, {shape[1]}\)") as info:
+        compliance_metrics(np.zeros(shape, dtype=np.int64), tiny_graph(), [JUMPER])
+    assert info.value.field == "sequences"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,39 +259,6 @@ def model() -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def reference_generate(
-    model, prompts, length, w, rule, decoding="greedy", temperature=1.0, seed=0, vocab_size=None
-) -> torch.Tensor:
-    """One sequence at a time, no cache: recompute the whole current context every step."""
-    num, p = prompts.shape
-    uniforms = torch.rand(
-        (num, length), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    )
-    out = []
-    with torch.no_grad():
-        for n in range(num):
-            seq = prompts[n].tolist()
-            start = max(0, p - w)
-            for i in range(p, length):
-                if rule == "window":
-                    ctx = seq[max(0, i - w) : i]
-                else:
-                    if i - start > w:  # chunked: restart from the last w // 2 tokens
-                        start = i - w // 2
-                    ctx = seq[start:i]
-                logits = model(input_ids=torch.tensor([ctx])).logits[0, -1]
-                if vocab_size is not None:
-                    logits = logits[:vocab_size]
-                if decoding == "greedy":
-                    seq.append(int(logits.argmax()))
-                else:
-                    cdf = torch.softmax(logits.double() / temperature, -1).cumsum(-1)
-                    token = int((cdf <= uniforms[n, i] * cdf[-1]).sum())
-                    seq.append(min(token, len(cdf) - 1))
-            out.append(seq)
-    return torch.tensor(out)
-
-
 @pytest.mark.parametrize("rule", ["window", "chunked"])
 @pytest.mark.parametrize(
     ("decoding", "temperature", "seed"),
@@ -254,13 +273,30 @@ def test_generation_matches_step_by_step_reference(model, rule, decoding, temper
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("decoding", ["greedy", "sample"])
 @pytest.mark.parametrize("rule", ["window", "chunked"])
 @pytest.mark.parametrize("prompt_length", [3, W, W + 3])
-def test_longer_prompts_match_reference(model, rule, prompt_length):
+def test_longer_prompts_match_reference(model, rule, prompt_length, decoding):
     prompts = torch.randint(0, 20, (3, prompt_length), generator=torch.Generator().manual_seed(2))
-    got = generate_walk_sequences(model, prompts, 18, W, rule=rule)
+    got = generate_walk_sequences(model, prompts, 18, W, rule=rule, decoding=decoding, seed=4)
     assert torch.equal(got[:, :prompt_length], prompts)
-    assert torch.equal(got, reference_generate(model, prompts, 18, W, rule))
+    ref = reference_generate(model, prompts, 18, W, rule, decoding=decoding, seed=4)
+    assert torch.equal(got, ref)
+
+
+def test_greedy_generates_each_distinct_prompt_once(model):
+    prompts = torch.tensor([[4, 1], [2, 2], [4, 1], [4, 1], [2, 2], [4, 3]])
+    rows = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].shape[0])
+    )
+    try:
+        got = generate_walk_sequences(model, prompts, 12, W, rule="window")
+    finally:
+        hook.remove()
+    assert set(rows) == {3}  # three distinct prompts, one batch
+    assert torch.equal(got, reference_generate(model, prompts, 12, W, "window"))
+    assert torch.equal(got[0], got[2]) and torch.equal(got[0], got[3])
 
 
 def test_odd_window_and_vocab_restriction(model):
@@ -283,6 +319,23 @@ def test_chunked_uses_the_cache_with_half_window_refills(model):
     # Prefill 1 token, then single tokens until the context holds W; then refill W // 2, ...
     # Contexts before predicting positions 1..13: 1,2,3,4,5,6 | 3,4,5,6 | 3,4,5,6.
     assert lengths == [1, 1, 1, 1, 1, 1, 3, 1, 1, 1, 3, 1, 1]
+
+
+def test_window_caches_only_while_the_window_is_the_prefix(model):
+    lengths = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda mod, args, out: lengths.append(args[0].shape[1])
+    )
+    try:
+        generate_walk_sequences(model, torch.tensor([[1], [2]]), 14, W, rule="window")
+        cached = lengths[:]
+        lengths.clear()
+        generate_walk_sequences(model, torch.tensor([[1] * W, [2] * W]), 9, W, rule="window")
+    finally:
+        hook.remove()
+    # Prefill 1 token, single tokens up to position W, then the whole window at every step.
+    assert cached == [1] * W + [W] * (13 - W)
+    assert lengths == [W] * (9 - W)  # a prompt of W tokens: the window slides from the start
 
 
 def test_rules_agree_while_the_context_fits(model):
@@ -342,6 +395,26 @@ def test_generation_config_errors_name_the_field(model, kwargs, field):
     with pytest.raises(LeWMConfigError) as info:
         generate_walk_sequences(model, torch.tensor([[1]]), **args)
     assert info.value.field == field
+
+
+def test_evaluate_compliance_scores_only_generated_steps(model):
+    graph = tiny_graph()
+    # Prompts of 4 tokens full of non-edges (0 -> 0, 3 -> 3) and with a jumper visit at t = 0
+    # whose target step 2 lies in the prompt (block(0) = 0: violated).
+    walks = np.array([[1, 0, 0, 0, 1, 4, 5, 3, 4, 5], [3, 3, 3, 3, 4, 5, 0, 1, 4, 5]] * 3)
+    res = evaluate_compliance(model, graph, [JUMPER], walks, W, prompt_length=4, batch_size=2)
+    seqs = generate_walk_sequences(model, torch.from_numpy(walks[:, :4]), 10, W, vocab_size=6)
+    assert torch.equal(seqs[:, :4], torch.from_numpy(walks[:, :4]))
+    ref = loop_reference(seqs.numpy(), graph, [JUMPER], prompt_length=4)
+    assert res.edge_steps == 6 * 6 == sum(res.step_classes.values())
+    assert res.edge_compliance == pytest.approx(ref["edges"] / res.edge_steps)
+    assert res.rule_checks == ref["checks"]
+    assert res.step_classes == ref["classes"]
+    assert res.prompt_length == 4
+    # Scoring the copied prompt as generated would count its 3 non-edges and its violated rule.
+    full = loop_reference(seqs.numpy(), graph, [JUMPER])
+    assert full["classes"] != ref["classes"]
+    assert full["checks"] == ref["checks"] + 3
 
 
 def test_evaluate_compliance(model):

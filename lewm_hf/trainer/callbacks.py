@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
@@ -356,10 +357,14 @@ class NonFiniteLossGuard(TrainerCallback, ExportableState):
 
     `LeWMTrainer.training_step` decides once per optimizer step, from a flag all-reduced over
     the ranks (so every rank decides alike), whether any micro-batch's loss was non-finite; such
-    a step is skipped (no optimizer update) and `record` counts it. `total` is logged as
-    `nonfinite_steps`; `max_consecutive` skipped steps in a row raise `LeWMNonFiniteLossError`
-    before anything else is saved, so the last checkpoint holds the last finite step's weights.
-    The counters are checkpointed (`ExportableState`) and restored on resume.
+    a step is skipped (no optimizer update). With a fused torch optimizer the decision stays on
+    the device: `defer` hands the flag to the optimizer (`found_inf`, read by its fused kernel)
+    and keeps it, and `flush` (at every log and checkpoint, and at the end of training) reads
+    the pending flags in one host sync and counts them; otherwise the trainer reads the flag at
+    once and calls `record`. `total` is logged as `nonfinite_steps`; `max_consecutive` skipped
+    steps in a row raise `LeWMNonFiniteLossError` (at the flush that sees them) before anything
+    else is saved, so the last checkpoint holds the last finite step's weights. The counters
+    are checkpointed (`ExportableState`) and restored on resume.
 
     Args:
         max_consecutive (`int`): Consecutive skipped steps that stop training.
@@ -370,6 +375,38 @@ class NonFiniteLossGuard(TrainerCallback, ExportableState):
         self.total = 0
         self.consecutive = 0
         self.skipped_steps: list[int] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, 0-dim bool "skipped")
+        self._armed: torch.optim.Optimizer | None = None  # holds this step's `found_inf`
+
+    def defer(self, skip: torch.Tensor, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Skip optimizer step `step` on the device where `skip` (a 0-dim bool tensor) is true,
+        and count it at the next `flush`.
+
+        `optimizer` must be a fused torch optimizer: its step reads `found_inf` (a 0-dim float
+        tensor, as `torch.amp.GradScaler` sets it) and leaves every parameter, its state and its
+        step count unchanged when it is 1. The attribute is removed after the step.
+        """
+        optimizer.found_inf = skip.float()
+        self._armed = optimizer
+        self._pending.append((step, skip))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._armed is not None:
+            del self._armed.found_inf
+            self._armed = None
+
+    def flush(self, state: TrainerState | None = None) -> None:
+        """Count the deferred steps (one host sync), in order.
+
+        Raises:
+            `LeWMNonFiniteLossError`: when they complete `max_consecutive` skipped steps in a row.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        skipped = torch.stack([flag for _, flag in pending]).tolist()
+        for (step, _), was_skipped in zip(pending, skipped):
+            self.record(not was_skipped, step, state)
 
     def record(self, finite: bool, step: int, state: TrainerState | None = None) -> None:
         """Count optimizer step `step` (1-indexed) as finite or skipped.
