@@ -1,35 +1,45 @@
 """The frozen-encoder feature cache: the default recipe's world-model phase with it over without.
 
-The main job's world-model phase trains a `LeWMModel` around the frozen walk LM (4 layers,
-hidden 128) on 20000 move clips of 4 windows for 939 steps of batch 64. Without the cache every
-step runs the encoder over 256 windows; with it the encoder runs once over every clip before
-training (`FeatureCache.build`) and each step reads the features.
+The default recipe's world-model phase (`recipes/configs/walk_lewm.yaml` with the encoder phase's
+walk LM frozen) trains a `LeWMModel` around a 4-layer, hidden-128 Llama on 20000 move clips of 4
+windows (w = 16) for 939 steps of batch 64 (3 epochs), and evaluates on 2000 held-out clips after
+every epoch. Without the cache every step runs the encoder over 256 windows and every evaluation
+over 8000; with it `FeatureCache.build` encodes each distinct window of both splits once (when
+`LeWMTrainer` is constructed) and the steps and evaluations read the features.
 
-Both variants train the same model on the same clips through `LeWMTrainer`, alternately, for
-`--rounds` rounds of `--steps` timed steps each (after warm-up steps). Timing is per-process CPU
-time (`time.process_time`) at a fixed thread count, which other processes on the machine do not
-inflate the way they inflate wall time. The phase's time is estimated as
-`build + 939 x step time` (with the cache) against `939 x step time` (without), so the cache
-pays for its own build. Prints min / median / max of each variant's step time, the build time,
-and last `speedup: X` (the phase's time without over with).
+Each round, interleaved with `_timing.interleave` (alternating order, one untimed warm-up call
+each), runs both variants through `LeWMTrainer` on the same clips and model: construct the
+trainer (with the cache: the build), train `--steps` timed steps after 3 warm-up steps, and
+evaluate once. A round's phase time is then
 
-    python benchmarks/feature_cache.py [--steps 30] [--rounds 5] [--threads 2]
+    construction + 939 x (seconds per step) + 3 x (one evaluation)
+
+per variant, so the cached variant pays for its own build. Timing is per-process CPU time
+(`time.process_time`) at a fixed thread count, which other processes do not inflate the way they
+inflate wall time. Prints min / median / max over the rounds of every part and of both phase
+times; the last line is `speedup: X`, the median over rounds of (phase without) / (phase with).
+
+    python benchmarks/feature_cache.py [--steps 30] [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import tempfile
 import time
 
 import torch
+from _timing import Timings, interleave, ratio_line, set_threads
+from datasets import disable_progress_bars
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
 from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
 
-PHASE_STEPS = 939  # the main job's world-model phase: 3 epochs of 20000 clips at batch 64
+PHASE_STEPS = 939  # 3 epochs of 20000 clips at batch 64
+PHASE_EVALS = 3  # eval_strategy: epoch
 WARMUP_STEPS = 3
 
 
@@ -68,63 +78,109 @@ class StepClock(TrainerCallback):
         self.stop = time.process_time()
 
 
-def run(clips, cache: bool, steps: int, out: str) -> tuple[float, float]:
-    """(seconds per step, cache build seconds) of one variant."""
-    args = LeWMTrainingArguments(
-        output_dir=out,
-        max_steps=WARMUP_STEPS + steps,
-        per_device_train_batch_size=64,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        collapse_monitor_steps=50,
-        frozen_feature_cache=cache,
-    )
-    clock = StepClock()
-    started = time.process_time()
-    trainer = LeWMTrainer(
-        default_model(), args, train_dataset=clips["train"], window=16, callbacks=[clock]
-    )
-    build = time.process_time() - started if cache else 0.0
-    trainer.train()
-    return (clock.stop - clock.start) / steps, build
+class Variant:
+    """One variant of the phase; each call measures one round's parts and phase time.
+
+    Args:
+        clips (`DatasetDict`): `train` and `validation` move clips.
+        cache (`bool`): `frozen_feature_cache`.
+        steps (`int`): Timed training steps per round.
+        out (`str`): Scratch output folder.
+    """
+
+    def __init__(self, clips, cache: bool, steps: int, out: str):
+        self.clips, self.cache, self.steps, self.out = clips, cache, steps, out
+        suffix = "with cache" if cache else "without cache"
+        self.parts = {
+            name: Timings(f"{name} ({suffix})")
+            for name in ("construction", "step", "evaluation", "phase")
+        }
+
+    def __call__(self) -> None:
+        args = LeWMTrainingArguments(
+            output_dir=self.out,
+            max_steps=WARMUP_STEPS + self.steps,
+            per_device_train_batch_size=64,
+            per_device_eval_batch_size=256,
+            learning_rate=1e-3,
+            weight_decay=0.01,
+            max_grad_norm=1.0,
+            lr_schedule="wsd",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_pin_memory=False,
+            collapse_monitor_steps=50,
+            frozen_feature_cache=self.cache,
+        )
+        clock = StepClock()
+        model = default_model()
+        start = time.process_time()
+        trainer = LeWMTrainer(
+            model,
+            args,
+            train_dataset=self.clips["train"],
+            eval_dataset=self.clips["validation"],
+            window=16,
+            callbacks=[clock],
+        )
+        construction = time.process_time() - start
+        trainer.remove_callback(PrinterCallback)  # no log line per step
+        if (trainer.feature_cache is not None) != self.cache:
+            raise RuntimeError(f"frozen_feature_cache={self.cache} was not honoured")
+        trainer.train()
+        step = (clock.stop - clock.start) / self.steps
+        start = time.process_time()
+        trainer.evaluate()
+        evaluation = time.process_time() - start
+        phase = construction + PHASE_STEPS * step + PHASE_EVALS * evaluation
+        for name, value in (
+            ("construction", construction),
+            ("step", step),
+            ("evaluation", evaluation),
+            ("phase", phase),
+        ):
+            self.parts[name].seconds.append(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: see docs/benchmarks.md)"
+    )
     opts = parser.parse_args()
-    torch.set_num_threads(opts.threads)
+    threads = set_threads(opts.threads)
+    disable_progress_bars()
     clips = build_move_trajectories(
         MoveTrajectoryConfig(corpus=WalkCorpusConfig.preset("small"), num_clips=20000)
     )
-    times: dict[bool, list[float]] = {True: [], False: []}
-    builds: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(opts.rounds):
-            for cache in (False, True):  # interleaved, so drifts hit both alike
-                per_step, build = run(clips, cache, opts.steps, tmp)
-                times[cache].append(per_step)
-                if cache:
-                    builds.append(build)
-    for cache, label in ((False, "without cache"), (True, "with cache")):
-        t = times[cache]
-        print(
-            f"{label}: s/step min {min(t):.4f} median {statistics.median(t):.4f} max {max(t):.4f}"
-        )
-    build = statistics.median(builds)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
-        f"cache build (20000 clips): median {build:.1f} s (min {min(builds):.1f}, max {max(builds):.1f})"
+        f"threads {threads}, {opts.rounds} rounds of {opts.steps} steps, "
+        f"train {len(clips['train'])} clips, validation {len(clips['validation'])}; "
+        f"load average at start {load}"
     )
-    without = PHASE_STEPS * statistics.median(times[False])
-    with_cache = build + PHASE_STEPS * statistics.median(times[True])
-    print(f"phase estimate: {without:.1f} s without, {with_cache:.1f} s with")
-    print(f"speedup: {without / with_cache:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {
+            "without": Variant(clips, False, opts.steps, os.path.join(tmp, "without")),
+            "with": Variant(clips, True, opts.steps, os.path.join(tmp, "with")),
+        }
+        interleave(variants, rounds=opts.rounds)
+    for variant in variants.values():  # the warm-up call recorded a round too: drop it
+        for part in variant.parts.values():
+            del part.seconds[0]
+    for name in ("construction", "step", "evaluation", "phase"):
+        for variant in variants.values():
+            print(variant.parts[name].summary())
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average at end {load}")
+    print(
+        ratio_line("speedup", variants["without"].parts["phase"], variants["with"].parts["phase"])
+    )
 
 
 if __name__ == "__main__":

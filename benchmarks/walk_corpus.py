@@ -1,16 +1,23 @@
 """Benchmark the walk corpus: compiled walk generation against a pure-Python reference.
 
-Builds the anchor corpus setting (`WalkCorpusConfig()`: n=500, K=4, w=64, 256-step walks) and
-times `generate_walks` on `--walks` walks (best of `--repeats` runs). In the same run a one-walk-one-step-at-a-time
-pure-Python reference of the same process (uniform out-edge steps from `random.Random`, jumper
-splices drawn from the same precomputed `JumperPaths`, chained splices, a splice from t = 0)
-generates `--reference_walks` walks; both sets are checked against every edge and rule. Then the
-corpus is built through `build_walk_corpus` into a fresh temporary cache (build time) and loaded
-again (cache hit, reload time).
+Builds the anchor corpus setting (`WalkCorpusConfig()`: n=500, K=4, w=64, 256-step walks). Each
+of `--rounds` interleaved rounds (`_timing.interleave`: alternating order, after one untimed
+warm-up call each, which also loads the compiled kernel) times `generate_walks` on `--walks`
+walks and a one-walk-one-step-at-a-time pure-Python reference of the same process (uniform
+out-edge steps from `random.Random`, jumper splices drawn from the same precomputed
+`JumperPaths`, chained splices, a splice from t = 0) on `--reference_walks` walks; both outputs
+are checked against every edge and rule. Then, interleaved the same way, the corpus is built
+through `build_walk_corpus` into a fresh temporary cache (cache miss) and reloaded from the
+first one (cache hit).
 
-The last line printed is `speedup: X.X` (compiled walks/s over reference walks/s).
+The clock is per-process CPU time by default (`--clock process`: the time of all this process's
+threads, so the compiled kernel's threads count in full and other processes' load does not);
+`--clock wall` times elapsed time. Rates and times are printed as min / median / max over the
+rounds, ratios as the median of the per-round ratios (with their min and max). The last line
+printed is `speedup: X.X` (compiled walks/s over reference walks/s, the median over rounds).
 
     .venv/bin/python benchmarks/walk_corpus.py [--walks 200000] [--reference_walks 5000]
+        [--rounds 5] [--clock process]
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import argparse
 import dataclasses
 import random
 import shutil
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from _timing import CLOCKS, MIN_ROUNDS, Timings, interleave, ratio_line
 from datasets import disable_progress_bars
 
 from lewm_hf.data.graphs import Graph, Jumper
@@ -124,12 +134,18 @@ def main() -> None:
     parser.add_argument("--walks", type=int, default=200000, help="walks for the compiled run")
     parser.add_argument("--reference_walks", type=int, default=5000, help="walks for the reference")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of each generator; the best is shown"
+        "--rounds", type=int, default=MIN_ROUNDS, help="interleaved rounds (at least 5)"
+    )
+    parser.add_argument(
+        "--clock",
+        default="process",
+        choices=sorted(CLOCKS),
+        help="process: CPU time of this process (all its threads); wall: elapsed time",
     )
     parser.add_argument(
         "--cache_dir",
         default=None,
-        help="where to make the temporary corpus cache (removed afterwards); system temp if unset",
+        help="where to make the temporary corpus caches (removed afterwards); system temp if unset",
     )
     args = parser.parse_args()
     disable_progress_bars()
@@ -150,33 +166,43 @@ def main() -> None:
         f"({graph.num_edges} edges, {len(jumpers)} jumpers, r={sorted({j.r for j in jumpers})})"
     )
 
-    fast_times = []
-    for _ in range(args.repeats):
-        fast = None  # free the previous run's walks first
-        start = time.perf_counter()
-        fast = generate_walks(
+    out: dict[str, np.ndarray] = {}
+
+    def compiled() -> None:
+        out.pop("compiled", None)  # free the previous run's walks first
+        out["compiled"] = generate_walks(
             graph, jumpers, args.walks, config.walk_length,
             seed=derive_seed(config.seed, "train"), paths=paths,
         )  # fmt: skip
-        fast_times.append(time.perf_counter() - start)
-    fast_rate = args.walks / min(fast_times)
-    fast_checks = check_walks(graph, jumpers, fast, "compiled")
-    print(
-        f"compiled generate_walks: {fast_rate:,.0f} walks/s "
-        f"(runs: {', '.join(f'{s:.2f}' for s in fast_times)} s)"
-    )
 
-    ref_times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        ref = reference_walks(graph, paths, args.reference_walks, config.walk_length, seed=1)
-        ref_times.append(time.perf_counter() - start)
-    ref_rate = args.reference_walks / min(ref_times)
+    def reference() -> None:
+        out["reference"] = reference_walks(
+            graph, paths, args.reference_walks, config.walk_length, seed=1
+        )
+
+    # The warm-up call loads the compiled kernel (JIT cache) before the timed rounds.
+    stats = interleave({"compiled": compiled, "reference": reference}, args.rounds, args.clock)
+    fast, ref = out["compiled"], out["reference"]
+    fast_checks = check_walks(graph, jumpers, fast, "compiled")
     ref_checks = check_walks(graph, jumpers, ref, "reference")
-    print(
-        f"pure-Python reference: {ref_rate:,.0f} walks/s "
-        f"(runs: {', '.join(f'{s:.2f}' for s in ref_times)} s)"
-    )
+    # Seconds per walk, so that the per-round ratio is the ratio of the walks/s rates.
+    per_walk = {
+        "compiled": Timings(
+            "compiled generate_walks", [s / args.walks for s in stats["compiled"].seconds],
+            args.clock,
+        ),
+        "reference": Timings(
+            "pure-Python reference", [s / args.reference_walks for s in stats["reference"].seconds],
+            args.clock,
+        ),
+    }  # fmt: skip
+    for timings in per_walk.values():
+        rates = sorted(1.0 / s for s in timings.seconds)
+        print(
+            f"{timings.name}: {1.0 / timings.median:,.0f} walks/s median "
+            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f} over {len(rates)} rounds, "
+            f"{timings.clock} time); {timings.summary('us per walk', 1e6)}"
+        )
     sub = fast[: args.reference_walks]
     print(
         f"every edge and rule obeyed (rule checks: compiled {fast_checks}, "
@@ -184,21 +210,27 @@ def main() -> None:
         f"{spliced_fraction(jumpers, sub):.3f}, reference {spliced_fraction(jumpers, ref):.3f}"
     )
 
-    root = tempfile.mkdtemp(prefix="walk-corpus-bench-", dir=args.cache_dir)
+    root = Path(tempfile.mkdtemp(prefix="walk-corpus-bench-", dir=args.cache_dir))
     try:
-        start = time.perf_counter()
-        build_walk_corpus(config, root)
-        build_s = time.perf_counter() - start
-        start = time.perf_counter()
-        corpus = build_walk_corpus(config, root)
-        reload_s = time.perf_counter() - start
-        rows = {name: len(split) for name, split in corpus.items()}
+        builds = iter(range(1 + args.rounds))
+        rows: dict[str, int] = {}
+
+        def build() -> None:  # a cache miss: a fresh cache root every call
+            corpus = build_walk_corpus(config, root / f"build-{next(builds)}")
+            rows.update({name: len(split) for name, split in corpus.items()})
+
+        def reload() -> None:  # a cache hit: the corpus built by the first call
+            build_walk_corpus(config, root / "build-0")
+
+        corpus_stats = interleave({"build": build, "reload": reload}, args.rounds, args.clock)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"build_walk_corpus (cache miss): {build_s:.2f} s, rows {rows}")
-    print(f"build_walk_corpus (cache hit, reload): {reload_s:.3f} s")
-    print(f"build / reload: {build_s / reload_s:.0f}x")
-    print(f"speedup: {fast_rate / ref_rate:.1f}")
+    print(f"{corpus_stats['build'].summary()}; rows {rows}")
+    print(corpus_stats["reload"].summary())
+    print(ratio_line("build / reload", corpus_stats["build"], corpus_stats["reload"]))
+    print(ratio_line("speedup (per round)", per_walk["reference"], per_walk["compiled"]))
+    ratios = [r / c for r, c in zip(per_walk["reference"].seconds, per_walk["compiled"].seconds)]
+    print(f"speedup: {statistics.median(ratios):.1f}")
 
 
 if __name__ == "__main__":

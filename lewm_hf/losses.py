@@ -310,97 +310,233 @@ def _statistic_from_sums(
     return statistic.mean() / safe_count
 
 
-def _cos_sin_buffer(h: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """`cos(t_k h)` and `sin(t_k h)` for `h` `(T, B, M)`, as one `(2, T, M, B, K)` buffer.
+# Powers of the unit phasor handled per elementwise operation (see `_phasor_power_sums`).
+PHASOR_GROUP = 4
+# Below this many table entries (`T M B (num_knots - 1)`) the fused SIGReg runs on one CPU thread
+# (`_serial_on_cpu`); 4.2 million for the default step (T, B, M, K) = (4, 64, 1024, 16).
+SERIAL_WORK = 2**23
 
-    Index 0 holds cos, index 1 sin; each half is contiguous so that cos / sin vectorise, and the
-    `(B, K)` blocks make the backward a batched matrix-vector product.
+
+@contextlib.contextmanager
+def _serial_on_cpu(tensor: torch.Tensor, work: int):
+    """Run the enclosed torch operations on one intra-op thread when `tensor` is on the CPU
+    and `work` (table entries) is below `SERIAL_WORK`; restore the thread count after.
+
+    The fused SIGReg is about twenty elementwise passes of a few MiB. Split over OpenMP
+    threads, each pass ends in a barrier where the threads wait for each other; on a machine
+    that other processes share, a waiting thread spins (CPU time it burns) while its partner
+    is descheduled, and that waiting cost grew past the arithmetic it shared: on 2 shared
+    cores the fused SIGReg of the default step took about 200 ms of CPU time at 2 threads
+    against 10 to 13 ms at one (docs/benchmarks.md). Plain autograd spends most of its time in
+    a few long passes, where the waits matter less. Larger problems keep every thread.
     """
-    num_steps, batch, num_slices = h.shape
-    buffer = h.new_empty(2, num_steps, num_slices, batch, knots.numel())
-    torch.mul(h.transpose(1, 2).unsqueeze(-1), knots, out=buffer[1])  # angles t_k h
-    torch.cos(buffer[1], out=buffer[0])
-    buffer[1].sin_()
-    return buffer
+    threads = torch.get_num_threads()
+    if tensor.device.type != "cpu" or work >= SERIAL_WORK or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _batch_sums(buffer: torch.Tensor) -> torch.Tensor:
-    """Sums over the batch of a `(2, T, M, B, K)` buffer, `(2, T, M, K)`, as one batched matmul.
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
-    A ones-vector product does it in a single pass; `sum(dim=3)` also fills its output first.
+
+def _sliced_angles(z: torch.Tensor, slices: torch.Tensor, spacing: float) -> torch.Tensor:
+    """`spacing * (z A)` for `z` `(T, B, D)`, laid out `(M, T * B)`: one matmul, scale included.
+
+    Rows are slices, so that every `(slice, step)` pair owns a contiguous run of `B` angles.
     """
-    two, num_steps, num_slices, batch, num_knots = buffer.shape
-    rows = two * num_steps * num_slices
-    ones = buffer.new_ones(1, 1, batch).expand(rows, 1, batch)
-    sums = torch.bmm(ones, buffer.view(rows, batch, num_knots))  # (rows, 1, K)
-    return sums.view(two, num_steps, num_slices, num_knots)
+    flat = z.reshape(-1, z.shape[-1])  # (T * B, D)
+    out = flat.new_empty(slices.shape[1], flat.shape[0])
+    return torch.addmm(out, slices.T, flat.T, beta=0, alpha=spacing)  # (M, T * B)
 
 
-def _grad_from_buffer(
-    buffer: torch.Tensor, coef_cos: torch.Tensor, coef_sin: torch.Tensor
-) -> torch.Tensor:
-    """`grad_h[t, b, m] = sum_k cos(t_k h) coef_cos[t, m, k] + sin(t_k h) coef_sin[t, m, k]`."""
-    _, num_steps, num_slices, batch, num_knots = buffer.shape
-    rows = num_steps * num_slices
-    grad = torch.bmm(buffer[0].view(rows, batch, num_knots), coef_cos.reshape(rows, num_knots, 1))
-    grad.baddbmm_(buffer[1].view(rows, batch, num_knots), coef_sin.reshape(rows, num_knots, 1))
-    return grad.view(num_steps, num_slices, batch).transpose(1, 2)
+def _angles_backward(
+    grad_x: torch.Tensor,
+    z: torch.Tensor,
+    slices: torch.Tensor,
+    spacing: float,
+    needs: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of `_sliced_angles` with respect to `z` and the slices (each only when `needs`
+    says so), from `grad_x` `(M, T * B)`."""
+    flat = z.reshape(-1, z.shape[-1])
+    grad_z = grad_slices = None
+    if needs[0]:
+        grad_z = torch.addmm(flat.new_empty(flat.shape), grad_x.T, slices.T, beta=0, alpha=spacing)
+        grad_z = grad_z.view_as(z)
+    if needs[1]:
+        grad_slices = torch.addmm(
+            slices.new_empty(slices.shape), flat.T, grad_x.T, beta=0, alpha=spacing
+        )
+    return grad_z, grad_slices
 
 
-class _CharacteristicSums(torch.autograd.Function):
-    """Batch sums of `cos(t_k h)` and `sin(t_k h)`, `(T, M, K)` each, with an analytic backward.
+def _phasor_power_sums(x: torch.Tensor, num_powers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch sums of `exp(i k x)` for `k = 1 .. num_powers`, with the table the backward needs.
 
-    Used in distributed mode, where the sums are all-reduced before the statistic is formed.
-    Each cos / sin is evaluated once and kept for the backward, where
-    `d/dh cos(t h) = -t sin(t h)` and `d/dh sin(t h) = t cos(t h)`.
+    `x` is `(R, B)` (a row per `(slice, step)`, the batch along the row). With `w = exp(i x)`
+    (one `cos` and one `sin` per angle), `exp(i k x) = w^k` is built by complex products instead
+    of `num_powers` trigonometric evaluations: the table `base = [w, w^2, .., w^g]`
+    (`g = PHASOR_GROUP`) by doubling, then `base * (w^g)^j` for the later groups, each group
+    summed over the batch in one reduction. Every operation covers `g` powers of every angle, so
+    the forward takes about a dozen operations, however many knots, where each kernel launch and
+    (on a few CPU cores) each thread wake-up costs as much as the arithmetic; each product adds
+    a few ulps, the order of the float32 rounding of the angles themselves. `g = 4` keeps the
+    tables at 8 MiB for the default step (`T B M = 4 * 64 * 1024`): on the CPU, buffers that
+    much larger come back from the allocator as fresh pages, whose first touch costs more than
+    the products written into them.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor, torch.Tensor]`: `sums` `(num_powers, R)` complex
+        (`sum_b cos(k x) + i sin(k x)`), `base` `(g, R, B)` complex, and a `(g, R, B)` work
+        buffer that the backward reuses (a fresh one there would be fresh pages on the CPU).
     """
+    group = min(PHASOR_GROUP, num_powers)
+    num_groups = -(-num_powers // group)
+    base = x.new_empty((group, *x.shape), dtype=_complex_dtype(x.dtype))
+    parts = torch.view_as_real(base[0])
+    torch.cos(x, out=parts[..., 0])
+    torch.sin(x, out=parts[..., 1])
+    done = 1
+    while done < group:  # base[done : done + m] = base[:m] * w^done
+        m = min(done, group - done)
+        torch.mul(base[:m], base[done - 1], out=base[done : done + m])
+        done += m
+    sums = x.new_empty((num_groups * group, x.shape[0]), dtype=base.dtype)
+    torch.sum(base, dim=-1, out=sums[:group])
+    table = torch.empty_like(base)
+    for j in range(1, num_groups):  # table = w^(j g + 1) .. w^((j + 1) g)
+        torch.mul(base if j == 1 else table, base[group - 1], out=table)
+        torch.sum(table, dim=-1, out=sums[j * group : (j + 1) * group])
+    return sums[:num_powers], base, table
 
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        buffer = _cos_sin_buffer(h, knots)
-        sums = _batch_sums(buffer)  # (2, T, M, K)
-        ctx.save_for_backward(buffer, knots)
-        return sums[0], sums[1]
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_cos: torch.Tensor, grad_sin: torch.Tensor):
-        buffer, knots = ctx.saved_tensors
-        return _grad_from_buffer(buffer, knots * grad_sin, -knots * grad_cos), None
+def _phasor_power_grad(base: torch.Tensor, coef: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """`Re(sum_k coef[k - 1, r] w[r, b]^k)`, `(R, B)`, for `coef` `(K, R)` complex.
+
+    With `g` the group and `s = w^g`, `sum_k coef_k w^k = sum_i w^i H_i` where
+    `H_i = sum_j coef[j g + i] s^j` is evaluated by Horner's rule for all `i` at once, in
+    `work` (`(g, R, B)`, overwritten).
+    """
+    group, rows, _ = base.shape
+    num_powers = coef.shape[0]
+    num_groups = -(-num_powers // group)
+    if num_powers < num_groups * group:
+        coef = torch.cat([coef, coef.new_zeros(num_groups * group - num_powers, rows)])
+    coef = coef.view(num_groups, group, rows, 1)
+    step = base[group - 1]  # w^g
+    if num_groups == 1:
+        torch.mul(base, coef[0], out=work)
+    else:
+        torch.addcmul(coef[num_groups - 2], coef[num_groups - 1], step, out=work)
+        for j in range(num_groups - 3, -1, -1):
+            torch.addcmul(coef[j], work, step, out=work)
+        work.mul_(base)
+    return work.real.sum(dim=0)
 
 
 class _SIGRegStatistic(torch.autograd.Function):
-    """Single-process SIGReg from `h = z A` in one autograd node, with an analytic backward.
+    """Single-process SIGReg of `z` `(T, B, D)` and slices `A` in one autograd node.
 
-    With `dc = C - B phi` and `S` the batch sums of cos / sin, the value is
-    `sum_{t, m, k} w_k (dc^2 + S^2) / (B T M)`. Its gradient with respect to `C` and `S` is
-    `2 w_k (dc, S) / (B T M)`, chained through the kept cos / sin values. Every elementwise pass
-    costs time (and, on a few CPU cores, a thread wake-up), so forward and backward use as few
-    as possible; plain autograd evaluates sin and cos again in the backward through a graph of
-    about three times as many nodes. The price is memory: `2 T M B K` kept values where plain
-    autograd keeps `T M B K` angles.
+    With `x = d z A` (`d` the knot spacing, so that `t_k h = k x`), `dc = C - B phi` and `S` the
+    batch sums of `cos(k x)` / `sin(k x)` (`_phasor_power_sums`), the value is
+    `sum_{t, m, k} w_k (dc^2 + S^2) / (B T M)`. Its gradient with respect to `x` is
+    `sum_k k (dS cos(k x) - dC sin(k x)) = Re(sum_k k (dS + i dC) w^k)` with
+    `(dC, dS) = 2 w_k (dc, S) / (B T M)`, a polynomial in `w` evaluated from the saved table.
+    Plain autograd evaluates `T B M K` sines and cosines twice (forward, then again in the
+    backward) through about three times as many operations, each over `T B M K` values; this
+    evaluates `2 T B M` of them, and the matmul `z A` and its backward are part of the node (the
+    knot spacing rides in the matmul's `alpha`). It keeps two `(PHASOR_GROUP, T M, B)` complex
+    tables for the backward, one of them the backward's work buffer.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, knots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        num_steps, batch, num_slices = h.shape
-        buffer = _cos_sin_buffer(h, knots)
-        sums = _batch_sums(buffer)  # (2, T, M, K): [C, S]
-        sums[0] -= batch * torch.exp(-(knots**2) / 2)  # [C - B phi, S]
-        scale = 1.0 / (batch * num_steps * num_slices)
-        ctx.save_for_backward(buffer, sums, knots, weights)
+    def forward(
+        ctx,
+        z: torch.Tensor,
+        slices: torch.Tensor,
+        spacing: float,
+        knots: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        num_steps, batch, _ = z.shape
+        num_slices = slices.shape[1]
+        ctx.table_entries = num_steps * batch * num_slices * knots.numel()
+        with _serial_on_cpu(z, ctx.table_entries):
+            x = _sliced_angles(z, slices, spacing).view(num_slices * num_steps, batch)
+            sums, base, work = _phasor_power_sums(x, knots.numel())  # (K, R) complex
+            del x
+            dev = sums
+            dev.real.sub_((batch * torch.exp(-(knots**2) / 2)).unsqueeze(1))  # [C - B phi] + i S
+            scale = 1.0 / (batch * num_steps * num_slices)
+            squares = torch.view_as_real(dev).view(dev.shape[0], -1).square().sum(dim=1)  # (K,)
+            value = squares @ weights * scale
+        ctx.save_for_backward(z, slices, base, dev, weights)
+        ctx.work = work  # scratch: overwritten by every backward before it is read
+        ctx.spacing = spacing
         ctx.scale = scale
-        return (sums.square() @ weights).sum() * scale
+        return value
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_value: torch.Tensor):
-        buffer, sums, knots, weights = ctx.saved_tensors
-        factor = (2.0 * ctx.scale) * grad_value * knots * weights  # (K,)
-        # d value / dC = 2 w dc scale and d value / dS = 2 w S scale, then chain through
-        # dC / dh = -t sin(t h) and dS / dh = t cos(t h): cos pairs with S, sin with -dc.
-        coef = sums * torch.stack([-factor, factor]).view(2, 1, 1, -1)  # [-dc f, S f]
-        return _grad_from_buffer(buffer, coef[1], coef[0]), None, None
+        z, slices, base, dev, weights = ctx.saved_tensors
+        num_powers = dev.shape[0]
+        with _serial_on_cpu(z, ctx.table_entries):
+            powers = torch.arange(1, num_powers + 1, dtype=weights.dtype, device=weights.device)
+            # dS + i dC = f (S + i dc) = i f conj(dev), with f = 2 w_k scale; times k from d/dx.
+            factor = (2.0 * ctx.scale) * grad_value * weights * powers
+            coef = dev.conj() * (1j * factor).unsqueeze(1)
+            grad_x = _phasor_power_grad(base, coef, ctx.work)  # (M * T, B)
+            grad_x = grad_x.view(slices.shape[1], -1)  # (M, T * B)
+            grad_z, grad_slices = _angles_backward(
+                grad_x, z, slices, ctx.spacing, ctx.needs_input_grad[:2]
+            )
+        return grad_z, grad_slices, None, None, None
+
+
+class _CharacteristicSums(torch.autograd.Function):
+    """Batch sums of `cos(t_k h)` and `sin(t_k h)` of `h = z A`, as one `(2, M * T, K)` tensor.
+
+    Used in distributed mode, where the sums are all-reduced before the statistic is formed.
+    Same evaluation and backward as `_SIGRegStatistic`, with the incoming gradients of the sums
+    in place of those of the statistic.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, z: torch.Tensor, slices: torch.Tensor, spacing: float, num_powers: int
+    ) -> torch.Tensor:
+        num_steps, batch, _ = z.shape
+        ctx.table_entries = num_steps * batch * slices.shape[1] * num_powers
+        with _serial_on_cpu(z, ctx.table_entries):
+            x = _sliced_angles(z, slices, spacing).view(slices.shape[1] * num_steps, batch)
+            sums, base, work = _phasor_power_sums(x, num_powers)  # (K, R) complex
+            sums = torch.view_as_real(sums).permute(2, 1, 0).contiguous()  # (2, R, K)
+        ctx.save_for_backward(z, slices, base)
+        ctx.work = work  # scratch: overwritten by every backward before it is read
+        ctx.spacing = spacing
+        return sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_sums: torch.Tensor):
+        z, slices, base = ctx.saved_tensors
+        num_powers = grad_sums.shape[2]
+        with _serial_on_cpu(z, ctx.table_entries):
+            powers = torch.arange(1, num_powers + 1, dtype=grad_sums.dtype, device=z.device)
+            # d/dx of (cos, sin)(k x) is k (-sin, cos)(k x): the coefficient is k (dS + i dC).
+            coef = torch.complex(grad_sums[1].T, grad_sums[0].T) * powers.unsqueeze(1)  # (K, R)
+            grad_x = _phasor_power_grad(base, coef, ctx.work).view(slices.shape[1], -1)
+            grad_z, grad_slices = _angles_backward(
+                grad_x, z, slices, ctx.spacing, ctx.needs_input_grad[:2]
+            )
+        return grad_z, grad_slices, None, None
 
 
 def sigreg(
@@ -422,9 +558,12 @@ def sigreg(
     `sum_k w_k (1 - exp(-t_k^2))` (1.05 for the defaults) whatever `B`; a collapsed batch grows
     like `B`.
 
-    The value equals `sigreg_reference` (plain autograd) but the cos / sin evaluations are shared
-    between forward and backward through a custom autograd function. The knot `t_0 = 0` is
-    skipped: `cos 0 = 1` and `sin 0 = 0` make its error exactly zero.
+    The value and gradients equal `sigreg_reference` (plain autograd) to float32 rounding, from
+    one custom autograd node: the knots are equally spaced, `t_k = k d`, so `cos(t_k h)` and
+    `sin(t_k h)` are the parts of `w^k` with `w = exp(i d h)`; one cos / sin per angle and
+    complex products give every knot, and the backward is a polynomial in `w` evaluated from
+    the kept table (`_SIGRegStatistic`). The knot `t_0 = 0` is skipped: `cos 0 = 1` and
+    `sin 0 = 0` make its error exactly zero.
 
     Distributed: when `torch.distributed` is initialised with more than one rank (or
     `process_group` is given), the per-rank batch sums of cos and sin and the batch sizes are
@@ -462,12 +601,13 @@ def sigreg(
     knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
     knots, weights = knots[1:], weights[1:]  # t_0 = 0 contributes exactly zero, see above
 
+    spacing = t_max / (num_knots - 1)
+
     with _no_autocast(z):
-        h = z @ slices  # (T, B, M)
         if not distributed:
-            return _SIGRegStatistic.apply(h, knots, weights)
-        cos_sum, sin_sum = _CharacteristicSums.apply(h, knots)  # (T, M, K - 1) each
-        cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
+            return _SIGRegStatistic.apply(z, slices, spacing, knots, weights)
+        sums = _CharacteristicSums.apply(z, slices, spacing, knots.numel())  # (2, M T, K - 1)
+        cos_sum, sin_sum, count = _all_reduce_sums(sums[0], sums[1], z.shape[1], group)
         return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
 
 

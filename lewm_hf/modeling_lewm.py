@@ -16,7 +16,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,66 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, base: float = 10000.
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def _masked_action_inputs(
+    action_ids: torch.Tensor | None,
+    action_mask: torch.Tensor | None,
+    action_ops: torch.Tensor | None,
+    action_positions: torch.Tensor | None,
+    action_tokens: torch.Tensor | None,
+    action_token_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Validate the shapes of raw actions and replace padded entries by 0.
+
+    Returns:
+        `tuple`: `(mask (B, T), token_mask (B, T, L_a), tokens, ops, positions, token_field)`,
+        `token_field` naming the argument the tokens came from.
+    """
+    if action_tokens is None:
+        if action_ids is None:
+            raise LeWMInputError("action_ids", None, "give action_ids or action_tokens")
+        if action_ids.dim() != 2:
+            raise LeWMInputError("action_ids", tuple(action_ids.shape), "must have shape (B, T)")
+        action_tokens = action_ids.unsqueeze(-1)
+        token_field = "action_ids"
+    else:
+        if action_tokens.dim() != 3:
+            raise LeWMInputError(
+                "action_tokens", tuple(action_tokens.shape), "must have shape (B, T, L_a)"
+            )
+        token_field = "action_tokens"
+    batch, steps = action_tokens.shape[:2]
+    device = action_tokens.device
+    mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
+    token_mask = mask.unsqueeze(-1).expand_as(action_tokens)
+    if action_token_mask is not None:
+        token_mask = token_mask & _bool_mask(
+            action_token_mask, tuple(action_tokens.shape), "action_token_mask", device
+        )
+    ops = _long_or_zeros(action_ops, (batch, steps), "action_ops", device)
+    positions = _long_or_zeros(action_positions, (batch, steps), "action_positions", device)
+
+    # Padded entries are replaced by 0 before any lookup (and before the range check).
+    tokens = torch.where(token_mask, action_tokens, 0)
+    ops = torch.where(mask, ops, 0)
+    positions = torch.where(mask, positions, 0)
+    return mask, token_mask, tokens, ops, positions, token_field
+
+
+def _action_ranges(
+    config: LeWMConfig,
+    token_field: str,
+    tokens: torch.Tensor,
+    ops: torch.Tensor,
+    positions: torch.Tensor,
+) -> list[tuple[str, torch.Tensor, int]]:
+    """The `(field, tensor, upper bound)` checks of masked action inputs."""
+    return [
+        (token_field, tokens, config.action_vocab_size),
+        ("action_ops", ops, config.num_action_ops),
+        ("action_positions", positions, config.max_action_position),
+    ]
+
+
 class LeWMActionEncoder(nn.Module):
     """Embeds actions `(op, position, tokens)` into the predictor's conditioning space.
 
@@ -172,6 +232,7 @@ class LeWMActionEncoder(nn.Module):
         action_positions: torch.LongTensor | None = None,
         action_tokens: torch.LongTensor | None = None,
         action_token_mask: torch.Tensor | None = None,
+        check_values: bool = True,
     ) -> torch.FloatTensor:
         """
         Args:
@@ -190,47 +251,20 @@ class LeWMActionEncoder(nn.Module):
             action_token_mask (`torch.Tensor` of shape `(B, T, L_a)`, *optional*):
                 Valid entries of `action_tokens`. Defaults to all True. An action with no valid
                 token gets a zero token embedding (e.g. a deletion).
+            check_values (`bool`, *optional*, defaults to `True`):
+                Check that the ids lie in their vocabularies (`LeWMInputError` otherwise). The
+                check reads the values, which on an accelerator is a host synchronisation;
+                `LeWMTrainer` checks each batch on the host instead (`check_input_values`) and
+                passes `False`.
 
         Returns:
             `torch.FloatTensor` of shape `(B, T, d_model)`.
         """
-        if action_tokens is None:
-            if action_ids is None:
-                raise LeWMInputError("action_ids", None, "give action_ids or action_tokens")
-            if action_ids.dim() != 2:
-                raise LeWMInputError(
-                    "action_ids", tuple(action_ids.shape), "must have shape (B, T)"
-                )
-            action_tokens = action_ids.unsqueeze(-1)
-            token_field = "action_ids"
-        else:
-            if action_tokens.dim() != 3:
-                raise LeWMInputError(
-                    "action_tokens", tuple(action_tokens.shape), "must have shape (B, T, L_a)"
-                )
-            token_field = "action_tokens"
-        batch, steps = action_tokens.shape[:2]
-        device = action_tokens.device
-        mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
-        token_mask = mask.unsqueeze(-1).expand_as(action_tokens)
-        if action_token_mask is not None:
-            token_mask = token_mask & _bool_mask(
-                action_token_mask, tuple(action_tokens.shape), "action_token_mask", device
-            )
-        ops = _long_or_zeros(action_ops, (batch, steps), "action_ops", device)
-        positions = _long_or_zeros(action_positions, (batch, steps), "action_positions", device)
-
-        # Padded entries are replaced by 0 before any lookup, then range-checked in one sync.
-        tokens = torch.where(token_mask, action_tokens, 0)
-        ops = torch.where(mask, ops, 0)
-        positions = torch.where(mask, positions, 0)
-        _check_ranges(
-            [
-                (token_field, tokens, self.config.action_vocab_size),
-                ("action_ops", ops, self.config.num_action_ops),
-                ("action_positions", positions, self.config.max_action_position),
-            ]
+        mask, token_mask, tokens, ops, positions, token_field = _masked_action_inputs(
+            action_ids, action_mask, action_ops, action_positions, action_tokens, action_token_mask
         )
+        if check_values:
+            _check_ranges(_action_ranges(self.config, token_field, tokens, ops, positions))
 
         weights = token_mask.to(self.token_embedding.weight.dtype)  # (B, T, L_a)
         token_emb = (self.token_embedding(tokens) * weights.unsqueeze(-1)).sum(dim=2)
@@ -545,12 +579,15 @@ class LeWMModel(LeWMPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(N, E)`.
         """
+        # Without a mask the encoder gets none either: handed an all-ones mask, transformers
+        # reads its values to find that nothing is padded (a host sync on an accelerator).
+        encoder_mask = attention_mask
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # A frozen encoder never builds a graph, whatever its parameters' requires_grad says.
         frozen = self.config.encoder_mode == "frozen"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=encoder_mask)
             return self._pool(hidden.last_hidden_state, attention_mask, locus)  # (N, E)
 
     def _encode_rows(
@@ -616,6 +653,7 @@ class LeWMModel(LeWMPreTrainedModel):
         action_positions: torch.LongTensor | None = None,
         action_tokens: torch.LongTensor | None = None,
         action_token_mask: torch.Tensor | None = None,
+        check_values: bool = True,
     ) -> torch.FloatTensor:
         """Embed actions `(B, T)` to `(B, T, d_model)`; see [`LeWMActionEncoder.forward`]."""
         return self.action_encoder(
@@ -625,6 +663,7 @@ class LeWMModel(LeWMPreTrainedModel):
             action_positions=action_positions,
             action_tokens=action_tokens,
             action_token_mask=action_token_mask,
+            check_values=check_values,
         )
 
     def predict(
@@ -705,6 +744,7 @@ class LeWMModel(LeWMPreTrainedModel):
         state_features: torch.FloatTensor | None = None,
         step: int = 0,
         return_dict: bool | None = None,
+        check_values: bool = True,
     ) -> LeWMOutput | tuple:
         """Encode a clip of `T + 1` states, predict each next latent, and compute the loss.
 
@@ -730,6 +770,11 @@ class LeWMModel(LeWMPreTrainedModel):
             step (`int`, *optional*, defaults to 0):
                 Global optimisation step; seeds the SIGReg projections so every rank draws the same.
             return_dict (`bool`, *optional*): Return a [`LeWMOutput`] (default) or a tuple.
+            check_values (`bool`, *optional*, defaults to `True`):
+                Check the values of the action inputs (ids within their vocabularies, padding
+                trailing), raising `LeWMInputError`. Reading values is a host synchronisation on
+                an accelerator: `LeWMTrainer` runs the same checks on each collated batch on the
+                host (`check_input_values`) and passes `False`. Shapes are always checked.
 
         Returns:
             [`LeWMOutput`] or `tuple`.
@@ -770,10 +815,8 @@ class LeWMModel(LeWMPreTrainedModel):
         mask = None
         if action_mask is not None:
             mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
-            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-                raise LeWMInputError(
-                    "action_mask", "holes", "padding must be trailing (no real action after a pad)"
-                )
+            if check_values:
+                _check_trailing_padding(mask)
             state_mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)  # (B, T + 1)
 
         # One batched encoder call over the B * (T + 1) states.
@@ -793,7 +836,13 @@ class LeWMModel(LeWMPreTrainedModel):
             ).view(batch, num_states, -1)  # (B, T + 1, D)
 
         action_emb = self.encode_actions(
-            action_ids, mask, action_ops, action_positions, action_tokens, action_token_mask
+            action_ids,
+            mask,
+            action_ops,
+            action_positions,
+            action_tokens,
+            action_token_mask,
+            check_values=check_values,
         )
         if action_emb.shape[:2] != (batch, steps):
             raise LeWMInputError(
@@ -896,6 +945,44 @@ def _long_or_zeros(
     return tensor.to(device=device, dtype=torch.long)
 
 
+def _check_trailing_padding(mask: torch.Tensor) -> None:
+    """State `k >= 1` exists when action `k - 1` does: no real action after a pad."""
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise LeWMInputError(
+            "action_mask", "holes", "padding must be trailing (no real action after a pad)"
+        )
+
+
+def check_input_values(config: LeWMConfig, batch: dict[str, Any]) -> None:
+    """The value checks of `LeWMModel.forward` (`check_values`) on a batch, where it lies.
+
+    On a collated batch, still on the host, the checks read no accelerator memory; the trainer
+    runs them in its data loader and then calls the model with `check_values=False`, so that a
+    training step never waits for the device to answer a question about its inputs.
+
+    Args:
+        config (`LeWMConfig`): The model's configuration (vocabulary sizes).
+        batch (`dict[str, Any]`): Keyword arguments of `LeWMModel.forward`.
+
+    Raises:
+        `LeWMInputError`: as `LeWMModel.forward` would, naming the field.
+    """
+    action_mask = batch.get("action_mask")
+    if isinstance(action_mask, torch.Tensor) and action_mask.dim() == 2:
+        _check_trailing_padding(action_mask.bool())
+    if batch.get("action_ids") is None and batch.get("action_tokens") is None:
+        return  # `forward` raises the missing-actions error itself
+    _, _, tokens, ops, positions, token_field = _masked_action_inputs(
+        batch.get("action_ids"),
+        action_mask,
+        batch.get("action_ops"),
+        batch.get("action_positions"),
+        batch.get("action_tokens"),
+        batch.get("action_token_mask"),
+    )
+    _check_ranges(_action_ranges(config, token_field, tokens, ops, positions))
+
+
 def _check_ranges(checks: list[tuple[str, torch.Tensor, int]]) -> None:
     """Check `0 <= t < upper` for several tensors with a single device sync."""
     flags = torch.stack([((t < 0) | (t >= upper)).any() for _, t, upper in checks])
@@ -918,5 +1005,6 @@ __all__ = [
     "LeWMOutput",
     "LeWMPreTrainedModel",
     "LeWMPredictor",
+    "check_input_values",
     "sinusoidal_embedding",
 ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from test_trainer import W, clip_dataset, make_args, tiny_model
+from datasets import Dataset, concatenate_datasets
+from test_trainer import ACTIONS, VOCAB, W, clip_dataset, make_args, tiny_model
 
 from lewm_hf import LeWMTrainer
 from lewm_hf.data.collators import DataCollatorForLeWM
-from lewm_hf.errors import LeWMConfigError
+from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.trainer.feature_cache import FeatureCache, FeatureCacheCollator
 
 
@@ -72,3 +74,130 @@ def test_cache_for_other_weights_is_refused(tmp_path):
 def test_cache_needs_a_frozen_encoder():
     with pytest.raises(LeWMConfigError, match="encoder_mode"):
         FeatureCache.build(tiny_model(), [clip_dataset(8)], DataCollatorForLeWM(window=W))
+
+
+def _windows(dataset) -> np.ndarray:
+    """Every state window of every move clip, `(rows, H + 1, W)`."""
+    tokens = np.asarray(dataset["tokens"])
+    return np.lib.stride_tricks.sliding_window_view(tokens, W, axis=1)
+
+
+def test_each_distinct_state_is_encoded_once():
+    model = tiny_model(encoder_mode="frozen")
+    data, other = clip_dataset(24), clip_dataset(8, seed=1)
+    # Rows repeated within one dataset and across datasets, and clips sharing windows.
+    train = concatenate_datasets([data, data.select(range(5)), other.select([2, 3])])
+    held_out = concatenate_datasets([other, data.select([7])])
+    encoded = []
+    hook = model.encoder.register_forward_hook(
+        lambda module, args, kwargs, out: encoded.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        cache, (train_idx, held_idx) = FeatureCache.build(
+            model, [train, held_out], DataCollatorForLeWM(window=W), batch_size=5
+        )
+    finally:
+        hook.remove()
+    windows = np.concatenate([_windows(train).reshape(-1, W), _windows(held_out).reshape(-1, W)])
+    distinct = {tuple(w) for w in windows.tolist()}
+    assert cache.num_states == len(distinct) < len(windows)
+    assert sum(encoded) == len(distinct)  # the encoder saw each distinct window once
+    # Every row points at the features of its own windows (oracle: one window per call).
+    model.eval()
+    for dataset, indexed in ((train, train_idx), (held_out, held_idx)):
+        for row_windows, slots in zip(_windows(dataset), indexed["feature_index"]):
+            assert len(slots) == row_windows.shape[0]
+            with torch.no_grad():
+                expected = torch.cat(
+                    [model.pooled_features(torch.tensor(w[None])) for w in row_windows]
+                )
+            torch.testing.assert_close(cache.features[slots], expected, rtol=1e-5, atol=1e-6)
+    # Equal windows share one slot, different windows never do.
+    slot_of = {}
+    for dataset, indexed in ((train, train_idx), (held_out, held_idx)):
+        for row_windows, slots in zip(_windows(dataset), indexed["feature_index"]):
+            for w, slot in zip(row_windows.tolist(), slots):
+                assert slot_of.setdefault(tuple(w), slot) == slot
+    assert len(set(slot_of.values())) == len(slot_of)
+
+
+def test_build_batch_size_does_not_change_features():
+    model = tiny_model(encoder_mode="frozen")
+    data = clip_dataset(20)
+    collator = DataCollatorForLeWM(window=W)
+    one, (a,) = FeatureCache.build(model, [data], collator, batch_size=1)
+    many, (b,) = FeatureCache.build(model, [data], collator, batch_size=64)
+    assert a["feature_index"] == b["feature_index"]
+    torch.testing.assert_close(one.features, many.features, rtol=1e-5, atol=1e-6)
+    assert one.fingerprint == many.fingerprint
+
+
+def _ragged_dataset(n: int = 12, seed: int = 0) -> Dataset:
+    """Explicit trajectories with 1 to 3 actions (rows 0 and 3 are the same trajectory)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = 1 + i % 3
+        rows.append(
+            {
+                "input_ids": rng.integers(0, VOCAB, size=(k + 1, W)).tolist(),
+                "actions": rng.integers(0, ACTIONS, size=k).tolist(),
+            }
+        )
+    rows[3] = {"input_ids": rows[0]["input_ids"], "actions": rows[0]["actions"]}
+    return Dataset.from_list(rows)
+
+
+def test_ragged_trajectories_cache_real_states_and_keep_the_loss():
+    model = tiny_model(encoder_mode="frozen", dropout=0.0)
+    data = _ragged_dataset()
+    collator = DataCollatorForLeWM()
+    cache, (indexed,) = FeatureCache.build(model, [data], collator, batch_size=4)
+    lengths = [len(s) for s in indexed["feature_index"]]
+    assert lengths == [len(a) + 1 for a in data["actions"]]
+    assert indexed[3]["feature_index"] == indexed[0]["feature_index"]
+    assert cache.num_states == sum(lengths) - lengths[0]  # only row 3 repeats states
+    rows = list(indexed)
+    plain = collator([{k: v for k, v in r.items() if k != "feature_index"} for r in rows])
+    cached = FeatureCacheCollator(collator, cache)(rows)
+    assert cached["state_features"].shape[:2] == plain["input_ids"].shape[:2]
+    # Padded states repeat the last real one, as the token collator pads them.
+    first = cached["state_features"][0]  # one action: states 2 and 3 are padding
+    torch.testing.assert_close(first[2], first[1])
+    torch.testing.assert_close(first[3], first[1])
+    model.train()
+    out_plain = model(**plain, step=1)
+    out_cached = model(**cached, step=1)
+    torch.testing.assert_close(out_cached.loss, out_plain.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_centered_pooling_keys_states_by_locus():
+    model = tiny_model(encoder_mode="frozen", pooling="centered", pool_radius=1)
+    window = list(range(W))
+    row = {
+        "input_ids": [window, window],
+        "edit_ops": [0],
+        "edit_positions": [2],
+        "edit_tokens": [[1]],
+    }
+    data = Dataset.from_list(
+        [{**row, "locus": [2, 2]}, {**row, "locus": [2, 5]}, {**row, "locus": [5, 5]}]
+    )
+    collator = DataCollatorForLeWM(edit_end_token=None)
+    cache, (indexed,) = FeatureCache.build(model, [data], collator)
+    # The same window at loci 2 and 5: two states, because centered pooling reads the locus.
+    assert cache.num_states == 2
+    assert indexed["feature_index"] == [[0, 0], [0, 1], [1, 1]]
+    model.eval()
+    ids = torch.as_tensor([window, window])
+    with torch.no_grad():
+        expected = model.pooled_features(ids, locus=torch.as_tensor([2, 5]))
+    torch.testing.assert_close(cache.features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_datasets_are_refused():
+    model = tiny_model(encoder_mode="frozen")
+    empty = clip_dataset(4).select([])
+    with pytest.raises(LeWMInputError, match="datasets"):
+        FeatureCache.build(model, [empty], DataCollatorForLeWM(window=W))

@@ -86,6 +86,39 @@ def test_sigreg_fast_equals_reference_values_and_gradients():
     assert torch.autograd.gradcheck(lambda t: sigreg(t, projections=slices), (x,))
 
 
+@pytest.mark.parametrize("num_knots", [2, 10, 24])
+def test_sigreg_fast_equals_reference_for_any_knot_count_and_slice_gradients(num_knots):
+    """Knot counts whose powers do not fill the last group of the fused table, and gradients
+    with respect to the slices (the matmul is inside the fused node)."""
+    z = torch.randn(3, 40, 8, generator=torch.Generator().manual_seed(6)) * 1.3 + 0.2
+    results = []
+    for fn in (sigreg, sigreg_reference):
+        x = z.clone().requires_grad_(True)
+        slices = unit_slices(8, 48).requires_grad_(True)
+        value = fn(x, projections=slices, num_knots=num_knots, t_max=2.5)
+        value.backward()
+        results.append((value.detach(), x.grad, slices.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for fused, reference in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-7)
+
+
+def test_sigreg_fast_is_accurate_for_large_angles():
+    """Against a float64 evaluation: `|t_k h|` up to about 250 rad, where the powers `w^k`
+    replace direct cosines of large angles."""
+    z = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(7)) * 30
+    slices = unit_slices(16, 64)
+    x = z.clone().requires_grad_(True)
+    value = sigreg(x, projections=slices)
+    value.backward()
+    exact = z.double().requires_grad_(True)
+    expected = sigreg_reference(exact, projections=slices.double())
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    scale = exact.grad.abs().max().item()
+    assert (x.grad.double() - exact.grad).abs().max().item() < 1e-5 * scale
+
+
 def test_sigreg_low_on_gaussian_high_on_collapse():
     knots, weights = sigreg_knots(dtype=torch.float64)
     expectation = (weights * (1 - torch.exp(-(knots**2)))).sum().item()

@@ -3,6 +3,9 @@ collapse monitor, best-model selection."""
 
 from __future__ import annotations
 
+import math
+import traceback
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf.errors import LeWMNonFiniteLossError
 from lewm_hf.trainer.schedules import wsd_lr_multiplier
 
 W, H, VOCAB, ACTIONS = 8, 3, 12, 4
@@ -363,3 +367,141 @@ def test_final_metrics_evaluate_the_reloaded_best_model(tmp_path):
     fresh = trainer.final_metrics()
     assert len([e for e in trainer.state.log_history if "eval_pred_mse" in e]) == 3
     assert fresh["eval_pred_mse"] == pytest.approx(best["eval_pred_mse"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# No host synchronisation per step
+
+# Tensor methods that make the host wait for the device (on an accelerator) to read a value.
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+class _StepWindow(TrainerCallback):
+    """Open from the beginning to the end of every optimizer step after the first (the first
+    builds the optimizer state), closed in between, where the Trainer logs and saves."""
+
+    def __init__(self):
+        self.open = False
+        self.steps = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.open = state.global_step >= 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += self.open
+        self.open = False
+
+
+def count_host_reads(monkeypatch, window: _StepWindow) -> list[str]:
+    """Record every `HOST_READS` call on any tensor while `window` is open: forward, loss,
+    metrics, non-finite check, backward, clipping, optimizer step and the callbacks' step ends
+    (the data loader, which the checks of `HostCheckedCollator` run in, is outside)."""
+    calls: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def recording(self, *args, _original=original, _name=name, **kwargs):
+            if window.open:
+                caller = traceback.extract_stack(limit=2)[0]  # the frame that called `_name`
+                calls.append(f"{_name} at {caller.filename}:{caller.lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, recording)
+    return calls
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "sgd"])
+def test_a_step_that_does_not_log_never_synchronises_the_host(tmp_path, monkeypatch, optim):
+    """Metrics stay on the device until a log reads them, the non-finite check skips a step on
+    the device (the fused optimizer's `found_inf`), the action ids are checked on the host
+    batch; the collapse monitor is on but not due. The control: an optimizer that cannot skip
+    on the device (SGD, not fused) makes the check read its flag once per step, and the same
+    counter sees exactly that."""
+    window = _StepWindow()
+    args = make_args(tmp_path, max_steps=5, logging_steps=1000, optim=optim)
+    args.collapse_monitor_steps = 1000
+    trainer = LeWMTrainer(
+        tiny_model(), args, train_dataset=clip_dataset(128), window=W, callbacks=[window]
+    )
+    calls = count_host_reads(monkeypatch, window)
+    trainer.train()
+    assert window.steps == 4
+    if optim == "adamw_torch_fused":
+        assert calls == []
+    else:
+        assert len(calls) == 4 and all("lewm_trainer.py" in c for c in calls), calls
+
+
+class _Weights(TrainerCallback):
+    def __init__(self, model):
+        self.model = model
+        self.after: dict[int, list[torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.after[state.global_step] = [p.detach().clone() for p in self.model.parameters()]
+
+    def same(self, a: int, b: int) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(self.after[a], self.after[b]))
+
+
+def poison_steps(trainer: LeWMTrainer, model: LeWMModel, first: int, last: int | None = None):
+    """Make the training loss NaN at optimizer steps `first..last` (1-indexed)."""
+
+    def hook(module, inputs, output):
+        step = trainer.state.global_step + 1
+        if module.training and step >= first and (last is None or step <= last):
+            output.loss = output.loss * math.nan
+        return output
+
+    model.register_forward_hook(hook)
+
+
+def test_a_nonfinite_step_is_skipped_on_the_device(tmp_path):
+    """Fused AdamW (the default): step 3's NaN loss leaves the weights, the optimizer state and
+    the running statistics as step 2 left them; it is counted at the next log, and the logged
+    loss and metrics of its window leave it out."""
+    model = tiny_model()
+    trainer = LeWMTrainer(
+        model, make_args(tmp_path, max_steps=5), train_dataset=clip_dataset(128), window=W
+    )
+    weights = _Weights(model)
+    trainer.add_callback(weights)
+    poison_steps(trainer, model, 3, 3)
+    trainer.train()
+    assert weights.same(2, 3) and not weights.same(3, 4)
+    assert trainer.nonfinite_guard.skipped_steps == [3]
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["nonfinite_steps"] for e in logs] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert all(math.isfinite(e["loss"]) for e in logs)
+    assert "pred_loss" not in logs[2] and all("pred_loss" in e for e in logs[:2] + logs[3:])
+    assert all(torch.isfinite(b).all() for b in model.buffers())
+    steps = {s["step"].item() for s in trainer.optimizer.optimizer.state.values()}
+    assert steps == {4.0}  # 5 steps, one skipped
+
+
+def test_consecutive_nonfinite_steps_on_the_device_stop_before_the_next_checkpoint(tmp_path):
+    """Counted at each checkpoint (no log is due): steps 3 and 4 at checkpoint-4, then 5 and 6
+    at step 6, where the third in a row raises before checkpoint-6 is written."""
+    model = tiny_model()
+    args = make_args(
+        tmp_path,
+        max_steps=10,
+        logging_steps=1000,
+        save_strategy="steps",
+        save_steps=2,
+        max_nonfinite_steps=3,
+    )
+    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(128), window=W)
+    poison_steps(trainer, model, 3)
+    with pytest.raises(LeWMNonFiniteLossError, match="max_nonfinite_steps=3"):
+        trainer.train()
+    assert trainer.nonfinite_guard.skipped_steps == [3, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    saved = [
+        load_file(str(tmp_path / "out" / c / "model.safetensors"))
+        for c in ("checkpoint-2", "checkpoint-4")
+    ]
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])

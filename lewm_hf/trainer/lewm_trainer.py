@@ -25,6 +25,7 @@ from ..distributed import convert_to_global_batchnorm, is_distributed
 from ..errors import LeWMConfigError
 from ..hub import HubMixin
 from ..losses import prediction_loss
+from ..modeling_lewm import check_input_values
 from ..reporting import curve, plot_curves, write_json
 from .callbacks import (
     CollapseMonitorCallback,
@@ -98,6 +99,35 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
             }
         groups[key]["params"].append(param)
     return list(groups.values())
+
+
+class HostCheckedCollator:
+    """A collator whose batches get `LeWMModel.forward`'s value checks on the host.
+
+    `check_input_values` (action ids within their vocabularies, trailing padding) reads the
+    values of the collated tensors before they reach the device, in the data loader; the
+    trainer then calls the model with `check_values=False`, so that no training step waits for
+    the device to answer a question about its inputs. Other attributes are the wrapped
+    collator's.
+
+    Args:
+        collator (`Callable`): The collator to wrap.
+        config (`LeWMConfig`): The model's configuration.
+    """
+
+    def __init__(self, collator: Any, config: Any):
+        self.collator = collator
+        self.config = config
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        check_input_values(self.config, batch)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("collator", "config"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.collator, name)
 
 
 class _ResultMixin:
@@ -200,16 +230,19 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         if args.sync_batchnorm and (args.world_size > 1 or is_distributed()):
             model = convert_to_global_batchnorm(model, args.device)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.data_collator = HostCheckedCollator(self.data_collator, model.config)
         self.parameter_report = ParameterReport(model, args)
         # The model averages its loss per micro-batch; Trainer then divides by the number of
         # accumulation steps, which keeps the scale of the optimised and logged loss.
         self.model_accepts_loss_kwargs = False
         # Per-step metric tensors, kept on the device: `log` reduces them over the logging
-        # window and the ranks with one collective and one host sync.
+        # window and the ranks with one collective and one host sync. A training step's entries
+        # carry its "kept" flag (0 for a skipped non-finite step), decided on the device too.
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+        self._metric_keep: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.latest_latents: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.wsd_callback = WSDSchedulerCallback(args.lr_schedule, 0)
         self.add_callback(self.wsd_callback)
@@ -259,7 +292,15 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         if isinstance(resume, (str, os.PathLike)):
             check_checkpoint_dir(resume, "resume_from_checkpoint")
-        return super().train(*args, **kwargs)
+        output = super().train(*args, **kwargs)
+        self.nonfinite_guard.flush(self.state)
+        return output
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # Skipped steps are counted, and a run of `max_nonfinite_steps` raises, before anything
+        # is saved (the skip itself was decided on the device; see `training_step`).
+        self.nonfinite_guard.flush(self.state)
+        super()._save_checkpoint(model, trial)
 
     result_curves: ClassVar[dict[str, str]] = K.WORLD_MODEL_CURVES
 
@@ -350,7 +391,8 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         mode = "train" if model.training else "eval"
-        outputs = model(**inputs, step=self.state.global_step)
+        # `HostCheckedCollator` checked the input values on the host already.
+        outputs = model(**inputs, step=self.state.global_step, check_values=False)
         # Metric tensors stay on the device (no per-step host sync); `log` reduces them.
         metrics = self._metrics[mode]
         metrics[K.PRED_LOSS].append(outputs.pred_loss.detach().float())
@@ -377,33 +419,73 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         inputs: dict[str, torch.Tensor | Any],
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """`Trainer.training_step`, skipping optimizer steps whose loss is not finite.
+        """`Trainer.training_step`, skipping optimizer steps whose loss is not finite, without
+        synchronising the host with the device.
 
         Before the first micro-batch of an optimizer step the BatchNorm running statistics are
         copied; after the last one a flag "some micro-batch's loss was NaN or Inf" is summed over
-        the ranks (one collective and one host sync per optimizer step), so that every rank
-        decides alike. A non-finite step drops the gradients (`zero_grad(set_to_none=True)`: the
-        optimizer then leaves every parameter and its state untouched), restores the running
-        statistics and the step's metrics, and is counted by `nonfinite_guard` (which raises
-        `LeWMNonFiniteLossError` after `max_nonfinite_steps` in a row). The learning-rate
-        schedule and the global step advance as for any step. (Under DeepSpeed, accelerate
-        steps the engine inside `backward`: such a step is counted and stops the run, but its
-        update is not undone.)
+        the ranks (one collective), so that every rank decides alike. The decision stays on the
+        device: with a fused torch optimizer (`adamw_torch_fused`, the default, or any fused
+        Adam / AdamW / SGD) the flag is the optimizer's `found_inf` (the mechanism of
+        `torch.amp.GradScaler`: the update and the step count are left as they were), the
+        running statistics are restored with `torch.where`, and the step's metrics and the
+        collapse monitor's latents are dropped by weight. `nonfinite_guard` counts the skipped
+        steps at the next log or checkpoint (and at the end of training), one host sync each,
+        and raises `LeWMNonFiniteLossError` there after `max_nonfinite_steps` in a row, before
+        anything is saved. Other optimizers (and an fp16 gradient scaler or DeepSpeed, which
+        step themselves) read the flag on the host at every optimizer step, drop the gradients
+        of a skipped step (`zero_grad(set_to_none=True)`: the optimizer then leaves every
+        parameter and its state untouched) and count it at once. Either way the learning-rate
+        schedule and the global step advance as for any step, and the loss returned for a
+        non-finite micro-batch is the logging window's mean so far, as the Trainer's
+        `logging_nan_inf_filter` would log (that filter itself reads every loss on the host,
+        so `LeWMTrainingArguments` turns it off). (Under DeepSpeed, accelerate steps the engine
+        inside `backward`: such a step is counted and stops the run, but its update is not
+        undone.)
         """
         if self._step_snapshot is None:
             self._step_snapshot = self._snapshot_step(model)
         loss = super().training_step(model, inputs, num_items_in_batch)
         snapshot = self._step_snapshot
-        snapshot["nonfinite"] = snapshot["nonfinite"] + (~torch.isfinite(loss)).float()
+        finite = torch.isfinite(loss)
+        snapshot["nonfinite"] = snapshot["nonfinite"] + (~finite).float()
         if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer steps next
             self._step_snapshot = None
             flag = self.accelerator.reduce(snapshot["nonfinite"].reshape(1), reduction="sum")
-            finite = bool(flag.item() == 0)
-            if not finite:
-                model.zero_grad(set_to_none=True)
-                self._restore_step(snapshot)
-            self.nonfinite_guard.record(finite, self.state.global_step + 1, self.state)
-        return loss
+            skip = flag.reshape(()) > 0
+            step = self.state.global_step + 1
+            optimizer = self._device_skip_optimizer()
+            if optimizer is not None:
+                self._restore_step(snapshot, skip)
+                self.nonfinite_guard.defer(skip, step, optimizer)
+            else:
+                finite_step = not bool(skip.item())  # one host sync per optimizer step
+                if not finite_step:
+                    model.zero_grad(set_to_none=True)
+                self._restore_step(snapshot, skip)
+                self.nonfinite_guard.record(finite_step, step, self.state)
+        return self._window_mean_if_nonfinite(loss, finite)
+
+    def _device_skip_optimizer(self) -> torch.optim.Optimizer | None:
+        """The torch optimizer when it can skip a step on the device (`found_inf`), else None."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+        fused = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD))
+        fused = fused and bool(optimizer.defaults.get("fused"))
+        if not fused or self.is_deepspeed_enabled:
+            return None
+        if getattr(self.accelerator, "scaler", None) is not None:  # it sets `found_inf` itself
+            return None
+        return optimizer
+
+    def _window_mean_if_nonfinite(self, loss: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+        """`loss`, or where it is NaN / Inf the Trainer's stand-in for it: the mean of the
+        logging window's losses so far (`Trainer`'s `logging_nan_inf_filter`), on the device."""
+        tr_loss = getattr(self, "_tr_loss", None)
+        if not isinstance(tr_loss, torch.Tensor):
+            return loss
+        done = 1 + self.state.global_step - self._globalstep_last_logged
+        stand_in = (tr_loss / done).to(device=loss.device, dtype=loss.dtype)
+        return torch.where(finite, loss, stand_in)
 
     def _snapshot_step(self, model: nn.Module) -> dict[str, Any]:
         """What a skipped step must put back: BatchNorm running statistics, metric counts and
@@ -421,14 +503,23 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
             "nonfinite": torch.zeros((), device=self.args.device),
         }
 
-    def _restore_step(self, snapshot: dict[str, Any]) -> None:
+    def _restore_step(self, snapshot: dict[str, Any], skip: torch.Tensor) -> None:
+        """Undo a skipped step's side effects where `skip` (a 0-dim bool tensor) is true,
+        choosing on the device: running statistics, metric weights, collapse-monitor latents."""
         with torch.no_grad():
             for buffer, saved in snapshot["buffers"]:
-                buffer.copy_(saved)
-        metrics = self._metrics["train"]
-        for key in list(metrics):
-            del metrics[key][snapshot["metrics"].get(key, 0) :]
-        self.latest_latents = snapshot["latest_latents"]
+                buffer.copy_(torch.where(skip, saved, buffer))
+        keep = (~skip).float()
+        for key, values in self._metrics["train"].items():
+            weights = self._metric_keep[key]
+            weights.extend([keep] * (len(values) - len(weights)))
+        previous = snapshot["latest_latents"]
+        if previous is not None and self.latest_latents is not None:
+            same = all(a.shape == b.shape for a, b in zip(previous, self.latest_latents))
+            if same:
+                self.latest_latents = tuple(
+                    torch.where(skip, a, b) for a, b in zip(previous, self.latest_latents)
+                )
 
     def prediction_step(
         self,
@@ -448,25 +539,42 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
             prefix = K.EVAL_PREFIX if mode == "eval" else ""
             logs.update({f"{prefix}{k}": v for k, v in self._reduce_metrics(mode).items()})
             self._metrics[mode].clear()
+            if mode == "train":
+                self._metric_keep.clear()
         if mode == "train":
             logs.update(self.wsd_callback.extra_logs())
+            self.nonfinite_guard.flush(self.state)  # may raise after a run of skipped steps
             logs[K.NONFINITE_STEPS] = float(self.nonfinite_guard.total)
         super().log(logs, start_time)
 
     def _reduce_metrics(self, mode: str) -> dict[str, float]:
         """The mean of each metric over the logging window, then over the ranks.
 
-        Every rank logs at the same steps with the same keys, so the per-rank means travel in one
-        gathered vector (as TRL's `gather_for_metrics`, without its deduplication of the last
-        evaluation batch, which applies to per-sample values only): one collective and one host
-        sync per log, none per step.
+        Entries of skipped training steps weigh 0; a metric whose every entry was skipped is
+        left out, as before any was recorded. Every rank logs at the same steps with the same
+        keys, so the per-rank sums and weights travel in one gathered vector (as TRL's
+        `gather_for_metrics`, without its deduplication of the last evaluation batch, which
+        applies to per-sample values only): one collective and one host sync per log, none
+        per step.
         """
         keys = sorted(k for k, values in self._metrics[mode].items() if values)
         if not keys:
             return {}
-        local = torch.stack([torch.stack(self._metrics[mode][k]).float().mean() for k in keys])
-        means = self.accelerator.gather(local.unsqueeze(0)).mean(dim=0)
-        return dict(zip(keys, means.tolist()))
+        sums, counts = [], []
+        for key in keys:
+            values = torch.stack(self._metrics[mode][key]).float()
+            keep = self._metric_keep.get(key) if mode == "train" else None
+            if keep:
+                weights = torch.stack(keep).to(values.device)
+                values = torch.where(weights > 0, values, 0.0)
+                count = weights.sum()
+            else:
+                count = values.new_tensor(float(values.numel()))
+            sums.append(values.sum())
+            counts.append(count)
+        local = torch.stack([torch.stack(sums), torch.stack(counts)])  # (2, keys)
+        totals = self.accelerator.gather(local.unsqueeze(0)).sum(dim=0).tolist()
+        return {k: total / count for k, total, count in zip(keys, *totals) if count > 0}
 
 
 class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
