@@ -30,7 +30,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +55,9 @@ from .dna import (
 from .walks import derive_seed
 
 DEFAULT_MAX_EDIT_LEN = 16
+# Where the position of an edit action is counted from: the window's first token, or the locus
+# of the state the edit applies to (`locus_relative_positions`).
+PositionOrigin = Literal["window", "locus"]
 # Columns of an edit-corpus row that `DataCollatorForLeWM` reads (`record` and `start` are
 # provenance only).
 EDIT_COLUMNS = ("input_ids", "edit_ops", "edit_positions", "edit_tokens", "locus")
@@ -520,7 +523,7 @@ class EditSampler:
         kinds: np.ndarray,
         rng: np.random.Generator,
         locus: np.ndarray | None = None,
-        radius: int | None = None,
+        radius: int | np.ndarray | None = None,
     ) -> EditBatch:
         """Draw one edit of the given kind per window (see `sample`)."""
         windows = np.asarray(windows, dtype=np.int64)
@@ -535,9 +538,10 @@ class EditSampler:
             lo, hi = _position_bounds(ops, lengths, length, self.margin)
             positions = rng.integers(lo, hi + 1)
         else:
-            if radius is None or radius < 1:
+            if radius is None or np.any(np.asarray(radius) < 1):
                 raise LeWMConfigError("cluster_radius", radius, "must be a positive integer")
             locus = np.asarray(locus, dtype=np.int64)
+            radius = np.broadcast_to(np.asarray(radius, dtype=np.int64), locus.shape)  # (N,)
             positions, found = self._positions_near(rng, ops, lengths, length, locus, radius)
             for _ in range(8):  # redraw kind and length where no position fits the cluster
                 if found.all():
@@ -547,7 +551,7 @@ class EditSampler:
                 lengths[redo] = self._lengths(rng, kinds[redo])
                 ops[redo] = _KIND_OPS[kinds[redo]]
                 positions[redo], found[redo] = self._positions_near(
-                    rng, ops[redo], lengths[redo], length, locus[redo], radius
+                    rng, ops[redo], lengths[redo], length, locus[redo], radius[redo]
                 )
             # An SNV at the locus always fits (the locus stays `margin` from the edges).
             redo = ~found
@@ -564,13 +568,15 @@ class EditSampler:
         lengths: np.ndarray,
         length: int,
         locus: np.ndarray,
-        radius: int,
+        radius: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform positions among those whose footprints meet the cluster before and after,
-        and that keep the locus `margin` from the edges; `found` False where there is none."""
-        reach = radius + int(lengths.max(initial=1)) + 1
+        """Uniform positions among those whose footprints meet the cluster (`radius` `(N,)`)
+        before and after, and that keep the locus `margin` from the edges; `found` False where
+        there is none."""
+        reach = int(radius.max(initial=1)) + int(lengths.max(initial=1)) + 1
         cand = locus[:, None] + np.arange(-reach, reach + 1)[None, :]  # (N, C)
         op, n, c = ops[:, None], lengths[:, None], locus[:, None]
+        radius = radius[:, None]  # (N, 1)
         lo, hi = _position_bounds(op, n, length, self.margin)
         in_a, in_b, out_a, out_b = footprints(op, cand, n, length)
         moved = map_locus(c, op, cand, n, length)
@@ -587,7 +593,7 @@ class EditSampler:
         windows: np.ndarray,
         rng: np.random.Generator,
         locus: np.ndarray | None = None,
-        radius: int | None = None,
+        radius: int | np.ndarray | None = None,
     ) -> EditBatch:
         """Draw one edit per window from the mixture.
 
@@ -599,7 +605,9 @@ class EditSampler:
                 after it, and the moved locus must stay `margin` from the edges. Where the drawn
                 kind has no such position it is redrawn (up to 8 times), then an SNV at the locus
                 is used. Without a locus positions are uniform (see the class docstring).
-            radius (`int`, *optional*): The cluster radius, required with `locus`.
+            radius (`int` or `np.ndarray`, *optional*): The cluster radius, required with
+                `locus`: one for all windows, or `(N,)` (a radius of at least the window length
+                leaves only the margins to respect).
 
         Returns:
             `EditBatch`: `N` edits.
@@ -696,13 +704,17 @@ def sample_trajectories(
     sampler: EditSampler | None = None,
     cluster_radius: int | None = 4,
     pad_token: int = N_ID,
+    free_fraction: float = 0.0,
 ) -> EditTrajectories:
     """Draw a trajectory of `num_edits` edits from each window (vectorised over windows).
 
     The locus is uniform over the positions `sampler.margin` from the edges of `s_0`, followed
     through the edits with `map_locus`; with `cluster_radius` every edit's footprints meet the
     locus's cluster (see `EditSampler.sample`), so one `"centered"` pooling window per state sees
-    both the edit that made it and the edit applied to it.
+    both the edit that made it and the edit applied to it. With `free_fraction > 0` each edit is,
+    with that probability, drawn anywhere instead (among the positions that keep the locus
+    `margin` from the edges): such edits may miss the pooled tokens, as most of the candidates
+    of `evaluation.edits.snv_recovery` do, and show the model what they do to a state.
 
     Args:
         windows (`np.ndarray`): `(N, L)` source windows.
@@ -712,6 +724,8 @@ def sample_trajectories(
         cluster_radius (`int`, *optional*, defaults to 4): Cluster radius (at most the model's
             `pool_radius`); None draws positions uniformly (the locus is then only followed).
         pad_token (`int`, defaults to `N_ID`): Fill after deletions.
+        free_fraction (`float`, defaults to 0.0): Probability that an edit ignores the cluster
+            (needs `cluster_radius`; 0 draws no extra random numbers).
 
     Returns:
         `EditTrajectories`: States, edits and loci.
@@ -723,6 +737,8 @@ def sample_trajectories(
         raise LeWMConfigError(
             "cluster_radius", cluster_radius, "must be a positive integer or None"
         )
+    if not 0.0 <= free_fraction <= 1.0:
+        raise LeWMConfigError("free_edit_fraction", free_fraction, "must lie in [0, 1]")
     state = np.asarray(windows, dtype=np.int64)
     num, length = state.shape
     sampler._check_window(length, sampler.longest)
@@ -730,7 +746,11 @@ def sample_trajectories(
     states, loci, batches = [state], [locus], []
     for _ in range(num_edits):
         near = None if cluster_radius is None else locus
-        batch = sampler.sample(state, rng, near, cluster_radius)
+        radius: int | np.ndarray | None = cluster_radius
+        if near is not None and free_fraction > 0:
+            # A radius of the window length leaves only the margins to respect.
+            radius = np.where(rng.random(num) < free_fraction, length, cluster_radius)
+        batch = sampler.sample(state, rng, near, radius)
         state = apply_edit_batch(state, batch, pad_token)
         locus = map_locus(locus, batch.ops, batch.positions, batch.lengths, length)
         states.append(state)
@@ -810,6 +830,28 @@ def edits_to_actions(
     }
 
 
+def locus_relative_positions(positions: Any, locus: Any, window_length: int) -> Any:
+    """Action positions as seen from the state's locus: `pos - locus + window_length`.
+
+    A `"centered"` state is the encoder's view of the tokens around its locus, and the predictor
+    is given the state but not the locus, so a window position alone does not tell it where an
+    edit falls in what the state sees. Relative to the locus it does: offset `d = pos - locus`
+    (`-L < d <= L`, an insertion may sit at `pos = L`), shifted by `L` so that every position
+    lies in `[1, 2L]` (the model's `max_action_position` must exceed `2L`). Works elementwise on
+    arrays and tensors.
+
+    Args:
+        positions (`np.ndarray` or `torch.Tensor`): Edit positions in the window.
+        locus (`np.ndarray` or `torch.Tensor`): The locus of the state each edit applies to
+            (broadcast against `positions`).
+        window_length (`int`): L.
+
+    Returns:
+        The same type as `positions`: the shifted offsets.
+    """
+    return positions - locus + window_length
+
+
 def edits_from_row(row: dict[str, Any]) -> list[Edit]:
     """The edits of an edit-corpus row (`edit_ops`, `edit_positions`, `edit_tokens`)."""
     ops, positions, tokens = row["edit_ops"], row["edit_positions"], row["edit_tokens"]
@@ -854,6 +896,9 @@ class EditCorpusConfig:
             `max_action_position` must exceed `window_length`.
         cluster_radius (`int`, *optional*, defaults to 4): Edits meet `[locus - r, locus + r]`;
             at most the model's `pool_radius`. None: uniform positions.
+        free_edit_fraction (`float`, defaults to 0.0): Fraction of edits drawn anywhere in the
+            window (the locus kept `margin` from the edges) instead of near the locus, so that
+            the model also sees edits that miss the pooled tokens. Needs `cluster_radius`.
         snv_weight, mnv_weight, indel_weight (`float`, defaults to 0.5, 0.1, 0.4): Edit mixture.
         indel_p (`float`, defaults to 0.5): Geometric parameter of indel lengths.
         max_indel_len (`int`, defaults to 15): Longest indel.
@@ -890,6 +935,9 @@ class EditCorpusConfig:
     max_validation_rows: int | None = option(None, help="Cap on validation rows.", low=1)
     margin: int = option(16, help="Distance of edits and loci from the edges.", low=0)
     cluster_radius: int | None = option(4, help="Edits meet locus +- r (<= pool_radius).", low=1)
+    free_edit_fraction: float = option(
+        0.0, help="Fraction of edits drawn anywhere, not near the locus (0: none).", low=0, high=1
+    )
 
     # Parameters that control the edits
     snv_weight: float = option(0.5, help="Weight of SNVs.", low=0)
@@ -913,6 +961,12 @@ class EditCorpusConfig:
         if self.min_actions > self.max_actions:
             raise LeWMConfigError(
                 "min_actions", self.min_actions, f"must be <= max_actions={self.max_actions}"
+            )
+        if self.free_edit_fraction > 0 and self.cluster_radius is None:
+            raise LeWMConfigError(
+                "free_edit_fraction",
+                self.free_edit_fraction,
+                "needs cluster_radius (without it every edit is drawn anywhere already)",
             )
         sampler = self.sampler()
         if sampler.longest > self.max_edit_len:
@@ -1038,7 +1092,13 @@ def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
         for at in range(0, len(rows), TRAJECTORY_CHUNK):
             chunk = rows[at : at + TRAJECTORY_CHUNK]
             traj = sample_trajectories(
-                win.ids[chunk], config.max_actions, rng, sampler, config.cluster_radius, N_ID
+                win.ids[chunk],
+                config.max_actions,
+                rng,
+                sampler,
+                config.cluster_radius,
+                N_ID,
+                config.free_edit_fraction,
             )
             parts.append(_trajectory_table(traj, num_steps[at : at + TRAJECTORY_CHUNK]))
         table = pa.concat_tables(parts)
@@ -1110,6 +1170,7 @@ __all__ = [
     "EditOp",
     "EditSampler",
     "EditTrajectories",
+    "PositionOrigin",
     "apply_edit",
     "apply_edit_batch",
     "apply_edits",
@@ -1118,6 +1179,7 @@ __all__ = [
     "edits_to_actions",
     "footprints",
     "load_source_records",
+    "locus_relative_positions",
     "map_locus",
     "pads_left",
     "sample_indels",

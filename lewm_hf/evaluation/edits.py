@@ -14,6 +14,10 @@
   next state encoded; rank by distance to the prediction (`eval_edit_action_r1`, with copy,
   shuffled and chance references).
 
+Candidate actions are built as the model was trained to read them: with
+`action_position_origin == "locus"` in its config, positions relative to the locus of the source
+state (`edits.locus_relative_positions`), else window positions.
+
 Everything runs batched under `torch.inference_mode` and is seeded.
 """
 
@@ -26,7 +30,16 @@ import numpy as np
 import torch
 
 from ..data.dna import DNA_EDIT_ALPHABET, DNA_END_ID, N_ID
-from ..data.edits import Edit, EditOp, EditSampler, apply_edit, edits_from_row, map_locus
+from ..data.edits import (
+    Edit,
+    EditOp,
+    EditSampler,
+    PositionOrigin,
+    apply_edit,
+    edits_from_row,
+    locus_relative_positions,
+    map_locus,
+)
 from ..data.walks import derive_seed
 from ..fields import option, validate_fields
 from ..metric_keys import EVAL_PREFIX
@@ -44,6 +57,15 @@ EVAL_SNV_RECOVERY = EVAL_PREFIX + "snv_recovery_"
 EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY + "r1"
 EVAL_EDIT_ACTION = EVAL_PREFIX + "edit_action_"
 EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION + "r1"
+# The model-config attribute naming where action positions are counted from (`PositionOrigin`).
+ACTION_POSITION_ORIGIN = "action_position_origin"
+
+
+def action_position_origin(model: Any) -> PositionOrigin:
+    """Where `model` counts action positions from: its config's `action_position_origin`, or
+    `"window"` for a model (or stand-in) without one."""
+    config = getattr(model, "config", None)
+    return getattr(config, ACTION_POSITION_ORIGIN, "window")
 
 
 @dataclass
@@ -139,13 +161,18 @@ def snv_recovery(
     ).long().argmax(1)
     device = model_device(model)
     loc_t = torch.from_numpy(loci).to(device)
+    act_pos = cand_pos.repeat(num)  # (N * C,)
+    if action_position_origin(model) == "locus":
+        act_pos = locus_relative_positions(
+            act_pos, torch.from_numpy(loci).repeat_interleave(width), length
+        )
     with evaluating(model):
         z_src = model.encode(win_t.to(device), locus=loc_t).float()  # (N, D)
         z_obs = model.encode(torch.from_numpy(edited).to(device), locus=loc_t).float()
         z_rep = z_src.repeat_interleave(width, 0).unsqueeze(1)  # (N * C, 1, D)
         acts = _actions(
             torch.full((num * width, 1), int(EditOp.SUB), dtype=torch.long),
-            cand_pos.repeat(num).unsqueeze(1),
+            act_pos.unsqueeze(1),
             cand_base.repeat(num).unsqueeze(1),
         )
         acts = {k: v.to(device) for k, v in acts.items()}
@@ -238,6 +265,8 @@ def edit_action_candidates(
             mask[i, j] = True
             next_states[i, j] = apply_edit(sources[i], e)
             next_loci[i, j] = map_locus(loci[i], int(e.op), e.pos, e.length, length)
+    if action_position_origin(model) == "locus":
+        positions = locus_relative_positions(positions, torch.from_numpy(loci)[:, None], length)
     device = model_device(model)
     flat = torch.from_numpy(next_states[mask.numpy()])
     flat_loc = torch.from_numpy(next_loci[mask.numpy()]).to(device)
@@ -300,9 +329,11 @@ def evaluate_edit_model(
 
 
 __all__ = [
+    "ACTION_POSITION_ORIGIN",
     "EVAL_EDIT_ACTION_R1",
     "EVAL_SNV_RECOVERY_R1",
     "EditEvaluationArguments",
+    "action_position_origin",
     "draw_snvs",
     "edit_action_candidates",
     "evaluate_edit_model",

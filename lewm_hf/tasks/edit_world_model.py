@@ -5,6 +5,12 @@ tiny Llama (null); the actions are edits `(op, pos, tokens)` (`num_action_ops=3`
 over the DNA vocabulary), and states are pooled around the edit locus (`pooling: centered`).
 Rows come from `build_edit_corpus` (train/validation split by genome region).
 
+A centered state shows the predictor the tokens around its locus, not where the locus lies in
+the window, so by default an action's position is given relative to that locus
+(`action_position_origin: locus`, see `edits.locus_relative_positions`): with window positions
+the predictor cannot tell an edit inside the pooled tokens from one far from them. The origin
+is saved in the model's config, and the evaluation builds its candidate actions the same way.
+
 Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate -> report.
 """
 
@@ -19,10 +25,21 @@ from .. import metric_keys as K
 from ..configuration_lewm import LeWMConfig
 from ..data.collators import DataCollatorForLeWM
 from ..data.dna import DNA_END_ID, DNA_VOCAB_SIZE, build_dna_tokenizer
-from ..data.edits import EditCorpusConfig, build_edit_corpus
+from ..data.edits import (
+    EditCorpusConfig,
+    PositionOrigin,
+    build_edit_corpus,
+    locus_relative_positions,
+)
 from ..determinism import prepare_run
 from ..errors import LeWMConfigError
-from ..evaluation.edits import EditEvaluationArguments, evaluate_edit_model
+from ..evaluation.edits import (
+    ACTION_POSITION_ORIGIN,
+    EditEvaluationArguments,
+    action_position_origin,
+    evaluate_edit_model,
+)
+from ..fields import option, validate_fields
 from ..modeling_lewm import LeWMModel
 from ..trainer.lewm_config import LeWMTrainingArguments
 from ..trainer.lewm_trainer import LeWMTrainer
@@ -31,12 +48,54 @@ from .base import PhaseContext, build_training_arguments
 from .dna_lm import DNACorpusCacheArguments, corpus_config
 from .world_model import resolve_encoder_path, resolve_model_path
 
+
+@dataclass
+class EditActionArguments:
+    """How an edit's position is given to the predictor.
+
+    Args:
+        action_position_origin (`str`, defaults to `"locus"`): `"locus"`: relative to the locus
+            of the state the edit applies to (needs `pooling: centered` and
+            `max_action_position > 2 * window_length`); `"window"`: the position in the window.
+            Saved in the model's config (a saved model keeps its own).
+    """
+
+    action_position_origin: PositionOrigin = option(
+        "locus", help="Action positions relative to the state's locus, or to the window."
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
+class LocusRelativeCollator:
+    """`DataCollatorForLeWM` on edit rows, with every action's position made relative to the
+    locus of the state it applies to (`edits.locus_relative_positions`; action `k` edits state
+    `k`, whose locus is `locus[:, k]`).
+
+    Args:
+        collator (`DataCollatorForLeWM`): Collates the edit rows.
+    """
+
+    collator: DataCollatorForLeWM
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        length = batch["input_ids"].shape[-1]
+        batch["action_positions"] = locus_relative_positions(
+            batch["action_positions"], batch["locus"][:, :-1], length
+        )  # (B, K)
+        return batch
+
+
 # Recipe targets: each key belongs to exactly one of them.
 TARGETS = {
     "data": EditCorpusConfig,
     "cache": DNACorpusCacheArguments,
     "model": WorldModelArguments,
     "config": LeWMConfig,
+    "actions": EditActionArguments,
     "training": LeWMTrainingArguments,
     "evaluation": EditEvaluationArguments,
 }
@@ -58,6 +117,7 @@ class EditWorldModelTaskArguments:
     cache: DNACorpusCacheArguments
     model: WorldModelArguments
     config: dict[str, Any]
+    actions: EditActionArguments
     training: LeWMTrainingArguments
     evaluation: EditEvaluationArguments
 
@@ -70,17 +130,30 @@ def parse(
         LeWMTrainingArguments, parts["training"], output_dir, source
     )
     data = corpus_config(parts["data"], training)
+    actions = EditActionArguments(**parts["actions"])
     config = {**EDIT_MODEL_DEFAULTS, **parts["config"]}
     checked = LeWMConfig(**config)  # every model key is checked before anything runs
+    # Saved with the model (an extra config attribute), so that its actions are read back alike.
+    config[ACTION_POSITION_ORIGIN] = actions.action_position_origin
     if data.max_actions > checked.history_length:
         raise LeWMConfigError(
             "max_actions", data.max_actions, f"must be <= history_length={checked.history_length}"
         )
-    if checked.max_action_position <= data.window_length:
+    relative = actions.action_position_origin == "locus"
+    if relative and checked.pooling != "centered":
+        raise LeWMConfigError(
+            "action_position_origin",
+            actions.action_position_origin,
+            f"needs pooling: centered (got {checked.pooling}); use window",
+        )
+    # Window positions lie in [0, L]; locus-relative ones in [1, 2L].
+    top = 2 * data.window_length if relative else data.window_length
+    if checked.max_action_position <= top:
         raise LeWMConfigError(
             "max_action_position",
             checked.max_action_position,
-            f"must exceed window_length={data.window_length}",
+            f"must exceed {top} (window_length={data.window_length}, "
+            f"action_position_origin={actions.action_position_origin})",
         )
     if checked.num_action_ops < 3 or checked.action_vocab_size < DNA_VOCAB_SIZE:
         raise LeWMConfigError(
@@ -93,6 +166,7 @@ def parse(
         cache=DNACorpusCacheArguments(**parts["cache"]),
         model=WorldModelArguments(**parts["model"]),
         config=config,
+        actions=actions,
         training=training,
         evaluation=EditEvaluationArguments(**parts["evaluation"]),
     )
@@ -132,13 +206,14 @@ def main(args: EditWorldModelTaskArguments, context: PhaseContext) -> dict[str, 
     encoder_path = None if model_path else resolve_encoder_path(args.model.encoder_path, context)
     model = build_edit_world_model(args, encoder_path, model_path)
 
-    # Trainer
+    # Trainer (actions as the model reads them: a saved model keeps its own position origin)
+    collator = DataCollatorForLeWM(edit_end_token=DNA_END_ID, max_edit_len=args.data.max_edit_len)
+    if action_position_origin(model) == "locus":
+        collator = LocusRelativeCollator(collator)
     trainer = LeWMTrainer(
         model=model,
         args=training_args,
-        data_collator=DataCollatorForLeWM(
-            edit_end_token=DNA_END_ID, max_edit_len=args.data.max_edit_len
-        ),
+        data_collator=collator,
         train_dataset=corpus["train"],
         eval_dataset=corpus["validation"],
         processing_class=build_dna_tokenizer(),
