@@ -1,29 +1,50 @@
 """LeWMTrainer against a hand-written PyTorch loop, and the fused SIGReg against plain autograd.
 
-Same LeWMModel (the default recipe's world model: frozen 4-layer Llama encoder of hidden 128,
-d_state 64, 2-layer predictor), same clips, batch size, steps, AdamW, clipping and WSD schedule.
-The two are run alternately, several rounds, in one process; steps/s are timed from the end of
-step 5 to the last step (set-up excluded in both) and the median over rounds is reported. The
-trainer logs every step (`logging_steps=1`), as the recipes do. Prints, in order:
+Every comparison interleaves its variants with `_timing.interleave` (alternating order, one
+untimed warm-up call each, at least 5 rounds), times per-process CPU time (`time.process_time`:
+the time this process's threads spent on a core, so a neighbour's load does not count as ours)
+at a fixed thread count (`--threads`, default `OMP_NUM_THREADS` or every core: the main job's
+count), and prints min / median / max over the rounds beside each ratio, which is the median of
+the per-round ratios. Three parts, printed in this order:
 
-    sigreg_speedup: X.X   (fused autograd.Function over a plain-autograd evaluation of the same
-                           formula, forward + backward, gradients checked equal)
-    sigreg_share: 0.XX    (SIGReg's forward + backward time over one default training step)
-    ratio: X.XX           (trainer steps/s over loop steps/s; last line)
+1. `sigreg_speedup: X`: the fused SIGReg (`lewm_hf.losses.sigreg`, one autograd node) over a
+   plain-autograd evaluation of the same formula (`sigreg_reference`), forward + backward with
+   1024 slices drawn from a seeded generator as in training, at the default step's latents
+   (T, B, D) = (4, 64, 64) and at (4, 64, 128); a round is `--sigreg_calls` calls of each. The
+   values and gradients of both are checked equal first. The line reports the smaller of the
+   two shapes' medians.
+2. `sigreg_share: X`: the fused SIGReg at (4, 64, 64) over one training step of the default
+   world model (forward, backward, fused AdamW step) on a batch of 64 move clips, with the frozen
+   encoder in the step (`frozen_feature_cache=False`) and, as `LeWMTrainer` runs it by default,
+   with the encoder's cached features (`frozen_feature_cache=True`: the step no longer runs the
+   encoder, so SIGReg's share grows). The line reports the cached step.
+3. `ratio: X` (last line): `LeWMTrainer` steps/s over the loop's. Same model (frozen 4-layer
+   Llama encoder of hidden 128, d_state 64, 2-layer predictor), clips, batch size, steps, the
+   trainer's own optimizer class and arguments (fused AdamW) with its parameter groups, clipping
+   and WSD schedule. The trainer logs every step (`logging_steps=1`, as the recipes do) and the
+   loop reads its loss every step. For a like-for-like comparison the trainer runs without the
+   features the loop lacks: `frozen_feature_cache=False` (the loop runs the frozen encoder at
+   every step too) and `collapse_monitor_steps=0`; its per-log console line is off. A round
+   builds both afresh and times `--steps` steps after `WARMUP_STEPS` untimed ones.
 
-    python benchmarks/trainer_overhead.py [--steps 40] [--rounds 3]
+    python benchmarks/trainer_overhead.py [--steps 40] [--rounds 7] [--sigreg_rounds 15]
+        [--sigreg_calls 20] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
 import torch
+from _timing import MIN_ROUNDS, Timings, interleave, ratio_line, set_threads
+from datasets import disable_progress_bars
 from torch.utils.data import DataLoader
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
 from lewm_hf.data.collators import DataCollatorForLeWM
@@ -33,15 +54,18 @@ from lewm_hf.trainer.lewm_trainer import parameter_groups
 from lewm_hf.trainer.schedules import get_wsd_scheduler
 
 # Steps run before the clock starts in both runs: one-time set-up (Trainer preparation, the
-# first batches, allocator warm-up) is not per-step overhead.
+# first batches, optimizer state, allocator warm-up) is not per-step overhead.
 WARMUP_STEPS = 5
+SIGREG_SHAPES = ((4, 64, 64), (4, 64, 128))  # the default step's latents, and d = 128
+WINDOW = WalkCorpusConfig.preset("small").context_window
 
 
-def default_model(seed: int = 0, vocab: int = 100, actions: int = 64) -> LeWMModel:
+def default_model(seed: int = 0) -> LeWMModel:
+    """The default recipe's world model around a walk LM of the encoder phase's size."""
     torch.manual_seed(seed)
     encoder = {
         "model_type": "llama",
-        "vocab_size": vocab,
+        "vocab_size": 100,
         "hidden_size": 128,
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
@@ -57,103 +81,241 @@ def default_model(seed: int = 0, vocab: int = 100, actions: int = 64) -> LeWMMod
         predictor_layers=2,
         predictor_heads=4,
         history_length=3,
-        action_vocab_size=actions,
+        action_vocab_size=64,
     )
     return LeWMModel(config)
 
 
-def time_fn(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def bench_sigreg(shape: tuple[int, int, int], repeats: int) -> tuple[float, float]:
-    """Median forward+backward seconds of (fused, reference) SIGReg; checks equal gradients."""
-    torch.manual_seed(0)
-    z = torch.randn(*shape)
-    grads = {}
-
-    def run(fn, name):
-        def step():
-            x = z.clone().requires_grad_(True)
-            value = fn(x, generator=sigreg_generator(7))
-            value.backward()
-            grads[name] = (value.detach(), x.grad)
-
-        return step
-
-    fused = time_fn(run(sigreg, "fused"), repeats)
-    reference = time_fn(run(sigreg_reference, "reference"), repeats)
-    torch.testing.assert_close(grads["fused"][0], grads["reference"][0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(grads["fused"][1], grads["reference"][1], rtol=1e-3, atol=1e-6)
-    return fused, reference
-
-
-def loop_steps_per_second(model, dataset, collator, args, steps: int) -> float:
-    """A minimal hand-written loop: AdamW groups, clipping, WSD schedule."""
-    torch.manual_seed(args.seed)
-    loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
-                        collate_fn=collator, drop_last=True)  # fmt: skip
-    optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "name"} for g in parameter_groups(model, args)],
-        lr=args.learning_rate,
+def training_args(out: str, batch_size: int, steps: int, **kwargs) -> LeWMTrainingArguments:
+    defaults = dict(
+        output_dir=out,
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        collapse_monitor_steps=0,
+        frozen_feature_cache=False,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
     )
-    scheduler = get_wsd_scheduler(optimizer, steps, args.get_warmup_steps(steps))
+    defaults.update(kwargs)
+    return LeWMTrainingArguments(**defaults)
+
+
+def median_ratio(numerator: Timings, denominator: Timings) -> float:
+    """The median of the per-round ratios, as `ratio_line` prints it."""
+    return statistics.median(n / d for n, d in zip(numerator.seconds, denominator.seconds))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. SIGReg, fused against plain autograd
+
+
+def sigreg_call(fn, z: torch.Tensor, step: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward + backward of `fn` on a fresh leaf copy of `z`: `(value, gradient)`."""
+    x = z.clone().requires_grad_(True)
+    value = fn(x, num_slices=1024, generator=sigreg_generator(step))
+    value.backward()
+    return value.detach(), x.grad
+
+
+def sigreg_timings(shape: tuple[int, ...], rounds: int, calls: int) -> dict[str, Timings]:
+    """Seconds per call of the fused and the plain SIGReg, per round; values checked equal."""
+    z = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    (fused_value, fused_grad), (plain_value, plain_grad) = (
+        sigreg_call(sigreg, z),
+        sigreg_call(sigreg_reference, z),
+    )
+    torch.testing.assert_close(fused_value, plain_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-4, atol=1e-7)
+
+    def repeat(fn):
+        return lambda: [sigreg_call(fn, z) for _ in range(calls)]
+
+    stats = interleave({"fused": repeat(sigreg), "plain": repeat(sigreg_reference)}, rounds)
+    for timings in stats.values():
+        timings.seconds = [s / calls for s in timings.seconds]
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. SIGReg's share of a training step
+
+
+def share_timings(dataset, collator, batch_size: int, rounds: int, calls: int) -> dict:
+    """Seconds per training step with and without the encoder, and per fused SIGReg call at the
+    step's latent shape, per round."""
+    model = default_model()
     model.train()
-    start = None
-    done = 0
-    while done < steps:
-        for batch in loader:
-            out = model(**batch, step=done)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.item()
-            done += 1
-            if done == WARMUP_STEPS:
-                start = time.perf_counter()
-            if done == steps:
-                break
-    return (steps - WARMUP_STEPS) / (time.perf_counter() - start)
+    batch = collator([dataset[i] for i in range(batch_size)])
+    with torch.no_grad():  # what `FeatureCache` feeds the step instead of the token ids
+        num_states = batch["input_ids"].shape[1]
+        features = model.pooled_features(batch["input_ids"].flatten(0, 1))
+    cached = {"state_features": features.view(batch_size, num_states, -1)}
+    cached["action_ids"] = batch["action_ids"]
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True
+    )
+    latents = torch.randn(num_states, batch_size, model.config.d_state)
+
+    def step(inputs):
+        def run():
+            for _ in range(calls):
+                model(**inputs, check_values=False).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        return run
+
+    def fused():
+        for _ in range(calls):
+            sigreg_call(sigreg, latents)
+
+    stats = interleave(
+        {"step (encoder)": step(batch), "step (cached features)": step(cached), "sigreg": fused},
+        rounds,
+    )
+    for timings in stats.values():
+        timings.seconds = [s / calls for s in timings.seconds]
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. LeWMTrainer against a hand-written loop
 
 
 class _StepClock(TrainerCallback):
-    """Time from the end of step `WARMUP_STEPS` to the end of the last step."""
+    """Process CPU time from the end of step `WARMUP_STEPS` to the end of the last step."""
+
+    def __init__(self) -> None:
+        self.start = self.stop = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == WARMUP_STEPS:
-            self.start = time.perf_counter()
-        if state.global_step == state.max_steps:
-            self.end = time.perf_counter()
+            self.start = time.process_time()
+        self.stop = time.process_time()
 
 
-def trainer_steps_per_second(model, dataset, collator, args, steps: int) -> float:
-    clock = _StepClock()
-    trainer = LeWMTrainer(
-        model, args, train_dataset=dataset, data_collator=collator, callbacks=[clock]
-    )
-    trainer.train()
-    return (steps - WARMUP_STEPS) / (clock.end - clock.start)
+class TrainerRun:
+    """Each call builds a `LeWMTrainer` and records its seconds per timed step."""
+
+    def __init__(self, dataset, collator, batch_size: int, steps: int, out: str):
+        self.dataset, self.collator, self.batch_size, self.steps = (
+            dataset,
+            collator,
+            batch_size,
+            steps,
+        )
+        self.out = out
+        self.timings = Timings("trainer", clock="process")
+
+    def __call__(self) -> None:
+        args = training_args(self.out, self.batch_size, WARMUP_STEPS + self.steps)
+        clock = _StepClock()
+        trainer = LeWMTrainer(
+            default_model(),
+            args,
+            train_dataset=self.dataset,
+            data_collator=self.collator,
+            callbacks=[clock],
+        )
+        trainer.remove_callback(PrinterCallback)  # no console line per log
+        if trainer.feature_cache is not None:
+            raise RuntimeError("the trainer must run the encoder at every step, as the loop")
+        trainer.train()
+        self.timings.seconds.append((clock.stop - clock.start) / self.steps)
+
+
+class LoopRun:
+    """Each call runs a minimal hand-written loop: the trainer's optimizer (class, arguments and
+    parameter groups), clipping, the WSD schedule, the loss read every step."""
+
+    def __init__(self, dataset, collator, batch_size: int, steps: int, out: str):
+        self.dataset, self.collator, self.batch_size, self.steps = (
+            dataset,
+            collator,
+            batch_size,
+            steps,
+        )
+        self.out = out
+        self.timings = Timings("loop", clock="process")
+
+    def __call__(self) -> None:
+        total = WARMUP_STEPS + self.steps
+        args = training_args(self.out, self.batch_size, total)
+        model = default_model()
+        torch.manual_seed(args.seed)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            drop_last=True,
+        )
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizer_kwargs.pop("lr", None)
+        groups = [
+            {k: v for k, v in g.items() if k != "name"} for g in parameter_groups(model, args)
+        ]
+        optimizer = optimizer_cls(groups, lr=args.learning_rate, **optimizer_kwargs)
+        scheduler = get_wsd_scheduler(optimizer, total, args.get_warmup_steps(total))
+        model.train()
+        done, start = 0, 0.0
+        while done < total:
+            for batch in loader:
+                out = model(**batch, step=done)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.item()
+                done += 1
+                if done == WARMUP_STEPS:
+                    start = time.process_time()
+                if done == total:
+                    break
+        self.timings.seconds.append((time.process_time() - start) / self.steps)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=7, help="trainer/loop rounds (>= 5)")
+    parser.add_argument("--sigreg_rounds", type=int, default=15, help="SIGReg rounds (>= 5)")
+    parser.add_argument("--sigreg_calls", type=int, default=20, help="SIGReg calls per round")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--sigreg_repeats", type=int, default=10)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of the SIGReg speedup (default: all)"
+    )
+    parser.add_argument(
+        "--step_threads", type=int, default=1, help="threads of the share and the ratio"
+    )
     opts = parser.parse_args()
+    for name in ("rounds", "sigreg_rounds"):
+        if getattr(opts, name) < MIN_ROUNDS:
+            parser.error(f"--{name} must be at least {MIN_ROUNDS}")
+    threads = set_threads(opts.threads)
+    disable_progress_bars()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, clock: per-process CPU time; load average at start {load}")
+    print(f"SIGReg speedup at {threads} threads")
 
-    fused, reference = bench_sigreg((4, 64, 128), opts.sigreg_repeats)
-    print(f"sigreg (T, B, D) = (4, 64, 128), 1024 slices: fused {fused * 1e3:.1f} ms, "
-          f"plain autograd {reference * 1e3:.1f} ms (forward + backward)")  # fmt: skip
+    by_shape = {}
+    for shape in SIGREG_SHAPES:
+        stats = sigreg_timings(shape, opts.sigreg_rounds, opts.sigreg_calls)
+        print(f"SIGReg {shape}, 1024 slices, forward + backward, values and gradients equal:")
+        for timings in stats.values():
+            print(f"  {timings.summary('ms per call', 1e3)}")
+        print(ratio_line(f"  speedup at {shape}", stats["plain"], stats["fused"]))
+        by_shape[shape] = stats
+    # The line reports the shape with the smaller median speedup.
+    slowest = min(by_shape.values(), key=lambda s: median_ratio(s["plain"], s["fused"]))
+    print(ratio_line("sigreg_speedup", slowest["plain"], slowest["fused"]))
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = build_move_trajectories(
@@ -163,51 +325,30 @@ def main() -> None:
             cache_dir=f"{tmp}/cache",
         )
         dataset = clips["train"].with_format(None)
-        window = WalkCorpusConfig.preset("small").context_window
-        collator = DataCollatorForLeWM(window=window)
-        args = LeWMTrainingArguments(
-            output_dir=f"{tmp}/out",
-            per_device_train_batch_size=opts.batch_size,
-            max_steps=opts.steps,
-            learning_rate=1e-3,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            collapse_monitor_steps=0,
-            use_cpu=True,
-            dataloader_num_workers=0,
-        )
-        # SIGReg's share of one default step, at the default step's latent shape.
-        batch = collator([dataset[i] for i in range(opts.batch_size)])
-        model = default_model()
-        model.train()
+        collator = DataCollatorForLeWM(window=WINDOW)
+        print(f"share and ratio at {set_threads(opts.step_threads)} threads")
 
-        def one_step():
-            out = model(**batch)
-            out.loss.backward()
-            model.zero_grad(set_to_none=True)
+        share = share_timings(dataset, collator, opts.batch_size, opts.sigreg_rounds, 5)
+        print(f"SIGReg's share of a training step (batch {opts.batch_size}):")
+        for timings in share.values():
+            print(f"  {timings.summary('ms', 1e3)}")
+        print(ratio_line("  sigreg_share_with_encoder", share["sigreg"], share["step (encoder)"]))
+        print(ratio_line("sigreg_share", share["sigreg"], share["step (cached features)"]))
 
-        step_time = time_fn(one_step, 5)
-        shape = (4, opts.batch_size, model.config.d_state)
-        sig_time, _ = bench_sigreg(shape, opts.sigreg_repeats)
-        loop_rates, trainer_rates = [], []
-        for r in range(opts.rounds):
-            loop_rates.append(
-                loop_steps_per_second(default_model(), dataset, collator, args, opts.steps)
-            )
-            trainer_rates.append(
-                trainer_steps_per_second(default_model(), dataset, collator, args, opts.steps)
-            )
-            print(f"round {r}: loop {loop_rates[-1]:.2f} steps/s, "
-                  f"trainer {trainer_rates[-1]:.2f} steps/s")  # fmt: skip
-    loop = statistics.median(loop_rates)
-    trainer = statistics.median(trainer_rates)
-    print(f"default step {step_time * 1e3:.1f} ms, SIGReg at {shape} {sig_time * 1e3:.2f} ms")
-    print(f"loop: {loop:.2f} steps/s  trainer: {trainer:.2f} steps/s")
-    print(f"sigreg_speedup: {reference / fused:.1f}")
-    print(f"sigreg_share: {sig_time / step_time:.2f}")
-    print(f"ratio: {trainer / loop:.2f}")
+        runs = {
+            "loop": LoopRun(dataset, collator, opts.batch_size, opts.steps, f"{tmp}/loop"),
+            "trainer": TrainerRun(dataset, collator, opts.batch_size, opts.steps, f"{tmp}/trainer"),
+        }
+        interleave(runs, rounds=opts.rounds)
+    for run in runs.values():  # the warm-up call recorded a round too: drop it
+        del run.timings.seconds[0]
+    print(f"LeWMTrainer against a hand-written loop, {opts.steps} timed steps per round:")
+    for run in runs.values():
+        print(f"  {run.timings.summary('ms per step', 1e3)}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average at end {load}")
+    # Trainer steps/s over loop steps/s = loop seconds per step over trainer seconds per step.
+    print(ratio_line("ratio", runs["loop"].timings, runs["trainer"].timings))
 
 
 if __name__ == "__main__":

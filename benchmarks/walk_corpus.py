@@ -199,9 +199,8 @@ def main() -> None:
     for timings in per_walk.values():
         rates = sorted(1.0 / s for s in timings.seconds)
         print(
-            f"{timings.name}: {1.0 / timings.median:,.0f} walks/s median "
-            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f} over {len(rates)} rounds, "
-            f"{timings.clock} time); {timings.summary('us per walk', 1e6)}"
+            f"{timings.summary('us per walk', 1e6)}; {1.0 / timings.median:,.0f} walks/s "
+            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f})"
         )
     sub = fast[: args.reference_walks]
     print(

@@ -312,8 +312,8 @@ def _statistic_from_sums(
 
 # Powers of the unit phasor handled per elementwise operation (see `_phasor_power_sums`).
 PHASOR_GROUP = 4
-# Below this many table entries (`T M B (num_knots - 1)`) the fused SIGReg runs on one CPU thread
-# (`_serial_on_cpu`); 4.2 million for the default step (T, B, M, K) = (4, 64, 1024, 16).
+# Below this many table entries (`T B M (num_knots - 1)`) the fused SIGReg runs on one CPU
+# thread (`_serial_on_cpu`): 4.2 million for the default step, (T, B, M) = (4, 64, 1024).
 SERIAL_WORK = 2**23
 
 
@@ -328,7 +328,8 @@ def _serial_on_cpu(tensor: torch.Tensor, work: int):
     is descheduled, and that waiting cost grew past the arithmetic it shared: on 2 shared
     cores the fused SIGReg of the default step took about 200 ms of CPU time at 2 threads
     against 10 to 13 ms at one (docs/benchmarks.md). Plain autograd spends most of its time in
-    a few long passes, where the waits matter less. Larger problems keep every thread.
+    a few long passes, where the waits matter less. The threshold, twice the default step's
+    table, is a judgement, not a measured crossover: problems that large keep every thread.
     """
     threads = torch.get_num_threads()
     if tensor.device.type != "cpu" or work >= SERIAL_WORK or threads == 1:
@@ -467,15 +468,14 @@ class _SIGRegStatistic(torch.autograd.Function):
         num_steps, batch, _ = z.shape
         num_slices = slices.shape[1]
         ctx.table_entries = num_steps * batch * num_slices * knots.numel()
-        with _serial_on_cpu(z, ctx.table_entries):
-            x = _sliced_angles(z, slices, spacing).view(num_slices * num_steps, batch)
-            sums, base, work = _phasor_power_sums(x, knots.numel())  # (K, R) complex
-            del x
-            dev = sums
-            dev.real.sub_((batch * torch.exp(-(knots**2) / 2)).unsqueeze(1))  # [C - B phi] + i S
-            scale = 1.0 / (batch * num_steps * num_slices)
-            squares = torch.view_as_real(dev).view(dev.shape[0], -1).square().sum(dim=1)  # (K,)
-            value = squares @ weights * scale
+        x = _sliced_angles(z, slices, spacing).view(num_slices * num_steps, batch)
+        sums, base, work = _phasor_power_sums(x, knots.numel())  # (K, R) complex
+        del x
+        dev = sums
+        dev.real.sub_((batch * torch.exp(-(knots**2) / 2)).unsqueeze(1))  # [C - B phi] + i S
+        scale = 1.0 / (batch * num_steps * num_slices)
+        squares = torch.view_as_real(dev).view(dev.shape[0], -1).square().sum(dim=1)  # (K,)
+        value = squares @ weights * scale
         ctx.save_for_backward(z, slices, base, dev, weights)
         ctx.work = work  # scratch: overwritten by every backward before it is read
         ctx.spacing = spacing
@@ -514,10 +514,9 @@ class _CharacteristicSums(torch.autograd.Function):
     ) -> torch.Tensor:
         num_steps, batch, _ = z.shape
         ctx.table_entries = num_steps * batch * slices.shape[1] * num_powers
-        with _serial_on_cpu(z, ctx.table_entries):
-            x = _sliced_angles(z, slices, spacing).view(slices.shape[1] * num_steps, batch)
-            sums, base, work = _phasor_power_sums(x, num_powers)  # (K, R) complex
-            sums = torch.view_as_real(sums).permute(2, 1, 0).contiguous()  # (2, R, K)
+        x = _sliced_angles(z, slices, spacing).view(slices.shape[1] * num_steps, batch)
+        sums, base, work = _phasor_power_sums(x, num_powers)  # (K, R) complex
+        sums = torch.view_as_real(sums).permute(2, 1, 0).contiguous()  # (2, R, K)
         ctx.save_for_backward(z, slices, base)
         ctx.work = work  # scratch: overwritten by every backward before it is read
         ctx.spacing = spacing
@@ -597,18 +596,25 @@ def sigreg(
     """
     _validate_sigreg_settings(num_slices, num_knots, t_max)
     distributed, group = _distributed_group(process_group)
-    z, slices = _prepare_sigreg_inputs(z, projections, num_slices, generator, distributed, group)
-    knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
-    knots, weights = knots[1:], weights[1:]  # t_0 = 0 contributes exactly zero, see above
+    _check_floating("z", z)
+    if isinstance(projections, torch.Tensor) and projections.dim() == 2:
+        num_slices = projections.shape[1]
+    rows = z.numel() // max(z.shape[-1], 1) if z.dim() else 0  # T B
+    table_entries = rows * num_slices * (num_knots - 1)
+    with _serial_on_cpu(z, table_entries):  # and so is the backward (`_SIGRegStatistic`)
+        z, slices = _prepare_sigreg_inputs(
+            z, projections, num_slices, generator, distributed, group
+        )
+        knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
+        knots, weights = knots[1:], weights[1:]  # t_0 = 0 contributes exactly zero, see above
+        spacing = t_max / (num_knots - 1)
 
-    spacing = t_max / (num_knots - 1)
-
-    with _no_autocast(z):
-        if not distributed:
-            return _SIGRegStatistic.apply(z, slices, spacing, knots, weights)
-        sums = _CharacteristicSums.apply(z, slices, spacing, knots.numel())  # (2, M T, K - 1)
-        cos_sum, sin_sum, count = _all_reduce_sums(sums[0], sums[1], z.shape[1], group)
-        return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
+        with _no_autocast(z):
+            if not distributed:
+                return _SIGRegStatistic.apply(z, slices, spacing, knots, weights)
+            sums = _CharacteristicSums.apply(z, slices, spacing, knots.numel())  # (2, M T, K)
+            cos_sum, sin_sum, count = _all_reduce_sums(sums[0], sums[1], z.shape[1], group)
+            return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
 
 
 def sigreg_reference(

@@ -865,6 +865,10 @@ class LeWMModel(LeWMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    # Under `torch.compile` the regulariser runs eagerly: SIGReg's slices come from a generator
+    # seeded by the step (a hash and a `torch.Generator`, which break the graph, and a new step
+    # value would recompile it), and its fused statistic is one autograd node already.
+    @torch.compiler.disable
     def _regularizer(
         self, latents: torch.Tensor, state_mask: torch.Tensor | None, step: int
     ) -> torch.Tensor:

@@ -119,6 +119,30 @@ def test_sigreg_fast_is_accurate_for_large_angles():
     assert (x.grad.double() - exact.grad).abs().max().item() < 1e-5 * scale
 
 
+def test_sigreg_fast_runs_small_problems_on_one_thread_and_restores_the_count(monkeypatch):
+    """The default step's SIGReg is too small to share between threads (`SERIAL_WORK`): it runs
+    on one, forward and backward, and the caller's thread count is back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    original = torch.Tensor.sum
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    try:
+        x = torch.randn(4, 16, 8).requires_grad_(True)
+        monkeypatch.setattr(torch.Tensor, "sum", recording)
+        value = sigreg(x, num_slices=32, generator=sigreg_generator(1))
+        value.backward()
+        monkeypatch.undo()
+        assert seen and set(seen) == {1}  # the table sums ran on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sigreg_low_on_gaussian_high_on_collapse():
     knots, weights = sigreg_knots(dtype=torch.float64)
     expectation = (weights * (1 - torch.exp(-(knots**2)))).sum().item()

@@ -9,6 +9,8 @@ checked once, by `validate_fields`.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,29 @@ def check_warmup(args: TrainingArguments, num_training_steps: int | None = None)
     if args.warmup_steps > total:
         raise LeWMConfigError(
             "warmup_steps", args.warmup_steps, f"exceeds the run's {total} training steps"
+        )
+
+
+def check_torch_compile(args: TrainingArguments) -> None:
+    """`torch_compile` with inductor on the CPU needs the C++ compiler inductor calls (`$CXX`,
+    else `g++`, as `torch._inductor.cpp_builder` picks it); without one the first training step
+    would fail deep inside inductor. Checked by the trainers once the device is known.
+
+    Raises:
+        `LeWMConfigError`: naming `torch_compile` and the missing compiler.
+    """
+    if not args.torch_compile or (args.torch_compile_backend or "inductor") != "inductor":
+        return
+    if args.device.type != "cpu":
+        return
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise LeWMConfigError(
+            "torch_compile",
+            True,
+            f"inductor builds CPU kernels with a C++ compiler and {compiler!r} was not found "
+            "(install g++ or set CXX), or set torch_compile_backend='aot_eager' (no compiler, "
+            "no speedup) or torch_compile=False",
         )
 
 

@@ -35,7 +35,12 @@ from .callbacks import (
     WSDSchedulerCallback,
 )
 from .feature_cache import FEATURE_INDEX, FeatureCache, FeatureCacheCollator, encoder_fingerprint
-from .lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments, check_warmup
+from .lewm_config import (
+    LeWMTrainingArguments,
+    WalkLMTrainingArguments,
+    check_torch_compile,
+    check_warmup,
+)
 from .lora import ParameterReport, prepare_lora_model, strip_peft_prefix
 from .schedules import get_wsd_scheduler
 
@@ -220,6 +225,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
     ):
         if not isinstance(args, LeWMTrainingArguments):
             raise TypeError("LeWMTrainer needs LeWMTrainingArguments")
+        check_torch_compile(args)
         if data_collator is None:
             data_collator = DataCollatorForLeWM(window=window)
         # LoRA (`lora_targets`): the trainer wraps the model with peft itself, as TRL's do.
