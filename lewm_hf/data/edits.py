@@ -852,6 +852,93 @@ def locus_relative_positions(positions: Any, locus: Any, window_length: int) -> 
     return positions - locus + window_length
 
 
+def with_reference_tokens(
+    actions: dict[str, torch.Tensor],
+    states: torch.Tensor,
+    offset: int,
+    end_token: int | None = DNA_END_ID,
+) -> dict[str, torch.Tensor]:
+    """Actions whose `SUB` tokens also name the tokens they replace (`ref + offset`).
+
+    A `DEL` action carries its deleted reference and an `INS` replaces nothing, but a `SUB`
+    action names only what it writes, so the predictor would have to read the replaced base
+    back from the state, which a pooled state keeps poorly. Here every `SUB` action also gets
+    its reference tokens `state[pos:pos + n]`, shifted by `offset` (at least the vocabulary
+    size) so that the mean-pooling action encoder tells them from the written ones. The other
+    actions are unchanged.
+
+    Args:
+        actions (`dict[str, torch.Tensor]`): `edits_to_actions` tensors: `action_ops`,
+            `action_positions` (window positions) `(B, K)`, `action_tokens`,
+            `action_token_mask` `(B, K, L_a)`, and optionally `action_mask` `(B, K)`.
+        states (`torch.Tensor` of shape `(B, K, L)`): The state each action edits (action `k`
+            edits state `k`).
+        offset (`int`): Shift of the reference tokens.
+        end_token (`int`, *optional*, defaults to `DNA_END_ID`): The token that closes each
+            action (not a written token); None if the actions have none.
+
+    Returns:
+        `dict[str, torch.Tensor]`: The same keys, with `L_a` reference entries appended to
+        `action_tokens` and `action_token_mask` (`(B, K, 2 L_a)`; unused ones masked).
+    """
+    ops, positions = actions["action_ops"], actions["action_positions"]
+    tokens, token_mask = actions["action_tokens"], actions["action_token_mask"].bool()
+    if states.dim() != 3 or states.shape[:2] != ops.shape:
+        raise LeWMInputError(
+            "states", tuple(states.shape), f"must have shape {tuple(ops.shape)} + (L,)"
+        )
+    is_sub = ops == EditOp.SUB
+    if "action_mask" in actions:
+        is_sub = is_sub & actions["action_mask"].bool()
+    written = token_mask if end_token is None else token_mask & (tokens != end_token)
+    n = written.sum(-1, keepdim=True)  # (B, K, 1) tokens a SUB writes (and replaces)
+    j = torch.arange(tokens.shape[-1], device=tokens.device)  # (L_a,)
+    at = (positions.unsqueeze(-1) + j).clamp(0, states.shape[-1] - 1)  # (B, K, L_a)
+    ref = states.to(tokens.device).gather(-1, at) + offset
+    ref_mask = (j < n) & is_sub.unsqueeze(-1)
+    return {
+        **actions,
+        "action_tokens": torch.cat([tokens, torch.where(ref_mask, ref, 0)], dim=-1),
+        "action_token_mask": torch.cat([token_mask, ref_mask], dim=-1),
+    }
+
+
+def code_edit_actions(
+    actions: dict[str, torch.Tensor],
+    states: torch.Tensor,
+    locus: torch.Tensor,
+    position_origin: PositionOrigin = "window",
+    reference_offset: int | None = None,
+    end_token: int | None = DNA_END_ID,
+) -> dict[str, torch.Tensor]:
+    """Edit actions in the coding a model reads: `SUB` reference tokens, then locus-relative
+    positions, each when asked for. The one place both training batches and evaluation
+    candidates go through, so that the two always agree.
+
+    Args:
+        actions (`dict[str, torch.Tensor]`): `edits_to_actions` tensors (window positions).
+        states (`torch.Tensor` of shape `(B, K, L)`): The state each action edits.
+        locus (`torch.Tensor` of shape `(B, K)`): Those states' loci.
+        position_origin (`str`, defaults to `"window"`): `"locus"`: positions become
+            `locus_relative_positions`.
+        reference_offset (`int`, *optional*): With a value, `with_reference_tokens` by it.
+        end_token (`int`, *optional*, defaults to `DNA_END_ID`): The actions' end token.
+
+    Returns:
+        `dict[str, torch.Tensor]`: The coded actions (the input when nothing is asked for).
+    """
+    if reference_offset is not None:
+        actions = with_reference_tokens(actions, states, reference_offset, end_token)
+    if position_origin == "locus":
+        positions = locus_relative_positions(
+            actions["action_positions"],
+            locus.to(actions["action_positions"].device),
+            states.shape[-1],
+        )
+        actions = {**actions, "action_positions": positions}
+    return actions
+
+
 def edits_from_row(row: dict[str, Any]) -> list[Edit]:
     """The edits of an edit-corpus row (`edit_ops`, `edit_positions`, `edit_tokens`)."""
     ops, positions, tokens = row["edit_ops"], row["edit_positions"], row["edit_tokens"]
@@ -1175,6 +1262,7 @@ __all__ = [
     "apply_edit_batch",
     "apply_edits",
     "build_edit_corpus",
+    "code_edit_actions",
     "edits_from_row",
     "edits_to_actions",
     "footprints",
@@ -1188,4 +1276,5 @@ __all__ = [
     "sample_trajectories",
     "truncated_geometric",
     "validate_edit",
+    "with_reference_tokens",
 ]

@@ -14,9 +14,10 @@
   next state encoded; rank by distance to the prediction (`eval_edit_action_r1`, with copy,
   shuffled and chance references).
 
-Candidate actions are built as the model was trained to read them: with
-`action_position_origin == "locus"` in its config, positions relative to the locus of the source
-state (`edits.locus_relative_positions`), else window positions.
+Candidate actions are coded as the model was trained to read them (`action_coding`: the
+`action_position_origin` and `action_reference_offset` of its config, through
+`edits.code_edit_actions`, as in training): positions relative to the source state's locus or
+to the window, and `SUB` actions with or without the bases they replace.
 
 Everything runs batched under `torch.inference_mode` and is seeded.
 """
@@ -36,8 +37,8 @@ from ..data.edits import (
     EditSampler,
     PositionOrigin,
     apply_edit,
+    code_edit_actions,
     edits_from_row,
-    locus_relative_positions,
     map_locus,
 )
 from ..data.walks import derive_seed
@@ -57,15 +58,21 @@ EVAL_SNV_RECOVERY = EVAL_PREFIX + "snv_recovery_"
 EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY + "r1"
 EVAL_EDIT_ACTION = EVAL_PREFIX + "edit_action_"
 EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION + "r1"
-# The model-config attribute naming where action positions are counted from (`PositionOrigin`).
+# Model-config attributes of the action coding of an edit model (`edits.code_edit_actions`):
+# where positions are counted from (`PositionOrigin`), and the shift of `SUB` reference tokens
+# (None: `SUB` actions carry only the tokens they write).
 ACTION_POSITION_ORIGIN = "action_position_origin"
+ACTION_REFERENCE_OFFSET = "action_reference_offset"
 
 
-def action_position_origin(model: Any) -> PositionOrigin:
-    """Where `model` counts action positions from: its config's `action_position_origin`, or
-    `"window"` for a model (or stand-in) without one."""
+def action_coding(model: Any) -> tuple[PositionOrigin, int | None]:
+    """The action coding `model` was trained with: `(position_origin, reference_offset)` from
+    its config, `("window", None)` for a model (or stand-in) without them."""
     config = getattr(model, "config", None)
-    return getattr(config, ACTION_POSITION_ORIGIN, "window")
+    return (
+        getattr(config, ACTION_POSITION_ORIGIN, "window"),
+        getattr(config, ACTION_REFERENCE_OFFSET, None),
+    )
 
 
 @dataclass
@@ -161,21 +168,22 @@ def snv_recovery(
     ).long().argmax(1)
     device = model_device(model)
     loc_t = torch.from_numpy(loci).to(device)
-    act_pos = cand_pos.repeat(num)  # (N * C,)
-    if action_position_origin(model) == "locus":
-        act_pos = locus_relative_positions(
-            act_pos, torch.from_numpy(loci).repeat_interleave(width), length
-        )
+    acts = _actions(
+        torch.full((num * width, 1), int(EditOp.SUB), dtype=torch.long),
+        cand_pos.repeat(num).unsqueeze(1),
+        cand_base.repeat(num).unsqueeze(1),
+    )  # (N * C, 1) single-step actions, window positions
+    acts = code_edit_actions(
+        acts,
+        win_t.repeat_interleave(width, 0).unsqueeze(1),  # (N * C, 1, L): the state each edits
+        torch.from_numpy(loci).repeat_interleave(width).unsqueeze(1),  # (N * C, 1)
+        *action_coding(model),
+    )
+    acts = {k: v.to(device) for k, v in acts.items()}
     with evaluating(model):
         z_src = model.encode(win_t.to(device), locus=loc_t).float()  # (N, D)
         z_obs = model.encode(torch.from_numpy(edited).to(device), locus=loc_t).float()
         z_rep = z_src.repeat_interleave(width, 0).unsqueeze(1)  # (N * C, 1, D)
-        acts = _actions(
-            torch.full((num * width, 1), int(EditOp.SUB), dtype=torch.long),
-            act_pos.unsqueeze(1),
-            cand_base.repeat(num).unsqueeze(1),
-        )
-        acts = {k: v.to(device) for k, v in acts.items()}
         preds = torch.cat(
             [
                 model.predict(
@@ -265,8 +273,6 @@ def edit_action_candidates(
             mask[i, j] = True
             next_states[i, j] = apply_edit(sources[i], e)
             next_loci[i, j] = map_locus(loci[i], int(e.op), e.pos, e.length, length)
-    if action_position_origin(model) == "locus":
-        positions = locus_relative_positions(positions, torch.from_numpy(loci)[:, None], length)
     device = model_device(model)
     flat = torch.from_numpy(next_states[mask.numpy()])
     flat_loc = torch.from_numpy(next_loci[mask.numpy()]).to(device)
@@ -292,6 +298,13 @@ def edit_action_candidates(
         "action_tokens": tokens,
         "action_token_mask": token_mask,
     }
+    cand_actions = code_edit_actions(
+        cand_actions,
+        torch.from_numpy(sources).unsqueeze(1).expand(-1, width, -1),  # (N, C, L)
+        torch.from_numpy(loci).unsqueeze(1).expand(-1, width),  # (N, C)
+        *action_coding(model),
+        end_token,
+    )
     cand_actions = {k: v.to(device) for k, v in cand_actions.items()}
     return ActionCandidates(
         z_hist=z_src.unsqueeze(1),
@@ -330,10 +343,11 @@ def evaluate_edit_model(
 
 __all__ = [
     "ACTION_POSITION_ORIGIN",
+    "ACTION_REFERENCE_OFFSET",
     "EVAL_EDIT_ACTION_R1",
     "EVAL_SNV_RECOVERY_R1",
     "EditEvaluationArguments",
-    "action_position_origin",
+    "action_coding",
     "draw_snvs",
     "edit_action_candidates",
     "evaluate_edit_model",

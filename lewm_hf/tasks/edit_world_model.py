@@ -5,11 +5,14 @@ tiny Llama (null); the actions are edits `(op, pos, tokens)` (`num_action_ops=3`
 over the DNA vocabulary), and states are pooled around the edit locus (`pooling: centered`).
 Rows come from `build_edit_corpus` (train/validation split by genome region).
 
-A centered state shows the predictor the tokens around its locus, not where the locus lies in
-the window, so by default an action's position is given relative to that locus
-(`action_position_origin: locus`, see `edits.locus_relative_positions`): with window positions
-the predictor cannot tell an edit inside the pooled tokens from one far from them. The origin
-is saved in the model's config, and the evaluation builds its candidate actions the same way.
+Action coding (`EditActionArguments`). A centered state shows the predictor the tokens around
+its locus, not where the locus lies in the window, and it keeps the base at any one of them
+poorly. So by default an action's position is given relative to the locus of the state it edits
+(`action_position_origin: locus`): with window positions the predictor cannot tell an edit
+inside the pooled tokens from one far from them. And a `SUB` action also names the bases it
+replaces (`sub_reference_tokens`), as a `DEL` action already names what it deletes. Both are
+saved in the model's config, and the evaluation codes its candidate actions the same way
+(`edits.code_edit_actions`).
 
 Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate -> report.
 """
@@ -29,14 +32,15 @@ from ..data.edits import (
     EditCorpusConfig,
     PositionOrigin,
     build_edit_corpus,
-    locus_relative_positions,
+    code_edit_actions,
 )
 from ..determinism import prepare_run
 from ..errors import LeWMConfigError
 from ..evaluation.edits import (
     ACTION_POSITION_ORIGIN,
+    ACTION_REFERENCE_OFFSET,
     EditEvaluationArguments,
-    action_position_origin,
+    action_coding,
     evaluate_edit_model,
 )
 from ..fields import option, validate_fields
@@ -51,17 +55,23 @@ from .world_model import resolve_encoder_path, resolve_model_path
 
 @dataclass
 class EditActionArguments:
-    """How an edit's position is given to the predictor.
+    """How an edit reaches the predictor as an action (saved in the model's config; a saved
+    model keeps its own).
 
     Args:
-        action_position_origin (`str`, defaults to `"locus"`): `"locus"`: relative to the locus
-            of the state the edit applies to (needs `pooling: centered` and
+        action_position_origin (`str`, defaults to `"locus"`): `"locus"`: the position relative
+            to the locus of the state the edit applies to (needs `pooling: centered` and
             `max_action_position > 2 * window_length`); `"window"`: the position in the window.
-            Saved in the model's config (a saved model keeps its own).
+        sub_reference_tokens (`bool`, defaults to `True`): A `SUB` action also carries the
+            tokens it replaces, shifted past the DNA vocabulary (needs `action_vocab_size >=
+            2 * DNA_VOCAB_SIZE`, the default then).
     """
 
     action_position_origin: PositionOrigin = option(
         "locus", help="Action positions relative to the state's locus, or to the window."
+    )
+    sub_reference_tokens: bool = option(
+        True, help="SUB actions also name the bases they replace; false: only the new ones."
     )
 
     def __post_init__(self) -> None:
@@ -69,24 +79,32 @@ class EditActionArguments:
 
 
 @dataclass
-class LocusRelativeCollator:
-    """`DataCollatorForLeWM` on edit rows, with every action's position made relative to the
-    locus of the state it applies to (`edits.locus_relative_positions`; action `k` edits state
-    `k`, whose locus is `locus[:, k]`).
+class EditActionCollator:
+    """`DataCollatorForLeWM` on edit rows, with the actions coded as the model reads them
+    (`edits.code_edit_actions`; action `k` edits state `k`, whose locus is `locus[:, k]`).
 
     Args:
         collator (`DataCollatorForLeWM`): Collates the edit rows.
+        position_origin (`str`, defaults to `"window"`): See `EditActionArguments`.
+        reference_offset (`int`, *optional*): Shift of `SUB` reference tokens (None: none).
     """
 
     collator: DataCollatorForLeWM
+    position_origin: PositionOrigin = "window"
+    reference_offset: int | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
-        length = batch["input_ids"].shape[-1]
-        batch["action_positions"] = locus_relative_positions(
-            batch["action_positions"], batch["locus"][:, :-1], length
-        )  # (B, K)
-        return batch
+        actions = {k: v for k, v in batch.items() if k.startswith("action_")}
+        coded = code_edit_actions(
+            actions,
+            batch["input_ids"][:, :-1],  # (B, K, L)
+            batch["locus"][:, :-1],  # (B, K)
+            self.position_origin,
+            self.reference_offset,
+            self.collator.edit_end_token,
+        )
+        return {**batch, **coded}
 
 
 # Recipe targets: each key belongs to exactly one of them.
@@ -101,10 +119,10 @@ TARGETS = {
 }
 # `seed` is the run's (the trainer's); the corpus seed is set from it.
 OWNERS = {"seed": "training"}
-# LeWMConfig defaults of an edit model (a recipe may set them otherwise).
+# LeWMConfig defaults of an edit model (a recipe may set them otherwise); `action_vocab_size`
+# defaults to the DNA vocabulary, twice over with `sub_reference_tokens`.
 EDIT_MODEL_DEFAULTS = {
     "num_action_ops": 3,
-    "action_vocab_size": DNA_VOCAB_SIZE,
     "pooling": "centered",
 }
 
@@ -131,10 +149,12 @@ def parse(
     )
     data = corpus_config(parts["data"], training)
     actions = EditActionArguments(**parts["actions"])
-    config = {**EDIT_MODEL_DEFAULTS, **parts["config"]}
+    vocab = 2 * DNA_VOCAB_SIZE if actions.sub_reference_tokens else DNA_VOCAB_SIZE
+    config = {**EDIT_MODEL_DEFAULTS, "action_vocab_size": vocab, **parts["config"]}
     checked = LeWMConfig(**config)  # every model key is checked before anything runs
-    # Saved with the model (an extra config attribute), so that its actions are read back alike.
+    # Saved with the model (extra config attributes), so that its actions are coded alike later.
     config[ACTION_POSITION_ORIGIN] = actions.action_position_origin
+    config[ACTION_REFERENCE_OFFSET] = DNA_VOCAB_SIZE if actions.sub_reference_tokens else None
     if data.max_actions > checked.history_length:
         raise LeWMConfigError(
             "max_actions", data.max_actions, f"must be <= history_length={checked.history_length}"
@@ -155,11 +175,12 @@ def parse(
             f"must exceed {top} (window_length={data.window_length}, "
             f"action_position_origin={actions.action_position_origin})",
         )
-    if checked.num_action_ops < 3 or checked.action_vocab_size < DNA_VOCAB_SIZE:
+    if checked.num_action_ops < 3 or checked.action_vocab_size < vocab:
         raise LeWMConfigError(
             "num_action_ops",
             (checked.num_action_ops, checked.action_vocab_size),
-            f"edits need num_action_ops >= 3 and action_vocab_size >= {DNA_VOCAB_SIZE}",
+            f"edits need num_action_ops >= 3 and action_vocab_size >= {vocab} "
+            f"(sub_reference_tokens={actions.sub_reference_tokens})",
         )
     return EditWorldModelTaskArguments(
         data=data,
@@ -206,10 +227,11 @@ def main(args: EditWorldModelTaskArguments, context: PhaseContext) -> dict[str, 
     encoder_path = None if model_path else resolve_encoder_path(args.model.encoder_path, context)
     model = build_edit_world_model(args, encoder_path, model_path)
 
-    # Trainer (actions as the model reads them: a saved model keeps its own position origin)
-    collator = DataCollatorForLeWM(edit_end_token=DNA_END_ID, max_edit_len=args.data.max_edit_len)
-    if action_position_origin(model) == "locus":
-        collator = LocusRelativeCollator(collator)
+    # Trainer (actions coded as the model reads them: a saved model keeps its own coding)
+    collator = EditActionCollator(
+        DataCollatorForLeWM(edit_end_token=DNA_END_ID, max_edit_len=args.data.max_edit_len),
+        *action_coding(model),
+    )
     trainer = LeWMTrainer(
         model=model,
         args=training_args,
