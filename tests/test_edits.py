@@ -31,6 +31,7 @@ from lewm_hf.data.edits import (
     apply_edit_batch,
     apply_edits,
     build_edit_corpus,
+    code_edit_actions,
     edits_from_row,
     edits_to_actions,
     sample_indels,
@@ -38,6 +39,7 @@ from lewm_hf.data.edits import (
     sample_snvs,
     sample_trajectories,
     truncated_geometric,
+    with_reference_tokens,
 )
 
 WINDOW = "ACGTTGCAAC"  # indices 0..9
@@ -417,6 +419,81 @@ def test_edit_locus_clusters_every_edit_within_pool_radius():
     assert unseen > total / 2
 
 
+def test_free_edits_may_miss_the_cluster_and_keep_the_locus_inside():
+    rng = np.random.default_rng(7)
+    length, radius, margin = 48, 3, 6
+    windows = rng.integers(0, 4, size=(400, length))
+    sampler = EditSampler(margin=margin)
+    free = sample_trajectories(
+        windows, 4, np.random.default_rng(1), sampler, radius, free_fraction=1.0
+    )
+    total, unseen, locus_errors = _label_violations(free, radius, length)
+    # Drawn anywhere: most edits miss the cluster, the locus still follows its site and stays
+    # `margin` from the edges.
+    assert unseen > total / 2 and locus_errors == 0
+    assert free.locus.min() >= margin and free.locus.max() <= length - 1 - margin
+    assert (free.positions >= margin).all() and (free.positions <= length - margin).all()
+    half = sample_trajectories(
+        windows, 4, np.random.default_rng(1), sampler, radius, free_fraction=0.5
+    )
+    _, unseen_half, _ = _label_violations(half, radius, length)
+    assert 0 < unseen_half < unseen
+    # 0 draws nothing extra: the trajectories of the default.
+    none = sample_trajectories(windows, 4, np.random.default_rng(1), sampler, radius)
+    zero = sample_trajectories(
+        windows, 4, np.random.default_rng(1), sampler, radius, free_fraction=0.0
+    )
+    assert np.array_equal(none.states, zero.states) and np.array_equal(none.locus, zero.locus)
+    with pytest.raises(LeWMConfigError, match="free_edit_fraction"):
+        sample_trajectories(windows, 1, rng, sampler, radius, free_fraction=1.5)
+
+
+def test_reference_tokens_name_what_a_sub_replaces():
+    window = _dna(WINDOW)  # ACGTTGCAAC
+    edits = [
+        [Edit(EditOp.SUB, 2, (3,)), Edit(EditOp.SUB, 5, (0, 1))],  # G>T, then GC>AC
+        [Edit.deletion(window, 4, 3), Edit(EditOp.INS, 5, (1, 2))],
+        [Edit(EditOp.SUB, 8, (2,))],  # A>G; its second step is padding
+    ]
+    actions = edits_to_actions(edits)
+    states = torch.from_numpy(window).expand(3, 2, -1)  # every edit reads this window
+    coded = with_reference_tokens(actions, states, offset=DNA_VOCAB_SIZE)
+    end, shift = DNA_END_ID, DNA_VOCAB_SIZE
+    tokens = coded["action_tokens"].masked_fill(~coded["action_token_mask"], -1).tolist()
+    blank = [-1] * 4
+    assert tokens[0] == [
+        [3, end, -1, -1, 2 + shift, *blank[:3]],
+        [0, 1, end, -1, 2 + shift, 1 + shift, -1, -1],
+    ]
+    # DEL and INS are unchanged (a deletion names its reference already); padding stays masked.
+    assert tokens[1] == [[3, 2, 1, end, *blank], [1, 2, end, -1, *blank]]
+    assert tokens[2] == [[2, end, -1, -1, 0 + shift, -1, -1, -1], [-1] * 8]
+    for key in ("action_ops", "action_positions", "action_mask"):
+        assert torch.equal(coded[key], actions[key])
+    # A model reading reference tokens tells apart substitutions of different references.
+    model = _tiny_model(action_vocab_size=2 * DNA_VOCAB_SIZE).eval()
+    same_alt = edits_to_actions([[Edit(EditOp.SUB, 4, (0,))], [Edit(EditOp.SUB, 4, (0,))]])
+    refs = torch.tensor([[1], [2]])[..., None].expand(-1, -1, 10)  # C>A vs G>A at 4
+    with torch.no_grad():
+        emb = model.encode_actions(**with_reference_tokens(same_alt, refs, shift))
+    assert (emb[0] - emb[1]).abs().max() > 1e-4
+    with pytest.raises(LeWMInputError, match="states"):
+        with_reference_tokens(actions, states[:, :1], shift)
+
+
+def test_code_edit_actions_counts_positions_from_the_locus():
+    window = _dna(WINDOW)
+    actions = edits_to_actions([[Edit(EditOp.SUB, 2, (3,)), Edit(EditOp.INS, 10, (1,))]])
+    states = torch.from_numpy(window).expand(1, 2, -1)
+    locus = torch.tensor([[4, 6]])
+    assert code_edit_actions(actions, states, locus) is actions  # window coding: unchanged
+    coded = code_edit_actions(actions, states, locus, "locus", DNA_VOCAB_SIZE)
+    # pos - locus + L: 2 - 4 + 10 and, for an append at L, 10 - 6 + 10.
+    assert coded["action_positions"].tolist() == [[8, 14]]
+    # References are read at the window position, before the positions are made relative.
+    assert coded["action_tokens"][0, 0, 2] == window[2] + DNA_VOCAB_SIZE
+
+
 def _edit_rows(num: int, seed: int = 0, steps: int = 3) -> list[dict]:
     rng = np.random.default_rng(seed)
     windows = rng.integers(0, 4, size=(num, 40))
@@ -599,6 +676,8 @@ def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path):
         ({"fasta_path": "x.fa", "genome": "c_diphtheriae_100kb"}, "genome"),
         ({"holdout_fraction": 1.0}, "holdout_fraction"),
         ({"cluster_radius": 0}, "cluster_radius"),
+        ({"free_edit_fraction": 1.5}, "free_edit_fraction"),
+        ({"free_edit_fraction": 0.3, "cluster_radius": None}, "free_edit_fraction"),
         ({"iupac": "drop"}, "iupac"),
         ({"window_length": 0}, "window_length"),
     ],

@@ -18,7 +18,12 @@ target of edit k and the input to edit k + 1. So a trajectory has one locus, a s
 `s_0` and followed through the edits (`map_locus`), and each of its edits is drawn so that the
 tokens it touches meet the pooling window `[locus - cluster_radius, locus + cluster_radius]`
 both in the state it edits and in the state it makes (see `footprints`). Set `cluster_radius`
-to at most the model's `pool_radius`.
+to at most the model's `pool_radius`. A fraction of the edits may be drawn anywhere instead
+(`free_edit_fraction`), so that a model also sees edits that miss the pooled tokens.
+
+Actions: `edits_to_actions` turns edits into model action tensors (window positions);
+`code_edit_actions` then codes them as an edit model reads them (positions relative to the
+locus, `SUB` reference tokens), for training batches and evaluation candidates alike.
 """
 
 from __future__ import annotations
