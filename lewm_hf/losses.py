@@ -434,9 +434,12 @@ def _phasor_power_grad(base: torch.Tensor, coef: torch.Tensor, work: torch.Tenso
     if num_groups == 1:
         torch.mul(base, coef[0], out=work)
     else:
-        torch.addcmul(coef[num_groups - 2], coef[num_groups - 1], step, out=work)
-        for j in range(num_groups - 3, -1, -1):
-            torch.addcmul(coef[j], work, step, out=work)
+        # Complex `addcmul` with a broadcast coefficient runs unvectorised: multiply, then add.
+        torch.mul(step, coef[num_groups - 1], out=work)
+        for j in range(num_groups - 2, -1, -1):
+            work.add_(coef[j])
+            if j:
+                work.mul_(step)
         work.mul_(base)
     return work.real.sum(dim=0)
 
