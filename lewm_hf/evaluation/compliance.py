@@ -281,6 +281,19 @@ def _forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The name of the KV-cache argument of `model.forward`: `cache` (newer transformers 5.x
+    releases, which deprecate the older name) or `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _generate_window(
     model: torch.nn.Module,
     seqs: torch.Tensor,
@@ -288,6 +301,7 @@ def _generate_window(
     window: int,
     decode: _Decoder,
     extra: dict[str, Any],
+    cache_key: str,
 ) -> None:
     """Fill `seqs[:, prompt_length:]` in place; every step sees exactly the last `window` tokens.
 
@@ -314,8 +328,8 @@ def _generate_window(
             out = model(
                 input_ids=seqs[:, i - 1 : i],
                 position_ids=positions[:, i - 1 : i],
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{cache_key: _cache_of(out)},
                 **extra,
             )
     for pos in range(i, length):
@@ -335,6 +349,7 @@ def _generate_chunked(
     window: int,
     decode: _Decoder,
     extra: dict[str, Any],
+    cache_key: str,
 ) -> None:
     """Fill `seqs[:, prompt_length:]` in place with the KV-cached chunked context rule."""
     length = seqs.shape[1]
@@ -347,7 +362,7 @@ def _generate_chunked(
         use_cache=True,
         **extra,
     )
-    cache = out.past_key_values
+    cache = _cache_of(out)
     for i in range(prompt_length, length):
         seqs[:, i] = decode(out.logits[:, -1], i)
         if i + 1 == length:
@@ -365,11 +380,11 @@ def _generate_chunked(
             out = model(
                 input_ids=seqs[:, i : i + 1],
                 position_ids=positions[:, i - start : i - start + 1],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_key: cache},
                 **extra,
             )
-        cache = out.past_key_values
+        cache = _cache_of(out)
 
 
 def generate_walk_sequences(
@@ -393,7 +408,7 @@ def generate_walk_sequences(
 
     Args:
         model (`torch.nn.Module`): A transformers causal LM (`input_ids`, `position_ids`,
-            `past_key_values`, `use_cache` in, `.logits` and `.past_key_values` out).
+            `cache` or `past_key_values`, `use_cache` in, `.logits` and the cache out).
         prompts (`torch.LongTensor`): `(N, P)` prompt tokens, usually `P = 1` (the first token of
             held-out walks).
         length (`int`): Tokens per output sequence, prompt included; `>= P`.
@@ -444,6 +459,7 @@ def generate_walk_sequences(
     device = next(model.parameters()).device
     generate = _generate_window if rule == "window" else _generate_chunked
     extra = _forward_kwargs(model)
+    cache_key = _cache_keyword(model)
     was_training = model.training
     model.eval()
     try:
@@ -453,7 +469,7 @@ def generate_walk_sequences(
                 seqs = result[rows].to(device)
                 u = uniforms[rows].to(device) if uniforms is not None else None
                 decode = _Decoder(u, temperature, vocab_size)
-                generate(model, seqs, prompt_length, context_window, decode, extra)
+                generate(model, seqs, prompt_length, context_window, decode, extra, cache_key)
                 result[rows] = seqs.cpu()
     finally:
         model.train(was_training)
