@@ -21,6 +21,7 @@ from lewm_hf.evaluation.planning import (
     evaluate_planning,
     exhaustive_plan,
     random_baseline,
+    rank_prior,
     run_episodes,
     sample_problems,
     sequence_costs,
@@ -432,3 +433,98 @@ def test_exact_ties_prefer_the_earliest_arrival(walks):
     out = evaluate_planning(oracle, SIX, W, walks, config)
     assert out["eval_plan_success"] == {"1": 1.0, "2": 1.0}
     assert out["eval_plan_shortest_rate"] == {"1": 1.0, "2": 1.0}
+
+
+class CountingOracle(MoveOracle):
+    """A perfect model that counts the rows its predictor is asked for."""
+
+    predicted_rows = 0
+
+    def predict(self, z_hist, action_ids):
+        self.predicted_rows += z_hist.shape[0]
+        return super().predict(z_hist, action_ids)
+
+
+def test_plans_sharing_a_prefix_share_its_imagined_latents():
+    g = torch.Generator().manual_seed(3)
+    oracle = CountingOracle(SIX, embedding=torch.randn(6, 4, generator=g), history_length=2)
+    z_hist, past = history_of(oracle, [0, 3])
+    z_goal = torch.randn(2, 4, generator=g)
+    num_actions, horizon = 5, 3
+    plans = all_sequences(num_actions, horizon).expand(2, -1, -1)  # (2, 125, 3)
+    costs, steps = sequence_costs(oracle, z_hist, past, z_goal, plans, "min", max_rows=7)
+    # Against the plain rollout of every sequence.
+    actions = torch.cat([past.repeat_interleave(125, 0), plans.reshape(-1, horizon)], dim=1)
+    imagined = imagine_latents(oracle, z_hist.repeat_interleave(125, 0), actions)
+    dist = (imagined - z_goal.repeat_interleave(125, 0)[:, None]).pow(2).sum(-1)
+    want, arg = dist.min(dim=1)
+    torch.testing.assert_close(costs.reshape(-1), want, rtol=0, atol=0)
+    assert torch.equal(steps.reshape(-1), arg + 1)
+    # One predictor row per distinct (problem, prefix): 2 * (5 + 25 + 125), not 2 * 3 * 125.
+    assert oracle.predicted_rows == 2 * (5 + 25 + 125) + 2 * 3 * 125  # ours, then the plain one
+
+
+def test_rank_prior_is_the_share_of_vertices_where_a_rank_is_valid():
+    # SIX's out-degrees: 2, 2, 1, 5, 1, 3.
+    torch.testing.assert_close(
+        rank_prior(SIX), torch.tensor([6, 4, 2, 1, 1], dtype=torch.float64) / 6
+    )
+
+
+class Recording(MoveOracle):
+    """A perfect model that records the plans it is asked to imagine."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actions: list[torch.Tensor] = []
+
+    def predict(self, z_hist, action_ids):
+        self.actions.append(action_ids[:, -1])
+        return super().predict(z_hist, action_ids)
+
+
+def test_cem_draws_imagined_steps_from_the_prior():
+    oracle = Recording(SIX, history_length=1)
+    z_hist, past = history_of(oracle, [3])
+    valid = first_valid(SIX, [3])
+    prior = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # ranks 2..4 never drawn after step 1
+    cem_plan(
+        oracle, z_hist, past, oracle.embedding[[2]], valid, 3, "final", samples=64, elites=8,
+        iterations=1, generator=torch.Generator().manual_seed(0), prior=prior,
+    )  # fmt: skip
+    first, *later = oracle.actions  # one predictor call per step (distinct prefixes)
+    assert set(first.tolist()) == {0, 1, 2, 3, 4}  # step 1: every valid rank at vertex 3
+    assert all(set(step.tolist()) <= {0, 1} for step in later)
+    with pytest.raises(LeWMInputError, match="prior"):
+        cem_plan(oracle, z_hist, past, z_hist[:, 0], valid, 2, prior=torch.ones(3))
+
+
+class StayOnInvalid(MoveOracle):
+    """A model that believes a rank invalid at the vertex leaves it where it is."""
+
+    def predict(self, z_hist, action_ids, **unused):
+        vertex = self.decode(z_hist)
+        moved = super().predict(z_hist, action_ids)
+        invalid = action_ids.long() >= self.degree[vertex]
+        return torch.where(invalid[..., None], self.embedding[vertex], moved)
+
+
+def test_degree_prior_finds_paths_that_uniform_samples_miss():
+    """A chain 1 -> 2 -> ... -> 11 -> 0 whose hub 0 reaches every vertex: rank 0 is the only
+    valid move except at the hub, so the one plan from 1 to 4 ([0, 0, 0]) is one uniform draw in
+    121, but about one in three under the degree prior."""
+    chain = graph_from_lists([list(range(1, 12))] + [[v + 1] for v in range(1, 11)] + [[0]])
+    oracle = StayOnInvalid(chain, history_length=1)
+    z_hist, past = history_of(oracle, [1])
+    goal = oracle.embedding[[4]]
+    valid = first_valid(chain, [1])
+    hits = {}
+    for name, prior in (("degree", rank_prior(chain)), ("uniform", None)):
+        hits[name] = 0
+        for seed in range(30):
+            plan = cem_plan(
+                oracle, z_hist, past, goal, valid, 3, "final", samples=8, elites=2,
+                iterations=1, generator=torch.Generator().manual_seed(seed), prior=prior,
+            )  # fmt: skip
+            hits[name] += plan.cost.item() == 0
+    assert hits["degree"] >= 25 and hits["uniform"] <= 10, hits

@@ -28,7 +28,11 @@ only the first (valid) action and replans from the true next state. A plan execu
 **Planners.** [`exhaustive_plan`] scores all sequences at once (feasible when `A^h` is small);
 [`cem_plan`] runs the cross-entropy method over independent categorical distributions per step
 (samples, elites, iterations, smoothing; a seeded `torch.Generator`), keeping the best sequence
-seen. `planner="auto"` takes the exhaustive search when `A^h <= max_exhaustive`.
+seen; its imagined steps start from [`rank_prior`], the share of vertices where each rank is a
+move (on the `small` graph, mean out-degree 11 against A = 47, uniform draws mostly name moves
+that exist almost nowhere). Both score plans as a prefix tree: plans that share their first `k`
+actions share the `k` imagined latents, so each step runs the predictor once per distinct
+prefix. `planner="auto"` takes the exhaustive search when `A^h <= max_exhaustive`.
 [`evaluate_planning`] runs MPC (replanning after every executed step over the remaining budget)
 for goals stratified by `d`, for several seeds, against random valid actions for the same
 budget, with Wilson 95% intervals.
@@ -52,10 +56,11 @@ from ..data.graphs import Graph
 from ..data.walks import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import option, validate_fields
-from .world_model import encode_states, evaluating, imagine_latents, neighbor_table
+from .world_model import encode_states, evaluating, neighbor_table
 
 Planner = Literal["auto", "exhaustive", "cem"]
 PlanCost = Literal["min", "final"]
+RankPrior = Literal["degree", "uniform"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,13 +84,16 @@ class PlanningConfig:
         cem_iterations (`int`, defaults to 4): CEM iterations.
         cem_smoothing (`float`, defaults to 0.1): Weight of the old distribution in the refit
             (`p = smoothing * p + (1 - smoothing) * elite frequencies`); 0 refits from scratch.
+        cem_rank_prior (`str`, defaults to `"degree"`): CEM's initial distribution over the
+            ranks of the imagined steps after the first: `degree` ([`rank_prior`]: the share of
+            vertices where the rank is valid) or `uniform`.
         cost (`str`, defaults to `"min"`): `min` (min over horizon steps, reaching early allowed) or
             `final` (the last step only).
         budget_slack (`int`, defaults to 0): Steps allowed beyond `d`; the budget is `d + slack`.
         replan (`bool`, defaults to `True`): MPC (replan after every executed step); `False`
             executes the first plan open loop.
         batch_size (`int`, defaults to 1024): States per encoder call.
-        max_rows (`int`, defaults to 65536): Imagined sequences per predictor call.
+        max_rows (`int`, defaults to 65536): Imagined prefixes (rows) per predictor call.
         confidence (`float`, defaults to 0.95): Level of the Wilson intervals.
     """
 
@@ -100,11 +108,12 @@ class PlanningConfig:
     cem_elites: int = option(32, help="CEM elites.", low=1)
     cem_iterations: int = option(4, help="CEM iterations.", low=1)
     cem_smoothing: float = option(0.1, help="Weight of the old CEM distribution.", low=0, high=1)
+    cem_rank_prior: RankPrior = option("degree", help="degree or uniform: CEM's initial ranks.")
     cost: PlanCost = option("min", help="min (over steps) or final.")
     budget_slack: int = option(0, help="Steps allowed beyond the distance.", low=0)
     replan: bool = option(True, help="MPC: replan after every executed step.")
     batch_size: int = option(1024, help="States per encoder call.", low=1)
-    max_rows: int = option(65536, help="Imagined sequences per predictor call.", low=1)
+    max_rows: int = option(65536, help="Imagined prefixes (rows) per predictor call.", low=1)
     confidence: float = option(
         0.95, help="Wilson interval level.", low=0, high=1, low_open=True, high_open=True
     )
@@ -205,7 +214,7 @@ def sequence_costs(
         z_goal (`torch.Tensor` of shape `(P, D)`): Goal latents.
         plans (`torch.LongTensor` of shape `(P, S, h)`): Action sequences.
         cost (`str`, defaults to `"min"`): `min` or `final` (see the module docstring).
-        max_rows (`int`, defaults to 65536): Sequences per predictor call.
+        max_rows (`int`, defaults to 65536): Distinct prefixes per predictor call.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: costs `(P, S)` and the 1-based attaining steps
@@ -228,23 +237,54 @@ def _costs_of_rows(
     cost: str,
     max_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Costs and steps `(N,)` of plans `(N, h)`, row `i` imagined from problem `owner[i]`."""
-    horizon = plans.shape[1]
-    past_actions = past_actions.to(z_hist.device)
-    values, steps = [], []
-    for lo in range(0, plans.shape[0], max_rows):
-        rows = owner[lo : lo + max_rows]
-        actions = torch.cat([past_actions[rows], plans[lo : lo + max_rows]], dim=1)
-        imagined = imagine_latents(model, z_hist[rows], actions).float()  # (n, h, D)
-        dist = (imagined - z_goal[rows].float().unsqueeze(1)).pow(2).sum(-1)  # (n, h)
-        if cost == "final":
-            values.append(dist[:, -1])
-            steps.append(torch.full_like(dist[:, -1], horizon, dtype=torch.long))
-        else:
-            low, arg = dist.min(dim=1)  # the first minimum: the earliest step attaining it
-            values.append(low)
-            steps.append(arg + 1)
-    return torch.cat(values), torch.cat(steps)
+    """Costs and steps `(N,)` of plans `(N, h)`, row `i` imagined from problem `owner[i]`.
+
+    The rollout is [`imagine_latents`]'s (a sliding history window), run as a prefix tree: the
+    latent imagined at step `k` depends only on the problem and the actions `a_1 .. a_k`, so
+    each step runs the predictor once per distinct (problem, prefix) and the plans sharing it
+    share the result. An exhaustive search's `A^h` sequences hold `A + A^2 + ... + A^h`
+    prefixes (not `h * A^h`), and CEM's samples, drawn from a concentrating distribution,
+    repeat prefixes more with every iteration.
+    """
+    rows, horizon = plans.shape
+    device = z_hist.device
+    owner = owner.to(device)
+    plans = plans.to(device)
+    known = z_hist.shape[1]
+    history = model.config.history_length
+    actions = torch.cat([past_actions.to(device)[owner], plans], dim=1)  # (N, T0 - 1 + h)
+    base = int(plans.max()) + 1 if rows else 1
+    arange = torch.arange(rows, device=device)
+    prefix = owner  # the prefix id of every row (before any action: its problem)
+    prefixes: list[torch.Tensor] = []  # per step: (N,) prefix id of every row
+    imagined: list[torch.Tensor] = []  # per step: (U_k, D) latent of every distinct prefix
+    dist = torch.empty(rows, horizon, device=device)
+    for k in range(horizon):
+        prefix = torch.unique(prefix * base + plans[:, k], return_inverse=True)[1]
+        count = int(prefix.max()) + 1 if rows else 0
+        first = torch.full((count,), rows, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, prefix, arange, reduce="amin")  # a row holding each prefix
+        prefixes.append(prefix)
+        m = known + k  # the index of the latent imagined at this step
+        lo = max(0, m - history)
+        latents = []
+        for start in range(0, count, max_rows):
+            rep = first[start : start + max_rows]
+            steps = [
+                z_hist[owner[rep], i]
+                if i < known
+                else imagined[i - known][prefixes[i - known][rep]]
+                for i in range(lo, m)
+            ]
+            out = model.predict(torch.stack(steps, dim=1), action_ids=actions[rep, lo:m])
+            latents.append(out[:, -1].to(z_hist.dtype))
+        imagined.append(torch.cat(latents) if latents else z_hist.new_empty(0, z_hist.shape[-1]))
+        goal = z_goal[owner[first]].float()
+        dist[:, k] = (imagined[k].float() - goal).pow(2).sum(-1)[prefix]
+    if cost == "final":
+        return dist[:, -1], torch.full((rows,), horizon, dtype=torch.long, device=device)
+    low, arg = dist.min(dim=1)  # the first minimum: the earliest step attaining it
+    return low, arg + 1
 
 
 def _order(costs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -287,7 +327,7 @@ def exhaustive_plan(
             (at least one per problem); sequences starting with another rank are never chosen.
         horizon (`int`): Plan length `h >= 1`.
         cost (`str`, defaults to `"min"`): `min` or `final`.
-        max_rows (`int`, defaults to 65536): Sequences per predictor call.
+        max_rows (`int`, defaults to 65536): Distinct prefixes per predictor call.
 
     Returns:
         `Plan`: The optimum of every problem (ties: earliest step, then first in
@@ -329,11 +369,13 @@ def cem_plan(
     smoothing: float = 0.1,
     generator: torch.Generator | None = None,
     max_rows: int = 65536,
+    prior: torch.Tensor | None = None,
 ) -> Plan:
     """Cross-entropy method over categorical actions, batched over problems.
 
-    Each problem keeps independent categorical distributions over the `A` ranks per step, uniform
-    at first (over the valid ranks for step 1). Every iteration samples `samples` sequences,
+    Each problem keeps independent categorical distributions over the `A` ranks per step: at
+    first uniform over the valid ranks for step 1, and `prior` (uniform if None) for the imagined
+    steps after it. Every iteration samples `samples` sequences,
     scores them, and refits `p = smoothing * p + (1 - smoothing) * freq(elites)` on the `elites`
     best (ordered by cost, then step). The best sequence seen in any iteration is returned.
 
@@ -346,6 +388,8 @@ def cem_plan(
         smoothing (`float`, defaults to 0.1): Weight of the old distribution.
         generator (`torch.Generator`, *optional*): Random source of the samples (CPU generator;
             samples are drawn on CPU and moved).
+        prior (`torch.Tensor` of shape `(A,)`, *optional*): Initial weights of the ranks at the
+            imagined steps 2 .. h (see [`rank_prior`]); uniform if None.
 
     Returns:
         `Plan`: The best sequence seen per problem.
@@ -353,6 +397,12 @@ def cem_plan(
     problems, num_actions = first_valid.shape
     device = z_hist.device
     probs = torch.ones(problems, horizon, num_actions, dtype=torch.float64)
+    if prior is not None:
+        if prior.shape != (num_actions,) or not bool((prior >= 0).all() and prior.sum() > 0):
+            raise LeWMInputError(
+                "prior", tuple(prior.shape), f"must be ({num_actions},) non-negative weights"
+            )
+        probs[:, 1:] = prior.cpu().double()
     probs[:, 0] = first_valid.cpu().double()
     probs = probs / probs.sum(-1, keepdim=True)  # (P, h, A)
     rows = torch.arange(problems)
@@ -380,6 +430,20 @@ def cem_plan(
     return Plan(best_actions.to(device), best_cost.to(device), best_step.to(device))
 
 
+def rank_prior(graph: Graph) -> torch.Tensor:
+    """The share of vertices at which each rank is a valid action, `(A,)`: `#{v: deg(v) > r} / n`.
+
+    Beyond the first step the planner does not know the vertex it imagines, so every rank in
+    `[0, A)` is a candidate; on a graph whose degrees spread widely (the `small` preset: mean
+    11.4, maximum 47) most high ranks are invalid almost everywhere. CEM starts the imagined
+    steps from this prior (`cem_rank_prior="degree"`) instead of uniform, so its samples go
+    where moves exist.
+    """
+    degree = torch.as_tensor(np.asarray(graph.out_degree), dtype=torch.float64)
+    ranks = torch.arange(graph.max_out_degree, dtype=torch.float64)
+    return (degree[None, :] > ranks[:, None]).double().mean(1)
+
+
 def plan_actions(
     model: Any,
     z_hist: torch.Tensor,
@@ -389,8 +453,10 @@ def plan_actions(
     horizon: int,
     config: PlanningConfig,
     generator: torch.Generator | None = None,
+    prior: torch.Tensor | None = None,
 ) -> tuple[Plan, str]:
-    """Plan with the planner `config` selects for this horizon; returns the plan and its name."""
+    """Plan with the planner `config` selects for this horizon; returns the plan and its name.
+    `prior` (`(A,)`, *optional*) is CEM's initial rank weights for the imagined steps."""
     num_actions = first_valid.shape[1]
     kind = config.planner
     if kind == "auto":
@@ -403,7 +469,7 @@ def plan_actions(
         plan = cem_plan(
             model, z_hist, past_actions, z_goal, first_valid, horizon, config.cost,
             config.cem_samples, config.cem_elites, config.cem_iterations, config.cem_smoothing,
-            generator, config.max_rows,
+            generator, config.max_rows, prior,
         )  # fmt: skip
     return plan, kind
 
@@ -592,6 +658,7 @@ def run_episodes(
     num = problems.start.shape[0]
     num_actions = graph.max_out_degree
     bs = config.batch_size
+    prior = rank_prior(graph) if config.cem_rank_prior == "degree" else None
     with evaluating(model):
         hist_states = torch.from_numpy(problems.history).unfold(1, window, 1)  # (P, H, w)
         latents = encode_states(model, hist_states, bs)  # (P, H, D)
@@ -626,6 +693,7 @@ def run_episodes(
                     budget - step,
                     config,
                     generator,
+                    prior,
                 )
                 seconds += time.perf_counter() - started
                 plans += int(active.size)
@@ -783,6 +851,7 @@ __all__ = [
     "exhaustive_plan",
     "plan_actions",
     "random_baseline",
+    "rank_prior",
     "run_episodes",
     "sample_problems",
     "sequence_costs",
