@@ -11,7 +11,11 @@ from test_trainer import ACTIONS, VOCAB, W, clip_dataset, make_args, tiny_model
 from lewm_hf import LeWMTrainer
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
-from lewm_hf.trainer.feature_cache import FeatureCache, FeatureCacheCollator
+from lewm_hf.trainer.feature_cache import (
+    FeatureCache,
+    FeatureCacheCollator,
+    default_build_batch_size,
+)
 
 
 def test_cached_batch_loss_and_gradients_equal_encoding(tmp_path):
@@ -201,3 +205,15 @@ def test_empty_datasets_are_refused():
     empty = clip_dataset(4).select([])
     with pytest.raises(LeWMInputError, match="datasets"):
         FeatureCache.build(model, [empty], DataCollatorForLeWM(window=W))
+
+
+def test_default_build_batch_size_follows_the_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert default_build_batch_size(torch.device("cpu")) == 128
+        torch.set_num_threads(2)
+        assert default_build_batch_size(torch.device("cpu")) == 2048
+    finally:
+        torch.set_num_threads(threads)
+    assert default_build_batch_size(torch.device("cuda")) == 2048

@@ -255,6 +255,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         self.nonfinite_guard = NonFiniteLossGuard(args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
         self._step_snapshot: dict[str, Any] | None = None
+        self._batchnorm_buffers: list[torch.Tensor] | None = None
         self.collapse_monitor: CollapseMonitorCallback | None = None
         if args.collapse_monitor_steps > 0:
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
@@ -298,6 +299,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         if isinstance(resume, (str, os.PathLike)):
             check_checkpoint_dir(resume, "resume_from_checkpoint")
+        self._batchnorm_buffers = None  # found again in the model this run trains
         output = super().train(*args, **kwargs)
         self.nonfinite_guard.flush(self.state)
         return output
@@ -494,17 +496,17 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         return torch.where(finite, loss, stand_in)
 
     def _snapshot_step(self, model: nn.Module) -> dict[str, Any]:
-        """What a skipped step must put back: BatchNorm running statistics, metric counts and
-        the collapse monitor's latents."""
-        buffers = [
-            (buffer, buffer.detach().clone())
-            for module in model.modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm)
-            for buffer in module.buffers(recurse=False)
-        ]
+        """What a skipped step must put back: BatchNorm running statistics and the collapse
+        monitor's latents."""
+        if self._batchnorm_buffers is None:  # the model's structure is fixed once training runs
+            self._batchnorm_buffers = [
+                buffer
+                for module in model.modules()
+                if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                for buffer in module.buffers(recurse=False)
+            ]
         return {
-            "buffers": buffers,
-            "metrics": {key: len(values) for key, values in self._metrics["train"].items()},
+            "buffers": [(buffer, buffer.detach().clone()) for buffer in self._batchnorm_buffers],
             "latest_latents": self.latest_latents,
             "nonfinite": torch.zeros((), device=self.args.device),
         }
@@ -570,8 +572,9 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         for key in keys:
             values = torch.stack(self._metrics[mode][key]).float()
             keep = self._metric_keep.get(key) if mode == "train" else None
-            if keep:
-                weights = torch.stack(keep).to(values.device)
+            if keep:  # entries recorded after the last optimizer step (if any) weigh 1
+                weights = torch.ones_like(values)
+                weights[: len(keep)] = torch.stack(keep).to(values.device)
                 values = torch.where(weights > 0, values, 0.0)
                 count = weights.sum()
             else:
