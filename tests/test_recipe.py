@@ -156,11 +156,12 @@ def test_not_a_mapping(tmp_path):
 def test_shipped_recipes_parse_to_their_values():
     configs = REPO / "recipes" / "configs"
     (lm,) = validate_recipe(configs / "walk_lm.yaml")
-    assert (lm.task, lm.args.training.eval_steps, lm.args.data.corpus["chunk_stride"]) == (
+    assert (lm.task, lm.args.training.eval_steps, lm.args.data.corpus["chunk_length"]) == (
         "lm",
         250,
-        4,
+        64,
     )
+    assert (lm.args.training.gate_decoding, lm.args.training.gate_temperature) == ("sample", 1.0)
     (wm,) = validate_recipe(configs / "walk_lewm.yaml")
     assert wm.args.config["reg_weight"] == 5.0 and wm.args.config["loss_phase"] == "phase2"
     assert wm.args.model.encoder_path is None and wm.args.clips.history_length == 3

@@ -534,6 +534,53 @@ def test_move_trajectories(tmp_path, monkeypatch):
     assert load_walk_metadata(changed).folder != meta.folder
 
 
+def test_all_clips_per_walk_cut_every_start_in_order(tmp_path):
+    corpus = small_config()
+    w, h = corpus.context_window, 3
+    config = MoveTrajectoryConfig(
+        corpus=corpus, history_length=h, num_clips=100, eval_clips=20, clips_per_walk="all"
+    )
+    starts = corpus.walk_length - w - h + 1
+    assert config.clips_from_each_walk == starts == 46
+    dsd = build_move_trajectories(config, tmp_path)
+    tokens = as_array(dsd["train"], "tokens")
+    assert tokens.shape == (100, w + h)
+    # Consecutive clips of one walk are one step apart: clip i + 1 is clip i shifted by one.
+    np.testing.assert_array_equal(tokens[1:starts, :-1], tokens[: starts - 1, 1:])
+    # The next walk starts at clip `starts` (another walk, not a continuation).
+    assert not np.array_equal(tokens[starts, :-1], tokens[starts - 1, 1:])
+    # Each window serves up to H + 1 clips: the train split holds few distinct windows.
+    windows = {tuple(t[k : k + w]) for t in tokens.tolist() for k in range(h + 1)}
+    assert len(windows) == 2 * (starts + h) + (100 - 2 * starts) + h
+    random_clips = MoveTrajectoryConfig(corpus=corpus, history_length=h, num_clips=100)
+    assert random_clips.clips_from_each_walk == 4
+
+
+@pytest.mark.parametrize("value", [0, -1, "some", True, 2.5])
+def test_bad_clips_per_walk_names_the_field(value):
+    with pytest.raises(LeWMConfigError, match=r"^clips_per_walk=") as info:
+        MoveTrajectoryConfig(corpus=small_config(), clips_per_walk=value)
+    assert info.value.field == "clips_per_walk"
+
+
+def test_chunk_length_rows_cover_the_walk(tmp_path):
+    config = small_config(chunk_length=64, chunk_stride=16)
+    assert config.row_length == 64 and config.walk_length == 64
+    dsd = build_walk_corpus(config, tmp_path)
+    train = as_array(dsd["train"], "input_ids")
+    valid = as_array(dsd["validation"], "input_ids")
+    held_out = as_array(dsd["validation_walks"], "walk")
+    assert train.shape == (CORPUS_SIZE, 64)  # one row per walk: a stride of 16 fits no second
+    np.testing.assert_array_equal(valid, held_out)  # validation rows never overlap
+    # The default stride is the row length.
+    shorter = small_config(chunk_length=32)
+    assert shorter.stride == 32
+    assert as_array(build_walk_corpus(shorter, tmp_path)["train"], "input_ids").shape == (
+        CORPUS_SIZE * 2,
+        32,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 
@@ -553,6 +600,9 @@ def test_move_trajectories(tmp_path, monkeypatch):
         ({"jumpers_per_block": -1}, "jumpers_per_block"),
         ({"r_scales": [0.5, 1.5]}, "r_scales"),
         ({"chunk_stride": 0}, "chunk_stride"),
+        ({"chunk_length": 1}, "chunk_length"),
+        ({"chunk_length": 65}, "chunk_length"),
+        ({"chunk_length": True}, "chunk_length"),
     ],
 )
 def test_bad_config_names_the_field(overrides, field):

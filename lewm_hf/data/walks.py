@@ -20,7 +20,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -263,8 +263,13 @@ class WalkCorpusConfig:
         walk_length (`int`, defaults to 256): Vertices per walk; at least `2 * w`.
         corpus_size (`int`, defaults to 200000): Training walks.
         eval_size (`int`, defaults to 2000): Held-out walks (own seed).
-        chunk_stride (`int`, *optional*): Stride between LM rows in a walk; `w + 1` if None
-            (non-overlapping). A smaller stride shows rules with `r` close to `w` more often.
+        chunk_length (`int`, *optional*): Tokens per LM row, from 2 to `walk_length`; `w + 1`
+            if None. A longer row shows a rule with its jumper in context wherever the jumper
+            falls in it (a row of `w + 1` tokens shows a rule with `r` close to `w` only when
+            its jumper opens the row).
+        chunk_stride (`int`, *optional*): Stride between LM train rows in a walk; the row length
+            if None (non-overlapping). A smaller stride shows rules with `r` close to `w` more
+            often.
         paths_per_jumper (`int`, defaults to 256): Precomputed splice paths per jumper.
         seed (`int`, defaults to 0): Base seed; graph, jumpers, paths, train and eval walks use
             distinct seeds derived from it.
@@ -280,6 +285,7 @@ class WalkCorpusConfig:
     walk_length: int = 256
     corpus_size: int = 200000
     eval_size: int = 2000
+    chunk_length: int | None = None
     chunk_stride: int | None = None
     paths_per_jumper: int = DEFAULT_PATHS_PER_JUMPER
     seed: int = 0
@@ -320,14 +326,32 @@ class WalkCorpusConfig:
         for s in self.r_scales:
             if not 0.0 < s <= 1.0:
                 raise LeWMConfigError("r_scales", self.r_scales, "scales must lie in (0, 1]")
+        if self.chunk_length is not None and (
+            not isinstance(self.chunk_length, int)
+            or isinstance(self.chunk_length, bool)
+            or not 2 <= self.chunk_length <= self.walk_length
+        ):
+            raise LeWMConfigError(
+                "chunk_length",
+                self.chunk_length,
+                f"must be an integer from 2 to walk_length={self.walk_length}",
+            )
         if self.chunk_stride is not None and (
-            not isinstance(self.chunk_stride, int) or self.chunk_stride < 1
+            not isinstance(self.chunk_stride, int)
+            or isinstance(self.chunk_stride, bool)
+            or self.chunk_stride < 1
         ):
             raise LeWMConfigError("chunk_stride", self.chunk_stride, "must be a positive integer")
 
     @property
+    def row_length(self) -> int:
+        """Tokens per LM row: `chunk_length`, or `w + 1`."""
+        return self.chunk_length if self.chunk_length is not None else self.context_window + 1
+
+    @property
     def stride(self) -> int:
-        return self.chunk_stride if self.chunk_stride is not None else self.context_window + 1
+        """Offset between LM train rows: `chunk_stride`, or the row length."""
+        return self.chunk_stride if self.chunk_stride is not None else self.row_length
 
 
 def build_graph_and_jumpers(config: WalkCorpusConfig) -> tuple[Graph, list[Jumper]]:
@@ -390,10 +414,11 @@ def build_walk_corpus(
 ) -> DatasetDict:
     """Build (or load from the cache) a tokenized walk LM corpus.
 
-    Splits: `train` and `validation` hold LM rows (`input_ids`, `w + 1` vertex tokens; a causal
-    LM is trained on input `[:-1]`, labels `[1:]`); train rows are `chunk_stride` apart,
-    validation rows never overlap (stride `w + 1`, whatever `chunk_stride` is); `validation_walks` holds the held-out walks
-    whole (`walk`), used as generation prompts and for world-model clips. The graph
+    Splits: `train` and `validation` hold LM rows (`input_ids`, `chunk_length` vertex tokens,
+    `w + 1` by default; a causal LM is trained on input `[:-1]`, labels `[1:]`); train rows are
+    `chunk_stride` apart, validation rows never overlap (whatever `chunk_stride` is);
+    `validation_walks` holds the held-out walks whole (`walk`), used as generation prompts and
+    for world-model clips. The graph
     (`graph.npz`) and jumpers (`jumpers.json`) are saved beside the data: see
     `load_walk_metadata`.
 
@@ -425,7 +450,7 @@ def _write_walk_corpus(config: WalkCorpusConfig, folder: Path) -> None:
         graph, jumpers, config.eval_size, config.walk_length,
         seed=derive_seed(config.seed, "eval"), paths=paths,
     )  # fmt: skip
-    length = config.context_window + 1
+    length = config.row_length
     dsd = DatasetDict(
         {
             "train": fixed_length_dataset({"input_ids": chunk_walks(train, length, config.stride)}),
@@ -490,7 +515,11 @@ class MoveTrajectoryConfig:
         history_length (`int`, defaults to 3): Actions per clip (H).
         num_clips (`int`, defaults to 20000): Training clips.
         eval_clips (`int`, defaults to 2000): Held-out clips (own seed).
-        clips_per_walk (`int`, defaults to 4): Clips cut from each generated walk.
+        clips_per_walk (`int` or `"all"`, defaults to 4): Clips cut from each generated walk, at
+            random start positions; `"all"` cuts every clip of the walk (`walk_length - w - H + 1`
+            of them, each one step after the last), so each state window serves up to `H + 1`
+            clips, as when training on every sub-trajectory of recorded episodes; a frozen
+            encoder's feature cache then encodes about `H + 1` times fewer distinct states.
         trajectory_seed (`int`, defaults to 0): Seed for the trajectory walks (distinct from the
             corpus's `seed`, so clips are not the corpus's training walks).
     """
@@ -499,16 +528,21 @@ class MoveTrajectoryConfig:
     history_length: int = 3
     num_clips: int = 20000
     eval_clips: int = 2000
-    clips_per_walk: int = 4
+    clips_per_walk: int | Literal["all"] = 4
     trajectory_seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, dict):
             self.corpus = WalkCorpusConfig(**self.corpus)
-        for name in ("history_length", "num_clips", "eval_clips", "clips_per_walk"):
+        for name in ("history_length", "num_clips", "eval_clips"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LeWMConfigError(name, value, "must be a positive integer")
+        per_walk = self.clips_per_walk
+        if per_walk != "all" and (
+            not isinstance(per_walk, int) or isinstance(per_walk, bool) or per_walk < 1
+        ):
+            raise LeWMConfigError("clips_per_walk", per_walk, 'must be a positive integer or "all"')
         w = self.corpus.context_window
         if w + self.history_length > self.corpus.walk_length:
             raise LeWMConfigError(
@@ -517,9 +551,24 @@ class MoveTrajectoryConfig:
                 f"clips need w + H <= {self.corpus.walk_length}",
             )
 
+    @property
+    def clip_starts(self) -> int:
+        """Start positions of a clip in one walk: `walk_length - w - H + 1`."""
+        return self.corpus.walk_length - self.corpus.context_window - self.history_length + 1
+
+    @property
+    def clips_from_each_walk(self) -> int:
+        """Clips cut from each walk: `clips_per_walk`, or every start position for `"all"`."""
+        return self.clip_starts if self.clips_per_walk == "all" else self.clips_per_walk
+
 
 def move_clips(
-    graph: Graph, walks: np.ndarray, window: int, history: int, per_walk: int, seed: int
+    graph: Graph,
+    walks: np.ndarray,
+    window: int,
+    history: int,
+    per_walk: int | Literal["all"],
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut move clips from walks.
 
@@ -528,15 +577,21 @@ def move_clips(
         walks (`np.ndarray`): `(num_walks, walk_length)` walks.
         window (`int`): State window `w`.
         history (`int`): Actions per clip `H`.
-        per_walk (`int`): Clips per walk, at random end positions.
+        per_walk (`int` or `"all"`): Clips per walk, at random start positions; `"all"`: every
+            start position, in order.
         seed (`int`): Random seed for the clip positions.
 
     Returns:
-        `tuple[np.ndarray, np.ndarray]`: spans `(N, w + H)` and actions `(N, H)`, int32.
+        `tuple[np.ndarray, np.ndarray]`: spans `(N, w + H)` and actions `(N, H)`, int32, walk-major.
     """
     rng = np.random.default_rng(seed)
     num_walks, length = walks.shape
-    first = rng.integers(0, length - window - history + 1, size=(num_walks, per_walk))
+    starts = length - window - history + 1
+    if per_walk == "all":
+        first = np.broadcast_to(np.arange(starts), (num_walks, starts))
+        per_walk = starts
+    else:
+        first = rng.integers(0, starts, size=(num_walks, per_walk))
     span_idx = first[..., None] + np.arange(window + history)
     spans = np.take_along_axis(walks[:, None, :].repeat(per_walk, 1), span_idx, axis=2)
     spans = spans.reshape(-1, window + history)
@@ -577,7 +632,7 @@ def build_move_trajectories(
         w, h = walk_cfg.context_window, config.history_length
         splits = {}
         for split, n_clips in (("train", config.num_clips), ("validation", config.eval_clips)):
-            n_walks = -(-n_clips // config.clips_per_walk)
+            n_walks = -(-n_clips // config.clips_from_each_walk)
             walks = generate_walks(
                 meta.graph, meta.jumpers, n_walks, walk_cfg.walk_length,
                 seed=derive_seed(config.trajectory_seed, f"moves-{split}"), paths=paths,

@@ -121,7 +121,8 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     if passed_state is not None:
         model = AutoModelForCausalLM.from_pretrained(context.resume)
     else:
-        model = build_walk_lm(args.model, meta.graph.num_vertices, max_positions=2 * window + 2)
+        max_positions = max(2 * window + 2, corpus_config.row_length)
+        model = build_walk_lm(args.model, meta.graph.num_vertices, max_positions=max_positions)
 
     # Trainer
     trainer = WalkLMTrainer(
