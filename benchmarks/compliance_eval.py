@@ -12,7 +12,7 @@ generates each distinct prompt only once, which the per-sequence ratio then incl
 The four runs are interleaved (`_timing.interleave`, at least 5 rounds after a warm-up, process
 CPU time) and each ratio is the median of the per-round ratios, printed with their min and max.
 
-    .venv/bin/python benchmarks/compliance_eval.py [--prompts 64] [--reference-prompts 8]
+    .venv/bin/python benchmarks/compliance_eval.py [--prompts 32] [--reference-prompts 4]
         [--length 64] [--window 16] [--decoding sample] [--rounds 5] [--threads 2]
 
 Prints `speedup_window: X.XX (...)` and, last, `speedup: X.XX (...)` (chunked: batched + KV cache
@@ -50,9 +50,9 @@ def per_sequence(timings: Timings, sequences: int) -> Timings:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=64, help="sequences of the batched run")
+    parser.add_argument("--prompts", type=int, default=32, help="sequences of the batched run")
     parser.add_argument(
-        "--reference-prompts", type=int, default=8, help="sequences of the reference run"
+        "--reference-prompts", type=int, default=4, help="sequences of the reference run"
     )
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--window", type=int, default=16)

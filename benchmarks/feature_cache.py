@@ -1,18 +1,19 @@
 """The frozen-encoder feature cache: the default recipe's world-model phase with it over without.
 
 The default recipe's world-model phase (`recipes/configs/walk_lewm.yaml` with the encoder phase's
-walk LM frozen) trains a `LeWMModel` around a 4-layer, hidden-128 Llama on 20000 move clips of 4
-windows (w = 16) for 939 steps of batch 64 (3 epochs), and evaluates on 2000 held-out clips after
-every epoch. Without the cache every step runs the encoder over 256 windows and every evaluation
-over 8000; with it `FeatureCache.build` encodes each distinct window of both splits once (when
-`LeWMTrainer` is constructed) and the steps and evaluations read the features.
+walk LM frozen; its clips, epochs and batch size are read from `recipes/configs/default.yaml`)
+trains a `LeWMModel` around a 4-layer, hidden-128 Llama on 20000 move clips of 4 windows (w = 16)
+for 939 steps of batch 64 (3 epochs), and evaluates on 2000 held-out clips after every epoch.
+Without the cache every step runs the encoder over 256 windows and every evaluation over 8000;
+with it `FeatureCache.build` encodes each distinct window of both splits once (when `LeWMTrainer`
+is constructed) and the steps and evaluations read the features.
 
 Each round, interleaved with `_timing.interleave` (alternating order, one untimed warm-up call
 each), runs both variants through `LeWMTrainer` on the same clips and model: construct the
 trainer (with the cache: the build), train `--steps` timed steps after 3 warm-up steps, and
 evaluate once. A round's phase time is then
 
-    construction + 939 x (seconds per step) + 3 x (one evaluation)
+    construction + steps x (seconds per step) + epochs x (one evaluation)
 
 per variant, so the cached variant pays for its own build. Timing is per-process CPU time
 (`time.process_time`) at a fixed thread count, which other processes do not inflate the way they
@@ -25,9 +26,11 @@ times; the last line is `speedup: X`, the median over rounds of (phase without) 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _timing import Timings, interleave, ratio_line, set_threads
@@ -36,10 +39,10 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
-from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
+from lewm_hf.data.walks import build_move_trajectories
+from lewm_hf.tasks.runner import validate_recipe
 
-PHASE_STEPS = 939  # 3 epochs of 20000 clips at batch 64
-PHASE_EVALS = 3  # eval_strategy: epoch
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "default.yaml"
 WARMUP_STEPS = 3
 
 
@@ -88,8 +91,9 @@ class Variant:
         out (`str`): Scratch output folder.
     """
 
-    def __init__(self, clips, cache: bool, steps: int, out: str):
+    def __init__(self, clips, cache: bool, steps: int, out: str, phase_steps: int, evals: int):
         self.clips, self.cache, self.steps, self.out = clips, cache, steps, out
+        self.phase_steps, self.evals = phase_steps, evals
         suffix = "with cache" if cache else "without cache"
         self.parts = {
             name: Timings(f"{name} ({suffix})")
@@ -135,7 +139,7 @@ class Variant:
         start = time.process_time()
         trainer.evaluate()
         evaluation = time.process_time() - start
-        phase = construction + PHASE_STEPS * step + PHASE_EVALS * evaluation
+        phase = construction + self.phase_steps * step + self.evals * evaluation
         for name, value in (
             ("construction", construction),
             ("step", step),
@@ -155,19 +159,22 @@ def main() -> None:
     opts = parser.parse_args()
     threads = set_threads(opts.threads)
     disable_progress_bars()
-    clips = build_move_trajectories(
-        MoveTrajectoryConfig(corpus=WalkCorpusConfig.preset("small"), num_clips=20000)
-    )
+    (phase,) = [p for p in validate_recipe(RECIPE) if p.task == "world_model"]
+    clips = build_move_trajectories(phase.args.clips)
+    training = phase.args.training
+    epochs = math.ceil(training.num_train_epochs)
+    phase_steps = math.ceil(len(clips["train"]) / training.per_device_train_batch_size) * epochs
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"threads {threads}, {opts.rounds} rounds of {opts.steps} steps, "
-        f"train {len(clips['train'])} clips, validation {len(clips['validation'])}; "
-        f"load average at start {load}"
+        f"train {len(clips['train'])} clips (clips_per_walk {phase.args.clips.clips_per_walk}), "
+        f"validation {len(clips['validation'])}; phase {phase_steps} steps, {epochs} "
+        f"evaluations; load average at start {load}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         variants = {
-            "without": Variant(clips, False, opts.steps, os.path.join(tmp, "without")),
-            "with": Variant(clips, True, opts.steps, os.path.join(tmp, "with")),
+            name: Variant(clips, cache, opts.steps, os.path.join(tmp, name), phase_steps, epochs)
+            for name, cache in (("without", False), ("with", True))
         }
         interleave(variants, rounds=opts.rounds)
     for variant in variants.values():  # the warm-up call recorded a round too: drop it

@@ -11,8 +11,9 @@ model: `LeWMModel._regularizer` is excluded from compilation), batch 64, fused A
 
 1. Compilation: two identical models; the compiled one's first forward + backward (and a
    second, at another step value, which recompiles once with the step made dynamic) is timed,
-   in process CPU time and wall time; its loss and gradients are compared with eager's on the
-   same weights and batch.
+   in process CPU time and wall time (inductor compiles in worker processes, which the CPU
+   time leaves out); its loss and gradients are compared with eager's on the same weights,
+   batch and dropout masks (`fallback_random`: compiled dropout draws eager's numbers).
 2. Steps: `--rounds` interleaved rounds (`_timing.interleave`, alternating order, after one
    untimed warm-up call each) of `--steps` steps of each (forward, backward, optimizer step),
    per-process CPU time at a fixed thread count (`--threads`, default 1: see
@@ -30,6 +31,7 @@ import os
 import time
 
 import torch
+import torch._inductor.config
 from _timing import MIN_ROUNDS, interleave, ratio_line, set_threads
 from datasets import disable_progress_bars
 
@@ -99,6 +101,9 @@ def main() -> None:
 
     eager = default_model().train()
     compiled_model = copy.deepcopy(eager)
+    # Compiled dropout draws eager's random numbers (inductor's own generator would give other
+    # masks), so that the first step compares exactly; it costs the compiled step a little.
+    torch._inductor.config.fallback_random = True
     compiled = torch.compile(compiled_model)  # what `torch_compile=True` does
     inputs = training_batch(eager, opts.batch_size, opts.encoder)
 
@@ -106,6 +111,7 @@ def main() -> None:
     losses, grads = {}, {}
     for name, model, module in (("eager", eager, eager), ("compiled", compiled, compiled_model)):
         start, wall = time.process_time(), time.perf_counter()
+        torch.manual_seed(1)  # the same dropout masks in both
         loss = model(**inputs, step=0, check_values=False).loss
         loss.backward()
         losses[name] = loss.item()

@@ -3,16 +3,19 @@
 Every comparison interleaves its variants with `_timing.interleave` (alternating order, one
 untimed warm-up call each, at least 5 rounds), times per-process CPU time (`time.process_time`:
 the time this process's threads spent on a core, so a neighbour's load does not count as ours)
-at a fixed thread count (`--threads`, default `OMP_NUM_THREADS` or every core: the main job's
-count), and prints min / median / max over the rounds beside each ratio, which is the median of
-the per-round ratios. Three parts, printed in this order:
+at a fixed thread count, and prints min / median / max over the rounds beside each ratio, which
+is the median of the per-round ratios. The SIGReg speedup runs at `--threads` (default
+`OMP_NUM_THREADS` or every core: the main job's count); the share and the trainer-loop ratio at
+`--step_threads` (default 1): on a shared machine two threads that wait for each other at every
+small op make a step's CPU time swing by 2x from round to round, which one thread does not.
+Three parts, printed in this order:
 
 1. `sigreg_speedup: X`: the fused SIGReg (`lewm_hf.losses.sigreg`, one autograd node) over a
    plain-autograd evaluation of the same formula (`sigreg_reference`), forward + backward with
    1024 slices drawn from a seeded generator as in training, at the default step's latents
    (T, B, D) = (4, 64, 64) and at (4, 64, 128); a round is `--sigreg_calls` calls of each. The
    values and gradients of both are checked equal first. The line reports the smaller of the
-   two shapes' medians.
+   two shapes' medians. The speedup at (4, 64, 64) at `--step_threads` follows, for reference.
 2. `sigreg_share: X`: the fused SIGReg at (4, 64, 64) over one training step of the default
    world model (forward, backward, fused AdamW step) on a batch of 64 move clips, with the frozen
    encoder in the step (`frozen_feature_cache=False`) and, as `LeWMTrainer` runs it by default,
@@ -27,8 +30,8 @@ the per-round ratios. Three parts, printed in this order:
    every step too) and `collapse_monitor_steps=0`; its per-log console line is off. A round
    builds both afresh and times `--steps` steps after `WARMUP_STEPS` untimed ones.
 
-    python benchmarks/trainer_overhead.py [--steps 40] [--rounds 7] [--sigreg_rounds 15]
-        [--sigreg_calls 20] [--threads N]
+    python benchmarks/trainer_overhead.py [--steps 40] [--rounds 15] [--sigreg_rounds 9]
+        [--sigreg_calls 20] [--threads N] [--step_threads 1]
 """
 
 from __future__ import annotations
@@ -285,8 +288,8 @@ class LoopRun:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=7, help="trainer/loop rounds (>= 5)")
-    parser.add_argument("--sigreg_rounds", type=int, default=15, help="SIGReg rounds (>= 5)")
+    parser.add_argument("--rounds", type=int, default=15, help="trainer/loop rounds (>= 5)")
+    parser.add_argument("--sigreg_rounds", type=int, default=9, help="SIGReg rounds (>= 5)")
     parser.add_argument("--sigreg_calls", type=int, default=20, help="SIGReg calls per round")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument(
@@ -326,7 +329,11 @@ def main() -> None:
         )
         dataset = clips["train"].with_format(None)
         collator = DataCollatorForLeWM(window=WINDOW)
-        print(f"share and ratio at {set_threads(opts.step_threads)} threads")
+        step_threads = set_threads(opts.step_threads)
+        print(f"share and ratio at {step_threads} threads")
+        stats = sigreg_timings(SIGREG_SHAPES[0], opts.sigreg_rounds, opts.sigreg_calls)
+        line = ratio_line(f"speedup at {SIGREG_SHAPES[0]}", stats["plain"], stats["fused"])
+        print(f"  SIGReg {line} at {step_threads} threads")
 
         share = share_timings(dataset, collator, opts.batch_size, opts.sigreg_rounds, 5)
         print(f"SIGReg's share of a training step (batch {opts.batch_size}):")
