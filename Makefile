@@ -30,9 +30,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format lewm_hf recipes tests benchmarks
 	$(VENV)/bin/ruff check --fix lewm_hf recipes tests benchmarks
 
-# The main job: the default recipe (encoder phase, then the world model) on this machine.
+# The main job: the default recipe (encoder phase, then the world model) on this machine, with
+# one torch thread per core (`accelerate launch` alone runs one thread per process).
+THREADS ?= $(shell nproc)
 train: $(STAMP)
-	$(VENV)/bin/accelerate launch recipes/train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --num_cpu_threads_per_process $(THREADS) recipes/train.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/walk_corpus.py
