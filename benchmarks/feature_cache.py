@@ -32,53 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from _timing import Timings, interleave, ratio_line, set_threads
+from _world_model import StepClock, default_model
 from datasets import disable_progress_bars
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf import LeWMTrainer, LeWMTrainingArguments
 from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.tasks.runner import validate_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "default.yaml"
 WARMUP_STEPS = 3
-
-
-def default_model() -> LeWMModel:
-    """The default recipe's world model around a walk LM of the encoder phase's size."""
-    torch.manual_seed(0)
-    encoder = {
-        "model_type": "llama",
-        "vocab_size": 100,
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "intermediate_size": 512,
-        "max_position_embeddings": 64,
-    }
-    config = LeWMConfig(
-        encoder_config=encoder,
-        encoder_mode="frozen",
-        d_state=64,
-        d_model=128,
-        history_length=3,
-        action_vocab_size=64,
-    )
-    return LeWMModel(config)
-
-
-class StepClock(TrainerCallback):
-    """Process CPU time from the end of warm-up to the last step."""
-
-    def __init__(self) -> None:
-        self.start = self.stop = 0.0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == WARMUP_STEPS:
-            self.start = time.process_time()
-        self.stop = time.process_time()
 
 
 class Variant:
@@ -119,7 +83,7 @@ class Variant:
             collapse_monitor_steps=50,
             frozen_feature_cache=self.cache,
         )
-        clock = StepClock()
+        clock = StepClock(WARMUP_STEPS)
         model = default_model()
         start = time.process_time()
         trainer = LeWMTrainer(
@@ -135,7 +99,7 @@ class Variant:
         if (trainer.feature_cache is not None) != self.cache:
             raise RuntimeError(f"frozen_feature_cache={self.cache} was not honoured")
         trainer.train()
-        step = (clock.stop - clock.start) / self.steps
+        step = clock.seconds_per_step(self.steps)
         start = time.process_time()
         trainer.evaluate()
         evaluation = time.process_time() - start

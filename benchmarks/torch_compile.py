@@ -33,37 +33,12 @@ import time
 import torch
 import torch._inductor.config
 from _timing import MIN_ROUNDS, interleave, ratio_line, set_threads
+from _world_model import default_model
 from datasets import disable_progress_bars
 
-from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf import LeWMModel
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
-
-
-def default_model() -> LeWMModel:
-    """The default recipe's world model around a walk LM of the encoder phase's size."""
-    torch.manual_seed(0)
-    encoder = {
-        "model_type": "llama",
-        "vocab_size": 100,
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "intermediate_size": 512,
-        "max_position_embeddings": 64,
-    }
-    config = LeWMConfig(
-        encoder_config=encoder,
-        encoder_mode="frozen",
-        d_state=64,
-        projector_hidden=256,
-        d_model=128,
-        predictor_layers=2,
-        predictor_heads=4,
-        history_length=3,
-        action_vocab_size=64,
-    )
-    return LeWMModel(config)
 
 
 def training_batch(model: LeWMModel, batch_size: int, encoder: bool) -> dict[str, torch.Tensor]:

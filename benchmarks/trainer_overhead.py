@@ -44,12 +44,13 @@ import time
 
 import torch
 from _timing import MIN_ROUNDS, Timings, interleave, ratio_line, set_threads
+from _world_model import StepClock, default_model
 from datasets import disable_progress_bars
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 
-from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf import LeWMTrainer, LeWMTrainingArguments
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
 from lewm_hf.losses import sigreg, sigreg_generator, sigreg_reference
@@ -61,32 +62,6 @@ from lewm_hf.trainer.schedules import get_wsd_scheduler
 WARMUP_STEPS = 5
 SIGREG_SHAPES = ((4, 64, 64), (4, 64, 128))  # the default step's latents, and d = 128
 WINDOW = WalkCorpusConfig.preset("small").context_window
-
-
-def default_model(seed: int = 0) -> LeWMModel:
-    """The default recipe's world model around a walk LM of the encoder phase's size."""
-    torch.manual_seed(seed)
-    encoder = {
-        "model_type": "llama",
-        "vocab_size": 100,
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "intermediate_size": 512,
-        "max_position_embeddings": 64,
-    }
-    config = LeWMConfig(
-        encoder_config=encoder,
-        encoder_mode="frozen",
-        d_state=64,
-        projector_hidden=256,
-        d_model=128,
-        predictor_layers=2,
-        predictor_heads=4,
-        history_length=3,
-        action_vocab_size=64,
-    )
-    return LeWMModel(config)
 
 
 def training_args(out: str, batch_size: int, steps: int, **kwargs) -> LeWMTrainingArguments:
@@ -191,34 +166,25 @@ def share_timings(dataset, collator, batch_size: int, rounds: int, calls: int) -
 # 3. LeWMTrainer against a hand-written loop
 
 
-class _StepClock(TrainerCallback):
-    """Process CPU time from the end of step `WARMUP_STEPS` to the end of the last step."""
+class _Run:
+    """One timed variant of the trainer-overhead comparison: its data, sizes and timings."""
 
-    def __init__(self) -> None:
-        self.start = self.stop = 0.0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == WARMUP_STEPS:
-            self.start = time.process_time()
-        self.stop = time.process_time()
-
-
-class TrainerRun:
-    """Each call builds a `LeWMTrainer` and records its seconds per timed step."""
+    name = ""
 
     def __init__(self, dataset, collator, batch_size: int, steps: int, out: str):
-        self.dataset, self.collator, self.batch_size, self.steps = (
-            dataset,
-            collator,
-            batch_size,
-            steps,
-        )
-        self.out = out
-        self.timings = Timings("trainer", clock="process")
+        self.dataset, self.collator = dataset, collator
+        self.batch_size, self.steps, self.out = batch_size, steps, out
+        self.timings = Timings(self.name, clock="process")
+
+
+class TrainerRun(_Run):
+    """Each call builds a `LeWMTrainer` and records its seconds per timed step."""
+
+    name = "trainer"
 
     def __call__(self) -> None:
         args = training_args(self.out, self.batch_size, WARMUP_STEPS + self.steps)
-        clock = _StepClock()
+        clock = StepClock(WARMUP_STEPS)
         trainer = LeWMTrainer(
             default_model(),
             args,
@@ -230,22 +196,14 @@ class TrainerRun:
         if trainer.feature_cache is not None:
             raise RuntimeError("the trainer must run the encoder at every step, as the loop")
         trainer.train()
-        self.timings.seconds.append((clock.stop - clock.start) / self.steps)
+        self.timings.seconds.append(clock.seconds_per_step(self.steps))
 
 
-class LoopRun:
+class LoopRun(_Run):
     """Each call runs a minimal hand-written loop: the trainer's optimizer (class, arguments and
     parameter groups), clipping, the WSD schedule, the loss read every step."""
 
-    def __init__(self, dataset, collator, batch_size: int, steps: int, out: str):
-        self.dataset, self.collator, self.batch_size, self.steps = (
-            dataset,
-            collator,
-            batch_size,
-            steps,
-        )
-        self.out = out
-        self.timings = Timings("loop", clock="process")
+    name = "loop"
 
     def __call__(self) -> None:
         total = WARMUP_STEPS + self.steps
