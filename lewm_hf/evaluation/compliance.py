@@ -275,17 +275,13 @@ class _Decoder:
         return tokens.clamp_(max=cdf.shape[1] - 1)
 
 
-def _forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
-    """`logits_to_keep=1` where the model's forward takes it (skips the LM head elsewhere)."""
+def _forward_conventions(model: torch.nn.Module) -> tuple[dict[str, Any], str]:
+    """What `model.forward` takes: `logits_to_keep=1` where it can (skips the LM head elsewhere),
+    and the name of its KV-cache argument, `cache` (newer transformers 5.x releases, which
+    deprecate the older name) or `past_key_values`."""
     params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-
-
-def _cache_keyword(model: torch.nn.Module) -> str:
-    """The name of the KV-cache argument of `model.forward`: `cache` (newer transformers 5.x
-    releases, which deprecate the older name) or `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return extra, "cache" if "cache" in params else "past_key_values"
 
 
 def _cache_of(out: Any) -> Any:
@@ -458,8 +454,7 @@ def generate_walk_sequences(
     result[:, :prompt_length] = prompts
     device = next(model.parameters()).device
     generate = _generate_window if rule == "window" else _generate_chunked
-    extra = _forward_kwargs(model)
-    cache_key = _cache_keyword(model)
+    extra, cache_key = _forward_conventions(model)
     was_training = model.training
     model.eval()
     try:
