@@ -49,6 +49,13 @@ def check_choice(name: str, value: Any, alias: Any) -> Any:
     return value
 
 
+def is_int_in(value: Any, low: int, high: int | None = None) -> bool:
+    """Whether `value` is an `int` (never a `bool`) with `low <= value` (and `<= high`)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return value >= low and (high is None or value <= high)
+
+
 # ---- ranges -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -236,6 +243,7 @@ __all__ = [
     "Regularizer",
     "check_choice",
     "choices",
+    "is_int_in",
     "option",
     "own_field_types",
     "type_accepts",

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
+from lewm_hf.fields import is_int_in
 
 PRED_LOSS_KINDS = ("mse", "cos_mse")
 PHASES = ("phase1", "phase2")
@@ -193,9 +194,9 @@ def sigreg_knots(
 
 
 def _validate_sigreg_settings(num_slices: int, num_knots: int, t_max: float) -> None:
-    if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+    if not is_int_in(num_slices, 1):
         raise LeWMConfigError("num_slices", num_slices, "must be an integer >= 1")
-    if isinstance(num_knots, bool) or not isinstance(num_knots, int) or num_knots < 2:
+    if not is_int_in(num_knots, 2):
         raise LeWMConfigError("num_knots", num_knots, "must be an integer >= 2")
     if not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or t_max <= 0:
         raise LeWMConfigError("t_max", t_max, "must be a finite number > 0")

@@ -33,6 +33,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import LeWMConfigError, LeWMInputError
+from ..fields import is_int_in
 
 # ---- vocabulary -----------------------------------------------------------------------------
 DNA_BASES = "ACGTN"
@@ -616,7 +617,7 @@ def synthetic_genome(
         `list[tuple[str, str]]`: `(header, sequence)` pairs, headers `synthetic_<i> ...`.
     """
     for field, value in (("num_records", num_records), ("record_length", record_length)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_int_in(value, 1):
             raise LeWMConfigError(field, value, "must be a positive integer")
     needed = repeat_copies * repeat_length + tandem_repeats * 90 + n_run_length + 100
     if record_length < needed:

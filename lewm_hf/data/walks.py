@@ -28,6 +28,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
 from ..errors import LeWMConfigError, LeWMGraphError, LeWMInputError
+from ..fields import is_int_in
 from . import corpus as corpus_cache
 from .graphs import (
     Graph,
@@ -299,13 +300,17 @@ class WalkCorpusConfig:
 
     def __post_init__(self) -> None:
         self.r_scales = [float(s) for s in self.r_scales]
-        for name in ("num_vertices", "num_blocks", "context_window", "walk_length"):
+        for name in (
+            "num_vertices",
+            "num_blocks",
+            "context_window",
+            "walk_length",
+            "corpus_size",
+            "eval_size",
+            "paths_per_jumper",
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LeWMConfigError(name, value, "must be a positive integer")
-        for name in ("corpus_size", "eval_size", "paths_per_jumper"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int_in(value, 1):
                 raise LeWMConfigError(name, value, "must be a positive integer")
         if self.num_vertices % self.num_blocks:
             raise LeWMConfigError(
@@ -326,21 +331,13 @@ class WalkCorpusConfig:
         for s in self.r_scales:
             if not 0.0 < s <= 1.0:
                 raise LeWMConfigError("r_scales", self.r_scales, "scales must lie in (0, 1]")
-        if self.chunk_length is not None and (
-            not isinstance(self.chunk_length, int)
-            or isinstance(self.chunk_length, bool)
-            or not 2 <= self.chunk_length <= self.walk_length
-        ):
+        if self.chunk_length is not None and not is_int_in(self.chunk_length, 2, self.walk_length):
             raise LeWMConfigError(
                 "chunk_length",
                 self.chunk_length,
                 f"must be an integer from 2 to walk_length={self.walk_length}",
             )
-        if self.chunk_stride is not None and (
-            not isinstance(self.chunk_stride, int)
-            or isinstance(self.chunk_stride, bool)
-            or self.chunk_stride < 1
-        ):
+        if self.chunk_stride is not None and not is_int_in(self.chunk_stride, 1):
             raise LeWMConfigError("chunk_stride", self.chunk_stride, "must be a positive integer")
 
     @property
@@ -536,12 +533,10 @@ class MoveTrajectoryConfig:
             self.corpus = WalkCorpusConfig(**self.corpus)
         for name in ("history_length", "num_clips", "eval_clips"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int_in(value, 1):
                 raise LeWMConfigError(name, value, "must be a positive integer")
         per_walk = self.clips_per_walk
-        if per_walk != "all" and (
-            not isinstance(per_walk, int) or isinstance(per_walk, bool) or per_walk < 1
-        ):
+        if per_walk != "all" and not is_int_in(per_walk, 1):
             raise LeWMConfigError("clips_per_walk", per_walk, 'must be a positive integer or "all"')
         w = self.corpus.context_window
         if w + self.history_length > self.corpus.walk_length:

@@ -55,7 +55,7 @@ from scipy.sparse.csgraph import shortest_path
 from ..data.graphs import Graph
 from ..data.walks import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
-from ..fields import option, validate_fields
+from ..fields import is_int_in, option, validate_fields
 from .world_model import encode_states, evaluating, neighbor_table
 
 Planner = Literal["auto", "exhaustive", "cem"]
@@ -136,9 +136,7 @@ class PlanningConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        if not self.distances or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.distances
-        ):
+        if not self.distances or not all(is_int_in(d, 1) for d in self.distances):
             raise LeWMConfigError("distances", self.distances, "must be integers >= 1")
         if len(set(self.distances)) != len(self.distances):
             raise LeWMConfigError("distances", self.distances, "must be distinct")

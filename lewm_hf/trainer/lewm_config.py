@@ -23,6 +23,7 @@ from ..fields import (
     Decoding,
     LoRATarget,
     LRSchedule,
+    is_int_in,
     option,
     validate_fields,
 )
@@ -46,7 +47,7 @@ def check_batch_sizes(args: TrainingArguments) -> None:
         "gradient_accumulation_steps",
     ):
         value = getattr(args, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int_in(value, 1):
             raise LeWMConfigError(name, value, "must be an integer >= 1")
 
 
