@@ -124,14 +124,14 @@ def main() -> None:
     threads = set_threads(opts.threads)
     disable_progress_bars()
     (phase,) = [p for p in validate_recipe(RECIPE) if p.task == "world_model"]
-    clips = build_move_trajectories(phase.args.clips)
+    clips = build_move_trajectories(phase.args.domain.clips)
     training = phase.args.training
     epochs = math.ceil(training.num_train_epochs)
     phase_steps = math.ceil(len(clips["train"]) / training.per_device_train_batch_size) * epochs
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"threads {threads}, {opts.rounds} rounds of {opts.steps} steps, "
-        f"train {len(clips['train'])} clips (clips_per_walk {phase.args.clips.clips_per_walk}), "
+        f"train {len(clips['train'])} clips (clips_per_walk {phase.args.domain.clips.clips_per_walk}), "
         f"validation {len(clips['validation'])}; phase {phase_steps} steps, {epochs} "
         f"evaluations; load average at start {load}"
     )

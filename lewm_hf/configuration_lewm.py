@@ -8,7 +8,16 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 
 from .errors import LeWMConfigError
-from .fields import EncoderMode, LossPhase, Pooling, PredLoss, Regularizer, option, validate_fields
+from .fields import (
+    EncoderMode,
+    LossPhase,
+    Pooling,
+    PositionOrigin,
+    PredLoss,
+    Regularizer,
+    option,
+    validate_fields,
+)
 
 DEFAULT_VOCAB_SIZE = 512
 # Default regulariser weight per latent dimension (see `LeWMConfig.reg_weight`).
@@ -84,6 +93,14 @@ class LeWMConfig(PreTrainedConfig):
             Action positions must lie in `[0, max_action_position)`.
         action_hidden (`int`, *optional*, defaults to 128):
             Width of the action embeddings before the MLP; must be even (sinusoidal positions).
+        action_position_origin (`str`, *optional*, defaults to `"window"`):
+            How the data codes an action's position (edit actions): `"window"` (the position in
+            the state's window) or `"locus"` (relative to the locus of the state it edits, in
+            `[1, 2L]`). Saved so that evaluation codes candidate actions as training did.
+        action_reference_offset (`int`, *optional*):
+            With edit actions, a `SUB` action also carries the tokens it replaces, shifted by
+            this offset past the state vocabulary (`action_vocab_size` must hold them). None:
+            `SUB` actions carry only the tokens they write.
         pred_loss (`str`, *optional*, defaults to `"mse"`):
             `"mse"` or `"cos_mse"`.
         regularizer (`str`, *optional*, defaults to `"sigreg"`):
@@ -135,6 +152,12 @@ class LeWMConfig(PreTrainedConfig):
     action_vocab_size: int = option(64, help="Action-token embedding size.", low=1)
     max_action_position: int = option(1024, help="Action positions lie below this.", low=1)
     action_hidden: int = option(128, help="Action embedding width (even).", low=2)
+    action_position_origin: PositionOrigin = option(
+        "window", help="Edit-action positions: in the window, or relative to the state's locus."
+    )
+    action_reference_offset: int | None = option(
+        None, help="Shift of the replaced tokens a SUB action carries (null: none).", low=1
+    )
 
     # Parameters that control the loss
     pred_loss: PredLoss = option("mse", help="Prediction loss: mse or cos_mse.")
@@ -207,6 +230,14 @@ class LeWMConfig(PreTrainedConfig):
             )
         if int(self.d_model * self.mlp_ratio) < 1:
             raise LeWMConfigError("mlp_ratio", self.mlp_ratio, "gives an MLP of width 0")
+        offset = self.action_reference_offset
+        if offset is not None and offset >= self.action_vocab_size:
+            raise LeWMConfigError(
+                "action_reference_offset",
+                offset,
+                f"must be below action_vocab_size={self.action_vocab_size} (the shifted tokens "
+                "are action tokens)",
+            )
 
 
 AutoConfig.register(LeWMConfig.model_type, LeWMConfig, exist_ok=True)

@@ -32,6 +32,8 @@ Decoding = Literal["greedy", "sample"]
 CollapseAction = Literal["warn", "stop"]
 Pooling = Literal["last", "mean", "centered"]
 EncoderMode = Literal["train", "frozen"]
+# Where an edit action's position is counted from (`LeWMConfig.action_position_origin`).
+PositionOrigin = Literal["window", "locus"]
 # The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
 LoRATarget = Literal["encoder", "predictor", "action_encoder"]
 
@@ -238,6 +240,7 @@ __all__ = [
     "LoRATarget",
     "LossPhase",
     "Pooling",
+    "PositionOrigin",
     "PredLoss",
     "Range",
     "Regularizer",

@@ -24,6 +24,8 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,99 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import metric_keys as K
+from .evaluation.edits import (
+    EVAL_EDIT_ACTION,
+    EVAL_EDIT_ACTION_R1,
+    EVAL_SNV_RECOVERY,
+    EVAL_SNV_RECOVERY_R1,
+)
 from .reporting import atomic_write_text
 
 DEFAULT_LICENSE = "apache-2.0"
-WORLD_MODEL_TAGS = ("lewm", "lewm_hf", "world-model", "jepa", "graph-walks")
-LM_TAGS = ("lewm_hf", "causal-lm", "graph-walks")
 ADAPTER_TAGS = ("peft", "lora")
+
+
+@dataclass(frozen=True)
+class CardText:
+    """What a task's model card says about its model and data.
+
+    Args:
+        world_model (`bool`): A `LeWMModel` (else a causal LM).
+        tags (`tuple[str, ...]`): Hub tags.
+        what (`str`): The card's opening paragraph.
+        dataset (`Callable[[dict], str]`): The data's name, from the resolved recipe.
+        settings (`tuple[str, ...]`): Recipe keys shown under "Evaluation settings".
+    """
+
+    world_model: bool
+    tags: tuple[str, ...]
+    what: str
+    dataset: Callable[[dict[str, Any]], str]
+    settings: tuple[str, ...]
+
+
+def _walk_dataset(recipe: dict[str, Any]) -> str:
+    preset = recipe.get("corpus_preset", "small")
+    seed = (recipe.get("corpus") or {}).get("seed", 0)
+    return f"graph walks ({preset} preset, corpus seed {seed})"
+
+
+def _genome_dataset(recipe: dict[str, Any]) -> str:
+    source = recipe.get("genome") or recipe.get("fasta_path") or "a synthetic genome"
+    return f"DNA windows of {source} (held out by region)"
+
+
+_WALK_SETTINGS = ("corpus_preset", "corpus", "per_device_eval_batch_size", "eval_strategy")
+_DNA_SETTINGS = ("genome", "fasta_path", "window_length", "holdout_fraction", "seed")
+# Per task name (`lewm_hf.tasks.TASKS`).
+CARDS = {
+    "lm": CardText(
+        world_model=False,
+        tags=("lewm_hf", "causal-lm", "graph-walks"),
+        what=(
+            "A causal LM on random walks of a degree-corrected stochastic block model graph "
+            "(vertices are tokens), trained until generated walks follow the graph's edges and "
+            "jumper rules (the compliance gate); the encoder phase of a `lewm_hf` world model."
+        ),
+        dataset=_walk_dataset,
+        settings=(*_WALK_SETTINGS, "eval_steps", "gate_"),
+    ),
+    "world_model": CardText(
+        world_model=True,
+        tags=("lewm", "lewm_hf", "world-model", "jepa", "graph-walks"),
+        what=(
+            "A LeWM-style action-conditioned JEPA world model (`lewm_hf.LeWMModel`): an HF "
+            "backbone encodes a state (a window of graph-walk vertices) into a latent, and a "
+            "causal AdaLN-zero transformer predicts the next latent from the history of latents "
+            "and moves (neighbour ranks), trained with a latent prediction loss and SIGReg."
+        ),
+        dataset=_walk_dataset,
+        settings=(*_WALK_SETTINGS, "eval_steps", "eval_clips", "history_length", "trajectory_seed"),
+    ),
+    "dna_lm": CardText(
+        world_model=False,
+        tags=("lewm_hf", "causal-lm", "dna"),
+        what=(
+            "A causal LM of next bases on genome windows (tokens: A, C, G, T, N and specials); "
+            "the encoder phase of a `lewm_hf` DNA edit world model."
+        ),
+        dataset=_genome_dataset,
+        settings=(*_DNA_SETTINGS, "per_device_eval_batch_size"),
+    ),
+    "edit_world_model": CardText(
+        world_model=True,
+        tags=("lewm", "lewm_hf", "world-model", "jepa", "dna"),
+        what=(
+            "A LeWM-style action-conditioned JEPA world model (`lewm_hf.LeWMModel`) of DNA "
+            "edits: an HF backbone encodes a genome window, pooled around the edit locus, into a "
+            "latent, and a causal AdaLN-zero transformer predicts the latent after each edit "
+            "(SNVs, indels, MNVs as actions: operation, position, bases), trained with a latent "
+            "prediction loss and SIGReg."
+        ),
+        dataset=_genome_dataset,
+        settings=(*_DNA_SETTINGS, "eval_items", "max_actions", "cluster_radius"),
+    ),
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -120,14 +209,17 @@ def _world_model_tables(result: dict[str, Any]) -> list[str]:
                 f"| `{key}` | {_fmt(action[key])} | {_fmt(action.get(key + '_copy'))} | "
                 f"{_fmt(action.get(key + '_shuffled'))} | {_fmt(chance)} |"
             )
-    plan = {
-        k: v
-        for k, v in result.items()
-        if k.startswith(K.EVAL_PLAN_PREFIX) and isinstance(v, (int, float))
-    }
-    if plan:
-        lines += ["", "Planning:", "", "| metric | value |", "|---|---|"]
-        lines += [f"| `{k}` | {_fmt(v)} |" for k, v in sorted(plan.items())]
+    for title, prefix in (
+        ("Planning", K.EVAL_PLAN_PREFIX),
+        ("SNV recovery", EVAL_SNV_RECOVERY),
+        ("Edit discrimination", EVAL_EDIT_ACTION),
+    ):
+        numbers = {
+            k: v for k, v in result.items() if k.startswith(prefix) and isinstance(v, (int, float))
+        }
+        if numbers:
+            lines += ["", f"{title}:", "", "| metric | value |", "|---|---|"]
+            lines += [f"| `{k}` | {_fmt(v)} |" for k, v in sorted(numbers.items())]
     return lines
 
 
@@ -140,6 +232,7 @@ def _lm_tables(result: dict[str, Any]) -> list[str]:
             (key, result.get(prefix + key))
             for key in (K.EDGE_COMPLIANCE, K.RULE_COMPLIANCE, K.RULE_CHECKS, K.DISTINCT_FRACTION)
         ],
+        ("final_eval_loss", result.get("final_eval_loss")),
     ]
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in rows if v is not None]
@@ -148,16 +241,17 @@ def _lm_tables(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _eval_results(result: dict[str, Any], task: str, dataset_name: str) -> list[EvalResult]:
+def _eval_results(result: dict[str, Any], card: CardText, dataset_name: str) -> list[EvalResult]:
     """model-index entries: the metrics of the tables, with the values of result.json."""
-    if task == "world_model":
+    if card.world_model:
         task_type, task_name = "world-modeling", "Next-latent prediction"
         keys = [K.EVAL_PRED_MSE, K.EVAL_COPY_MSE, K.EVAL_ACTION_R1]
         keys += [k for k in sorted(result) if k.startswith(K.EVAL_PLAN_SUCCESS)]
+        keys += [EVAL_SNV_RECOVERY_R1, EVAL_EDIT_ACTION_R1]
     else:
-        task_type, task_name = "text-generation", "Rule-compliant walk generation"
+        task_type, task_name = "text-generation", "Next-token prediction"
         prefix = "" if result.get(K.GATE_PASSED) else "final_"
-        keys = [prefix + K.EDGE_COMPLIANCE, prefix + K.RULE_COMPLIANCE]
+        keys = [prefix + K.EDGE_COMPLIANCE, prefix + K.RULE_COMPLIANCE, "final_eval_loss"]
     out = []
     for key in keys:
         value = result.get(key)
@@ -167,7 +261,7 @@ def _eval_results(result: dict[str, Any], task: str, dataset_name: str) -> list[
             EvalResult(
                 task_type=task_type,
                 task_name=task_name,
-                dataset_type="lewm-walks",
+                dataset_type="lewm-" + card.tags[-1],
                 dataset_name=dataset_name,
                 dataset_split="validation",
                 metric_type=key,
@@ -178,19 +272,12 @@ def _eval_results(result: dict[str, Any], task: str, dataset_name: str) -> list[
     return out
 
 
-def _dataset_name(recipe: dict[str, Any]) -> str:
-    preset = recipe.get("corpus_preset", "small")
-    seed = (recipe.get("corpus") or {}).get("seed", 0)
-    return f"graph walks ({preset} preset, corpus seed {seed})"
-
-
-def _evaluation_settings(recipe: dict[str, Any], task: str) -> list[str]:
-    keys = ["corpus_preset", "corpus", "per_device_eval_batch_size", "eval_strategy", "eval_steps"]
-    if task == "world_model":
-        keys += ["eval_clips", "history_length", "trajectory_seed"]
-    else:
-        keys += [k for k in sorted(recipe) if k.startswith("gate_")]
-    shown = {k: recipe[k] for k in keys if k in recipe}
+def _evaluation_settings(recipe: dict[str, Any], card: CardText) -> list[str]:
+    shown = {
+        k: v
+        for k, v in recipe.items()
+        if any(k == s or (s.endswith("_") and k.startswith(s)) for s in card.settings)
+    }
     if not shown:
         return ["Library defaults (see `recipe.yaml`)."]
     return ["```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```"]
@@ -215,12 +302,13 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
     task = recipe.get("task") or (
         "world_model" if adapter or config.get("model_type") == "lewm" else "lm"
     )
+    card = CARDS[task]
     name = (hub_model_id or out.resolve().name).split("/")[-1]
     repo = hub_model_id or str(out)
     base = (adapter or {}).get("base_model_name_or_path")
-    dataset_name = _dataset_name(recipe)
+    dataset_name = card.dataset(recipe)
 
-    tags = list(WORLD_MODEL_TAGS if task == "world_model" else LM_TAGS)
+    tags = list(card.tags)
     if adapter:
         tags += list(ADAPTER_TAGS)
     data = ModelCardData(
@@ -229,11 +317,11 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
         library_name="peft" if adapter else "transformers",
         base_model=base if adapter and _is_hub_id(base) else None,
         model_name=name,
-        eval_results=_eval_results(result, task, dataset_name) or None,
+        eval_results=_eval_results(result, card, dataset_name) or None,
     )
 
     body: list[str] = []
-    if task == "world_model" and beats_copy(result) is False:
+    if card.world_model and beats_copy(result) is False:
         body += [
             "> [!WARNING]",
             f"> **This world model does not beat the copy baseline**: its held-out latent MSE "
@@ -242,30 +330,18 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
             "",
         ]
     body += [f"# {name}", ""]
-    if task == "world_model":
-        what = (
-            "A LeWM-style action-conditioned JEPA world model (`lewm_hf.LeWMModel`): an HF "
-            "backbone encodes a state (a window of graph-walk vertices) into a latent, and a "
-            "causal AdaLN-zero transformer predicts the next latent from the history of latents "
-            "and moves (neighbour ranks), trained with a latent prediction loss and SIGReg."
-        )
-        if adapter:
-            what += (
-                f" This repository holds LoRA adapters (peft) for the base world model "
-                f"`{base}`: {', '.join(adapter.get('target_modules') or [])[:300]}, plus the "
-                f"modules saved in full ({', '.join(adapter.get('modules_to_save') or [])})."
-            )
-    else:
-        what = (
-            "A causal LM on random walks of a degree-corrected stochastic block model graph "
-            "(vertices are tokens), trained until generated walks follow the graph's edges and "
-            "jumper rules (the compliance gate); the encoder phase of a `lewm_hf` world model."
+    what = card.what
+    if adapter:
+        what += (
+            f" This repository holds LoRA adapters (peft) for the base world model "
+            f"`{base}`: {', '.join(adapter.get('target_modules') or [])[:300]}, plus the "
+            f"modules saved in full ({', '.join(adapter.get('modules_to_save') or [])})."
         )
     body += [what, ""]
 
     body += ["## Results", "", f"On held-out data of {dataset_name}.", ""]
     if result:
-        body += _world_model_tables(result) if task == "world_model" else _lm_tables(result)
+        body += _world_model_tables(result) if card.world_model else _lm_tables(result)
     else:
         body += ["No `result.json` in this run."]
     if result.get(K.TRAINABLE_PARAMS) is not None:
@@ -279,7 +355,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
         body += ["## Training curves", "", f"![training curves]({K.CURVES_PLOT})", ""]
 
     body += ["## How to load", "", "```python"]
-    if task == "world_model" and adapter:
+    if card.world_model and adapter:
         body += [
             "import lewm_hf  # registers the `lewm` model type with AutoConfig / AutoModel",
             "from peft import AutoPeftModel",
@@ -287,13 +363,13 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
             f'model = AutoPeftModel.from_pretrained("{repo}")  # base: {base}',
             "merged = model.merge_and_unload()  # a plain LeWMModel",
         ]
-    elif task == "world_model":
+    elif card.world_model:
         body += [
             "import lewm_hf  # registers the `lewm` model type with AutoConfig / AutoModel",
             "from transformers import AutoModel",
             "",
             f'model = AutoModel.from_pretrained("{repo}")  # a LeWMModel',
-            "z = model.encode(input_ids)  # (N, L) vertex windows -> (N, d_state) latents",
+            "z = model.encode(input_ids)  # (N, L) state windows -> (N, d_state) latents",
         ]
     else:
         body += [
@@ -323,7 +399,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
             "Seeds: " + ", ".join(f"`{k}` {v}" for k, v in record["seeds"].items()) + ".",
             "",
         ]
-    body += ["### Evaluation settings", "", *_evaluation_settings(recipe, task), ""]
+    body += ["### Evaluation settings", "", *_evaluation_settings(recipe, card), ""]
     if recipe:
         body += [
             "### Recipe",

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LeWMConfigError("config", str(config), "has no world-model phase")
         plan = plans[-1]
         full = PlanningConfig()
-        recipe_args = getattr(plan.args, "evaluation", None) or EvaluationArguments()
+        recipe_args = plan.args.domain.evaluation or EvaluationArguments()
         evaluation = dict(recipe_args.evaluation)
         planning = {"goals_per_distance": full.goals_per_distance, "seeds": full.seeds}
         for key, value in options.items():
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LeWMConfigError(key, value, "unknown option")
             (evaluation if group == "evaluation" else planning)[field] = value
         args = EvaluationArguments(evaluation=evaluation, planning=planning)
-        corpus = build_walk_corpus(plan.args.data.corpus_config(), plan.args.data.corpus_cache_dir)
+        corpus = build_walk_corpus(plan.args.domain.data.corpus_config(), plan.args.domain.data.corpus_cache_dir)
         model = AutoModel.from_pretrained(str(model_path))
         results = run_evaluation_suite(model, load_walk_metadata(corpus), args)
     except LeWMError as err:

@@ -17,7 +17,7 @@ from lewm_hf.data.edits import EditCorpusConfig, build_edit_corpus, edits_from_r
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.evaluation.edits import EVAL_SNV_RECOVERY_R1, action_coding, snv_recovery
 from lewm_hf.losses import prediction_loss
-from lewm_hf.tasks.edit_world_model import EditActionCollator
+from lewm_hf.tasks.domains.edits import EditActionCollator
 from lewm_hf.tasks.runner import run_recipe
 
 RECIPE = """
@@ -122,6 +122,7 @@ class _PerfectSNVModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(action_position_origin="window", action_reference_offset=None)
 
     def encode(self, input_ids, locus=None):
         return torch.nn.functional.one_hot(input_ids, 7).flatten(1).float()
@@ -212,7 +213,10 @@ def test_edit_action_collator_codes_training_actions_like_the_evaluation(tmp_pat
     ("line", "field"),
     [
         ("    pooling: mean", "action_position_origin"),
-        ("    action_vocab_size: 7", "num_action_ops"),
+        ("    action_vocab_size: 7", "action_reference_offset"),
+        ("    action_vocab_size: 12", "num_action_ops"),
+        ("    num_action_ops: 2", "num_action_ops"),
+        ("    action_reference_offset: 3", "action_reference_offset"),
         ("    max_action_position: 40", "max_action_position"),
     ],
 )

@@ -153,8 +153,8 @@ def files_in(folder: Path) -> set[str]:
 
 def held_out_batch(recipe: Path, cache_dir: str) -> dict[str, torch.Tensor]:
     plan = validate_recipe(recipe)[-1]
-    clips = build_move_trajectories(plan.args.clips, cache_dir)["validation"]
-    return DataCollatorForLeWM(window=plan.args.clips.corpus.context_window)(list(clips))
+    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)["validation"]
+    return DataCollatorForLeWM(window=plan.args.domain.clips.corpus.context_window)(list(clips))
 
 
 def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):

@@ -230,8 +230,8 @@ def held_out_mse(model_dir: Path, recipe: Path, cache_dir: str) -> tuple[float, 
     """Independent re-evaluation of a saved world model: pred and copy MSE on the held-out clips
     (one batch of 32, as the trainer's evaluation)."""
     plan = validate_recipe(recipe)[-1]
-    clips = build_move_trajectories(plan.args.clips, cache_dir)["validation"]
-    batch = DataCollatorForLeWM(window=plan.args.clips.corpus.context_window)(list(clips))
+    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)["validation"]
+    batch = DataCollatorForLeWM(window=plan.args.domain.clips.corpus.context_window)(list(clips))
     model = AutoModel.from_pretrained(model_dir).eval()
     with torch.no_grad():
         out = model(**batch)
@@ -424,7 +424,7 @@ def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
     from lewm_hf.evaluation.compliance import evaluate_compliance
 
     plan = validate_recipe(recipe)[0]
-    corpus = build_walk_corpus(plan.args.data.corpus_config(), cache_dir)
+    corpus = build_walk_corpus(plan.args.domain.data.corpus_config(), cache_dir)
     meta = load_walk_metadata(corpus)
     model = AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
     prompts = corpus["validation_walks"]["walk"]

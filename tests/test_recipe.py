@@ -164,7 +164,7 @@ def test_shipped_recipes_parse_to_their_values():
     assert (lm.args.training.gate_decoding, lm.args.training.gate_temperature) == ("sample", 1.0)
     (wm,) = validate_recipe(configs / "walk_lewm.yaml")
     assert wm.args.config["reg_weight"] == 5.0 and wm.args.config["loss_phase"] == "phase2"
-    assert wm.args.model.encoder_path is None and wm.args.clips.history_length == 3
+    assert wm.args.model.encoder_path is None and wm.args.domain.clips.history_length == 3
     encoder, world = validate_recipe(configs / "default.yaml")
     assert (encoder.name, world.name) == ("encoder", "world_model")
     assert world.args.model.encoder_path == "previous"

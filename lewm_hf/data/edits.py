@@ -35,7 +35,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from ..errors import LeWMConfigError, LeWMInputError
-from ..fields import option, validate_fields
+from ..fields import PositionOrigin, option, validate_fields
 from . import corpus as corpus_cache
 from .dna import (
     DNA_EDIT_ALPHABET,
@@ -62,7 +62,6 @@ from .walks import derive_seed
 DEFAULT_MAX_EDIT_LEN = 16
 # Where the position of an edit action is counted from: the window's first token, or the locus
 # of the state the edit applies to (`locus_relative_positions`).
-PositionOrigin = Literal["window", "locus"]
 # Columns of an edit-corpus row that `DataCollatorForLeWM` reads (`record` and `start` are
 # provenance only).
 EDIT_COLUMNS = ("input_ids", "edit_ops", "edit_positions", "edit_tokens", "locus")

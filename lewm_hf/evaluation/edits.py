@@ -15,7 +15,7 @@
   shuffled and chance references).
 
 Candidate actions are coded as the model was trained to read them (`action_coding`: the
-`action_position_origin` and `action_reference_offset` of its config, through
+`action_position_origin` and `action_reference_offset` fields of its `LeWMConfig`, through
 `edits.code_edit_actions`, as in training): positions relative to the source state's locus or
 to the window, and `SUB` actions with or without the bases they replace.
 
@@ -58,21 +58,12 @@ EVAL_SNV_RECOVERY = EVAL_PREFIX + "snv_recovery_"
 EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY + "r1"
 EVAL_EDIT_ACTION = EVAL_PREFIX + "edit_action_"
 EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION + "r1"
-# Model-config attributes of the action coding of an edit model (`edits.code_edit_actions`):
-# where positions are counted from (`PositionOrigin`), and the shift of `SUB` reference tokens
-# (None: `SUB` actions carry only the tokens they write).
-ACTION_POSITION_ORIGIN = "action_position_origin"
-ACTION_REFERENCE_OFFSET = "action_reference_offset"
 
 
 def action_coding(model: Any) -> tuple[PositionOrigin, int | None]:
-    """The action coding `model` was trained with: `(position_origin, reference_offset)` from
-    its config, `("window", None)` for a model (or stand-in) without them."""
-    config = getattr(model, "config", None)
-    return (
-        getattr(config, ACTION_POSITION_ORIGIN, "window"),
-        getattr(config, ACTION_REFERENCE_OFFSET, None),
-    )
+    """The action coding `model` was trained with: its config's `action_position_origin` and
+    `action_reference_offset` (declared `LeWMConfig` fields)."""
+    return model.config.action_position_origin, model.config.action_reference_offset
 
 
 @dataclass
@@ -342,8 +333,6 @@ def evaluate_edit_model(
 
 
 __all__ = [
-    "ACTION_POSITION_ORIGIN",
-    "ACTION_REFERENCE_OFFSET",
     "EVAL_EDIT_ACTION_R1",
     "EVAL_SNV_RECOVERY_R1",
     "EditEvaluationArguments",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
+from ..data.edits import EditCorpusConfig
 from ..data.walks import WalkCorpusConfig
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
@@ -41,6 +43,26 @@ class WalkCorpusArguments:
             if key not in valid:
                 raise LeWMConfigError(f"corpus.{key}", value, "unknown corpus field")
         return WalkCorpusConfig.preset(self.corpus_preset, **self.corpus)
+
+
+@dataclass
+class DNACorpusCacheArguments:
+    """Where DNA corpora are cached (the corpus itself is `EditCorpusConfig`'s keys).
+
+    Args:
+        corpus_cache_dir (`str`, *optional*): Corpus cache root (default `$LEWM_HF_CACHE` or
+            `~/.cache/lewm_hf/corpora`).
+    """
+
+    corpus_cache_dir: str | None = option(None, help="Corpus cache root.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+def dna_corpus_config(data: dict[str, Any], training: Any) -> EditCorpusConfig:
+    """The DNA corpus keys of a phase, with the run's seed (`training.seed`) as the corpus seed."""
+    return EditCorpusConfig(**{**data, "seed": training.seed})
 
 
 @dataclass
@@ -78,12 +100,15 @@ class WorldModelArguments:
             build the encoder from `LeWMConfig.encoder_config` (a tiny Llama by default).
         model_name_or_path (`str`, *optional*): A whole saved `LeWMModel` to start from instead
             (a local folder, a Hub id, or `"previous"`: the previous phase's world model), e.g.
-            to adapt it with LoRA; `encoder_path` is then ignored. Its architecture comes from
-            its `config.json`: a recipe may set only the loss keys, `dropout` and
-            `encoder_mode` differently.
+            to adapt it with LoRA; `encoder_path` must then be null (the saved model has its
+            encoder). Its architecture comes from its `config.json`: a recipe may set only the
+            loss keys, `dropout` and `encoder_mode` differently; any other `LeWMConfig` key must
+            equal the saved value (else an error names it).
     """
 
-    encoder_path: str | None = option("previous", help="previous, a local path, or null.")
+    encoder_path: str | None = option(
+        "previous", help="previous, a local path, or null (with model_name_or_path: null)."
+    )
     model_name_or_path: str | None = option(
         None, help="A saved LeWMModel to start from (local path, Hub id or previous)."
     )
@@ -92,4 +117,10 @@ class WorldModelArguments:
         validate_fields(self)
 
 
-__all__ = ["WalkCorpusArguments", "WalkLMModelArguments", "WorldModelArguments"]
+__all__ = [
+    "DNACorpusCacheArguments",
+    "WalkCorpusArguments",
+    "WalkLMModelArguments",
+    "WorldModelArguments",
+    "dna_corpus_config",
+]

@@ -5,7 +5,8 @@ synthetic genome; `window_length`, `window_stride`, `holdout_fraction`, `max_n_f
 by region (`dna.split_windows`: the last `holdout_fraction` of each record is validation). The
 edit keys of that class are unused here, so that both DNA phases read one set of corpus keys.
 
-Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> report.
+Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate ->
+report -> publish.
 """
 
 from __future__ import annotations
@@ -24,27 +25,11 @@ from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
 from ..data.edits import EditCorpusConfig, load_source_records
 from ..data.walks import derive_seed
 from ..determinism import prepare_run
-from ..fields import option, validate_fields
+from ..hub import publish
 from ..trainer.lewm_trainer import CausalLMTrainer
-from .arguments import WalkLMModelArguments
-from .base import PhaseContext, build_training_arguments
-from .walk_lm import build_walk_lm
-
-
-@dataclass
-class DNACorpusCacheArguments:
-    """Where DNA corpora are cached (the corpus itself is `EditCorpusConfig`'s keys).
-
-    Args:
-        corpus_cache_dir (`str`, *optional*): Corpus cache root (default `$LEWM_HF_CACHE` or
-            `~/.cache/lewm_hf/corpora`).
-    """
-
-    corpus_cache_dir: str | None = option(None, help="Corpus cache root.")
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
-
+from .arguments import DNACorpusCacheArguments, WalkLMModelArguments, dna_corpus_config
+from .base import PhaseContext, build_training_arguments, check_resume_fits
+from .walk_lm import build_walk_lm, check_lm_start
 
 # Recipe targets: each key belongs to exactly one of them.
 TARGETS = {
@@ -67,18 +52,15 @@ class DNALMTaskArguments:
     training: TrainingArguments
 
 
-def corpus_config(data: dict[str, Any], training: Any) -> EditCorpusConfig:
-    """The corpus keys, with the run's seed as the corpus seed."""
-    return EditCorpusConfig(**{**data, "seed": training.seed})
-
-
 def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DNALMTaskArguments:
     """Build (and so validate) the phase's arguments from the recipe keys each target owns."""
     training = build_training_arguments(TrainingArguments, parts["training"], output_dir, source)
+    model = WalkLMModelArguments(**parts["model"])
+    check_lm_start(model, parts["model"])
     return DNALMTaskArguments(
-        data=corpus_config(parts["data"], training),
+        data=dna_corpus_config(parts["data"], training),
         cache=DNACorpusCacheArguments(**parts["cache"]),
-        model=WalkLMModelArguments(**parts["model"]),
+        model=model,
         training=training,
     )
 
@@ -123,6 +105,8 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
 
     # Model (vocabulary = the DNA tokenizer's)
     model = build_walk_lm(args.model, DNA_VOCAB_SIZE, max_positions=args.data.window_length)
+    if context.resume:
+        check_resume_fits(context.resume, model)
 
     # Trainer
     trainer = CausalLMTrainer(
@@ -150,6 +134,9 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     # Report
     result = trainer.build_result(context.name, final_eval_loss=eval_loss)
     trainer.write_result(result)
+
+    # Publish: the model card, and the Hub upload with `push_to_hub`
+    publish(trainer)
     losses = result["curves"][K.TRAIN_LOSS]["value"]
     out_dir = Path(training_args.output_dir)
     return {

@@ -1,6 +1,6 @@
 """Task `lm`: the encoder phase, a causal LM on random walks stopped by the compliance gate.
 
-Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> report.
+Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> report -> publish.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..reporting import console
 from ..trainer.lewm_config import WalkLMTrainingArguments
 from ..trainer.lewm_trainer import WalkLMTrainer
 from .arguments import WalkCorpusArguments, WalkLMModelArguments
-from .base import PhaseContext, build_training_arguments
+from .base import PhaseContext, build_training_arguments, check_resume_fits
 
 # Recipe targets: each key belongs to exactly one of them.
 TARGETS = {
@@ -45,34 +45,79 @@ class WalkLMTaskArguments:
 
 def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> WalkLMTaskArguments:
     """Build (and so validate) the phase's arguments from the recipe keys each target owns."""
+    model = WalkLMModelArguments(**parts["model"])
+    check_lm_start(model, parts["model"])
     return WalkLMTaskArguments(
         data=WalkCorpusArguments(**parts["data"]),
-        model=WalkLMModelArguments(**parts["model"]),
+        model=model,
         training=build_training_arguments(
             WalkLMTrainingArguments, parts["training"], output_dir, source
         ),
     )
 
 
+# Model keys that size a new LM: with `model_name_or_path` the checkpoint's config decides them,
+# so a recipe may only repeat its values.
+LM_ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
+
+
+def check_lm_start(model_args: WalkLMModelArguments, explicit: dict[str, Any]) -> None:
+    """With `model_name_or_path`, the recipe's model keys are applied or rejected, never dropped.
+
+    The architecture keys (`LM_ARCHITECTURE_KEYS`) the recipe sets must equal the checkpoint's;
+    `model_config_overrides` must name fields of its config (they are applied on load).
+
+    Args:
+        model_args (`WalkLMModelArguments`): The parsed model arguments.
+        explicit (`dict[str, Any]`): The model keys the recipe sets.
+
+    Raises:
+        `LeWMConfigError`: for a missing or unreadable checkpoint, or a key it fixes otherwise.
+    """
+    if not model_args.model_name_or_path:
+        return
+    path = Path(model_args.model_name_or_path)
+    if not (path / "config.json").is_file():
+        raise LeWMConfigError("model_name_or_path", str(path), "no config.json there")
+    saved = check_model_dir(path, "model_name_or_path")  # missing, truncated or corrupt weights
+    for key in LM_ARCHITECTURE_KEYS:
+        if key in explicit and saved.get(key) != explicit[key]:
+            raise LeWMConfigError(
+                key, explicit[key], f"is fixed by model_name_or_path={path} ({saved.get(key)!r})"
+            )
+    for key, value in model_args.model_config_overrides.items():
+        if key not in saved:
+            raise LeWMConfigError(
+                f"model_config_overrides.{key}",
+                value,
+                f"is not a field of the config of model_name_or_path={path}",
+            )
+
+
 def build_walk_lm(
     model_args: WalkLMModelArguments, vocab_size: int, max_positions: int
 ) -> PreTrainedModel:
-    """Build the encoder-phase causal LM (vocabulary = vertices), or load `model_name_or_path`.
+    """Build the encoder-phase causal LM, or load `model_name_or_path` with the recipe's
+    `model_config_overrides` applied (`check_lm_start` has checked the other keys).
 
     Args:
         model_args (`WalkLMModelArguments`): The model arguments.
-        vocab_size (`int`): Number of vertices.
+        vocab_size (`int`): Vocabulary size (the graph's vertices, the DNA tokenizer's).
         max_positions (`int`): Longest context the model will see.
 
     Returns:
         `PreTrainedModel`: A causal LM.
     """
     if model_args.model_name_or_path:
-        path = Path(model_args.model_name_or_path)
-        if not (path / "config.json").is_file():
-            raise LeWMConfigError("model_name_or_path", str(path), "no config.json there")
-        check_model_dir(path, "model_name_or_path")  # missing, truncated or corrupt weights
-        return AutoModelForCausalLM.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, **model_args.model_config_overrides
+        )
     kwargs = {
         "vocab_size": vocab_size,
         "hidden_size": model_args.hidden_size,
@@ -123,6 +168,8 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     else:
         max_positions = max(2 * window + 2, corpus_config.row_length)
         model = build_walk_lm(args.model, meta.graph.num_vertices, max_positions=max_positions)
+    if context.resume:
+        check_resume_fits(context.resume, model)
 
     # Trainer
     trainer = WalkLMTrainer(
@@ -149,7 +196,9 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     # Report
     result = trainer.build_result(context.name)
     trainer.write_result(result)
-    publish(trainer)  # the model card, and the Hub upload with `push_to_hub`
+
+    # Publish: the model card, and the Hub upload with `push_to_hub`
+    publish(trainer)
     out_dir = Path(training_args.output_dir)
     passed = result[K.GATE_PASSED]
     prefix = "" if passed else "final_"

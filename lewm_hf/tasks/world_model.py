@@ -1,6 +1,11 @@
-"""Task `world_model`: a LeWM world model on move trajectories of a walk corpus's graph.
+"""The world-model runner: one runner for every kind of trajectory data.
 
-Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate -> report.
+Tasks `world_model` (graph walks) and `edit_world_model` (DNA edits) are this runner, each
+given its domain (`lewm_hf.tasks.domains`): the domain builds the trajectories, codes the
+actions and runs its evaluation; everything else is here, once.
+
+Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate ->
+report -> publish.
 """
 
 from __future__ import annotations
@@ -10,84 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedConfig
+
 from .. import metric_keys as K
 from ..configuration_lewm import LeWMConfig
-from ..data.walks import (
-    MoveTrajectoryConfig,
-    WalkMetadata,
-    build_move_trajectories,
-    load_walk_metadata,
-)
 from ..determinism import prepare_run
 from ..errors import LeWMCollapseError, LeWMConfigError
-from ..evaluation.suite import EvaluationArguments, run_evaluation_suite
-from ..evaluation.world_model import evaluate_world_model
 from ..hub import publish
 from ..modeling_lewm import LeWMModel
 from ..trainer.lewm_config import LeWMTrainingArguments
 from ..trainer.lewm_trainer import LeWMTrainer
-from .arguments import WalkCorpusArguments, WorldModelArguments
-from .base import PhaseContext, build_training_arguments
+from .arguments import WorldModelArguments
+from .base import PhaseContext, build_training_arguments, check_resume_fits, resolve_previous
+from .domains import WorldModelData, WorldModelDomain
 
-# Recipe targets: each key belongs to exactly one of them.
-TARGETS = {
-    "data": WalkCorpusArguments,
-    "clips": MoveTrajectoryConfig,
+# Recipe targets every world-model task has; its domain adds the data and evaluation ones.
+MODEL_TARGETS = {
     "model": WorldModelArguments,
     "config": LeWMConfig,
     "training": LeWMTrainingArguments,
-    "evaluation": EvaluationArguments,
 }
-# Keys that two targets declare, and their one owner: the corpus is chosen by the corpus keys
-# (the clips' `corpus` field is filled from them), and the clips' history length is the model's.
-OWNERS = {"corpus": "data", "history_length": "clips"}
-
-
-@dataclass
-class WorldModelTaskArguments:
-    """The parsed arguments of a `world_model` phase.
-
-    Args:
-        data (`WalkCorpusArguments`): The walk corpus.
-        clips (`MoveTrajectoryConfig`): The move clips (its `history_length` is the model's).
-        model (`WorldModelArguments`): Where the state encoder comes from.
-        config (`dict`): The `LeWMConfig` fields the recipe sets (validated at parse time).
-        training (`LeWMTrainingArguments`): The trainer's arguments.
-    """
-
-    data: WalkCorpusArguments
-    clips: MoveTrajectoryConfig
-    model: WorldModelArguments
-    config: dict[str, Any]
-    training: LeWMTrainingArguments
-    evaluation: EvaluationArguments
-
-
-def parse(
-    parts: dict[str, dict[str, Any]], output_dir: Path, source: str
-) -> WorldModelTaskArguments:
-    """Build (and so validate) the phase's arguments from the recipe keys each target owns."""
-    data = WalkCorpusArguments(**parts["data"])
-    clips = MoveTrajectoryConfig(corpus=data.corpus_config(), **parts["clips"])
-    LeWMConfig(**parts["config"])  # every model key is checked before anything runs
-    args = WorldModelTaskArguments(
-        data=data,
-        clips=clips,
-        model=WorldModelArguments(**parts["model"]),
-        config=dict(parts["config"]),
-        training=build_training_arguments(
-            LeWMTrainingArguments, parts["training"], output_dir, source
-        ),
-        evaluation=EvaluationArguments(**parts["evaluation"]),
-    )
-    check_lora_start(args)
-    return args
-
-
 # Parts of a model built around an encoder (not loaded whole) that start untrained.
 FRESH_PARTS = ("projector", "action_encoder", "predictor")
 # LeWMConfig keys a recipe may change when it starts from a whole saved world model; every other
-# key is the checkpoint's architecture.
+# key is the checkpoint's architecture (or its action coding) and must equal the saved value.
 ADAPTABLE_CONFIG_KEYS = (
     "encoder_mode",
     "dropout",
@@ -98,6 +49,72 @@ ADAPTABLE_CONFIG_KEYS = (
     "sigreg_num_slices",
     "sigreg_seed",
 )
+
+
+@dataclass
+class WorldModelTaskArguments:
+    """The parsed arguments of a world-model phase.
+
+    Args:
+        domain (`Any`): The domain's arguments (`WalkArguments`, `EditArguments`): data and
+            evaluation.
+        model (`WorldModelArguments`): Where the state encoder (or the whole model) comes from.
+        config (`dict`): The `LeWMConfig` keys the recipe sets (validated at parse time).
+        training (`LeWMTrainingArguments`): The trainer's arguments.
+    """
+
+    domain: Any
+    model: WorldModelArguments
+    config: dict[str, Any]
+    training: LeWMTrainingArguments
+
+
+class WorldModelTask:
+    """A world-model task: this module's runner with one domain.
+
+    Args:
+        domain (`WorldModelDomain`): What differs between kinds of trajectory data.
+    """
+
+    def __init__(self, domain: WorldModelDomain):
+        self.domain = domain
+        self.TARGETS = {**domain.targets, **MODEL_TARGETS}
+        self.OWNERS = dict(domain.owners)
+
+    def parse(
+        self, parts: dict[str, dict[str, Any]], output_dir: Path, source: str
+    ) -> WorldModelTaskArguments:
+        """Build (and so validate) the phase's arguments from the recipe keys each target owns."""
+        training = build_training_arguments(
+            LeWMTrainingArguments, parts["training"], output_dir, source
+        )
+        model = WorldModelArguments(**parts["model"])
+        if model.model_name_or_path and parts["model"].get("encoder_path") is not None:
+            raise LeWMConfigError(
+                "encoder_path",
+                model.encoder_path,
+                f"model_name_or_path={model.model_name_or_path} loads a whole world model, "
+                "encoder included: set encoder_path to null",
+            )
+        args = WorldModelTaskArguments(
+            domain=self.domain.parse(parts, training),
+            model=model,
+            config=dict(parts["config"]),
+            training=training,
+        )
+        # Every model key is checked before anything runs; a new model's fit to the domain too
+        # (a saved model's is checked once it is read).
+        config = LeWMConfig(
+            **{**self.domain.config_defaults(args.domain, args.config, None), **args.config}
+        )
+        if not model.model_name_or_path:
+            self.domain.check_config(config, args.domain, None)
+        check_lora_start(args)
+        return args
+
+    def main(self, args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]:
+        """Run the phase: see `run_world_model`."""
+        return run_world_model(self.domain, args, context)
 
 
 def check_lora_start(args: WorldModelTaskArguments) -> None:
@@ -125,107 +142,95 @@ def check_lora_start(args: WorldModelTaskArguments) -> None:
         )
 
 
-def resolve_encoder_path(encoder_path: str | None, context: PhaseContext) -> str | None:
-    """`previous` becomes the previous phase's `model_path`; a path or None is kept."""
-    if encoder_path != "previous":
-        return encoder_path
-    if context.previous is None:
-        raise LeWMConfigError("encoder_path", encoder_path, "there is no previous phase")
-    return context.previous["model_path"]
-
-
-def resolve_model_path(model_path: str | None, context: PhaseContext) -> str | None:
-    """`model_name_or_path: previous` becomes the previous phase's `model_path`."""
-    if model_path != "previous":
-        return model_path
-    if context.previous is None:
-        raise LeWMConfigError("model_name_or_path", model_path, "there is no previous phase")
-    return context.previous["model_path"]
-
-
-def load_world_model(args: WorldModelTaskArguments, meta: WalkMetadata, path: str) -> LeWMModel:
-    """A whole saved world model (`model_name_or_path`), with the recipe's adaptable keys.
+def read_saved_config(path: str) -> LeWMConfig:
+    """The `LeWMConfig` of a saved world model (a folder or a Hub id).
 
     Raises:
-        `LeWMConfigError`: when the checkpoint cannot be loaded, a recipe key would change its
-            architecture, or it does not fit the clips (history length, action vocabulary).
+        `LeWMConfigError`: when it cannot be read, or it is not a LeWM world model (an encoder
+            LM belongs in `encoder_path`).
     """
     try:
-        saved = LeWMConfig.from_pretrained(path)
+        raw, _ = PreTrainedConfig.get_config_dict(path)
     except (OSError, ValueError) as err:
         raise LeWMConfigError("model_name_or_path", path, f"cannot load: {err}") from err
+    model_type = raw.get("model_type")
+    if model_type != LeWMConfig.model_type:
+        raise LeWMConfigError(
+            "model_name_or_path",
+            path,
+            f"is not a LeWM world model (its config.json has model_type {model_type!r}, not "
+            f"{LeWMConfig.model_type!r}); to build a world model around this encoder, give it "
+            "as encoder_path",
+        )
+    return LeWMConfig.from_pretrained(path)
+
+
+def load_world_model(
+    domain: WorldModelDomain, args: WorldModelTaskArguments, data: WorldModelData, path: str
+) -> LeWMModel:
+    """A whole saved world model, with the recipe's config keys applied or rejected.
+
+    Every `LeWMConfig` key the recipe sets is either applied (`ADAPTABLE_CONFIG_KEYS`) or must
+    equal the saved value: none is dropped.
+
+    Raises:
+        `LeWMConfigError`: when the checkpoint cannot be loaded or is no world model, a recipe
+            key would change its architecture, or it does not fit the domain's data.
+    """
+    saved = read_saved_config(path)
     overrides = {}
     for key, value in args.config.items():
         if key in ADAPTABLE_CONFIG_KEYS:
             overrides[key] = value
-        elif getattr(saved, key, None) != value:
+        elif getattr(saved, key) != value:
             raise LeWMConfigError(
-                key, value, f"is fixed by model_name_or_path={path} ({getattr(saved, key, None)!r})"
+                key, value, f"is fixed by model_name_or_path={path} ({getattr(saved, key)!r})"
             )
-    if saved.history_length != args.clips.history_length:
-        raise LeWMConfigError(
-            "history_length",
-            args.clips.history_length,
-            f"model_name_or_path={path} was trained with history_length={saved.history_length}",
-        )
-    if saved.action_vocab_size < meta.graph.max_out_degree:
-        raise LeWMConfigError(
-            "model_name_or_path",
-            path,
-            f"its action_vocab_size={saved.action_vocab_size} is below this graph's out-degree "
-            f"{meta.graph.max_out_degree} (pick another corpus seed or train a new model)",
-        )
+    for key, value in overrides.items():
+        setattr(saved, key, value)
+    domain.check_config(saved, args.domain, data)
     return LeWMModel.from_pretrained(path, **overrides)
 
 
 def build_world_model(
+    domain: WorldModelDomain,
     args: WorldModelTaskArguments,
-    meta: WalkMetadata,
+    data: WorldModelData,
     encoder_path: str | None,
-    model_path: str | None = None,
+    model_path: str | None,
 ) -> LeWMModel:
-    """The world model: the saved one in `model_path`, else the recipe's `LeWMConfig` fields,
-    sized to the clips' graph, around the encoder saved in `encoder_path` (or a fresh one when it
+    """The world model: the saved one in `model_path`, else the recipe's `LeWMConfig` keys over
+    the domain's defaults, around the encoder saved in `encoder_path` (or a fresh one when it
     is None).
-
-    Args:
-        args (`WorldModelTaskArguments`): The parsed arguments.
-        meta (`WalkMetadata`): The clips' graph and jumpers.
-        encoder_path (`str`, *optional*): A checkpoint folder (or Hub id) of the encoder.
-        model_path (`str`, *optional*): A saved `LeWMModel` (folder or Hub id) to start from.
 
     Returns:
         `LeWMModel`: The model.
     """
     if model_path:
-        return load_world_model(args, meta, model_path)
-    kwargs = dict(args.config)
-    kwargs["history_length"] = args.clips.history_length
-    max_degree = meta.graph.max_out_degree
-    kwargs.setdefault("action_vocab_size", max_degree)
-    if kwargs["action_vocab_size"] < max_degree:
-        raise LeWMConfigError(
-            "action_vocab_size",
-            kwargs["action_vocab_size"],
-            f"the graph has out-degree up to {max_degree}",
-        )
+        return load_world_model(domain, args, data, model_path)
+    kwargs = {**domain.config_defaults(args.domain, args.config, data), **args.config}
     if encoder_path:
-        return LeWMModel.from_encoder_pretrained(encoder_path, **kwargs)
-    kwargs.setdefault("vocab_size", meta.graph.num_vertices)
-    return LeWMModel(LeWMConfig(**kwargs))
+        model = LeWMModel.from_encoder_pretrained(encoder_path, **kwargs)
+    else:
+        kwargs.setdefault("vocab_size", domain.fresh_vocab_size(data))
+        model = LeWMModel(LeWMConfig(**kwargs))
+    domain.check_config(model.config, args.domain, data)
+    return model
 
 
-def main(args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]:
-    """Train a LeWM world model on move trajectories and evaluate it on held-out clips.
+def run_world_model(
+    domain: WorldModelDomain, args: WorldModelTaskArguments, context: PhaseContext
+) -> dict[str, Any]:
+    """Train a LeWM world model on the domain's trajectories and evaluate it on held-out rows.
 
-    Writes the model (`model.safetensors`, `config.json`; under LoRA the adapters,
-    `adapter_config.json` and `adapter_model.safetensors`), `result.json`, `curves.png`,
-    `determinism.json`, `recipe.yaml` and the model card `README.md` in the phase's output dir,
-    and pushes them with `push_to_hub`. A run that starts from a saved world model
-    (`model_name_or_path`) also reports that model's metrics on this run's data
-    (`before_eval_pred_mse`, `before_eval_copy_mse`).
+    Writes the model (`model.safetensors`, `config.json`; under LoRA the adapters), a tokenizer
+    where the domain has one, `result.json`, `curves.png`, `determinism.json`, `recipe.yaml` and
+    the model card `README.md` in the phase's output dir, and pushes them with `push_to_hub`.
+    A run that starts from a saved world model (`model_name_or_path`) also reports that model's
+    numbers on this run's data (`before_eval_*`).
 
     Args:
+        domain (`WorldModelDomain`): The kind of trajectory data.
         args (`WorldModelTaskArguments`): The parsed arguments.
         context (`PhaseContext`): Phase name, previous phase, resume checkpoint.
 
@@ -241,41 +246,34 @@ def main(args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]
     seeds = prepare_run(training_args, context.recipe)
 
     # Data
-    with training_args.main_process_first(desc="move trajectories"):
-        clips = build_move_trajectories(args.clips, args.data.corpus_cache_dir)
-    meta = load_walk_metadata(clips)
+    with training_args.main_process_first(desc=domain.description):
+        data = domain.build_data(args.domain)
 
     # Model
-    model_path = resolve_model_path(args.model.model_name_or_path, context)
-    encoder_path = None if model_path else resolve_encoder_path(args.model.encoder_path, context)
-    model = build_world_model(args, meta, encoder_path, model_path)
+    model_path = resolve_previous(args.model.model_name_or_path, context, "model_name_or_path")
+    encoder_path = None
+    if not model_path:
+        encoder_path = resolve_previous(args.model.encoder_path, context, "encoder_path")
+    model = build_world_model(domain, args, data, encoder_path, model_path)
+    if context.resume:
+        check_resume_fits(context.resume, model)
 
     # Trainer
     trainer = LeWMTrainer(
         model=model,
         args=training_args,
-        train_dataset=clips["train"],
-        eval_dataset=clips["validation"],
-        window=args.clips.corpus.context_window,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        **domain.trainer_kwargs(model, args.domain, data),
     )
 
-    # A saved world model is first evaluated as it is, on this run's data: `before_eval_*`
-    # (held-out MSE and, with `run_evaluation`, action discrimination).
+    # A saved world model is first evaluated as it is, on this run's data: `before_eval_*`.
     before = {}
     if model_path:
         metrics = trainer.evaluate()
-        before = {
-            K.BEFORE_PREFIX + key: metrics.get(key) for key in (K.EVAL_PRED_MSE, K.EVAL_COPY_MSE)
-        }
-        if args.evaluation.run_evaluation:
-            start_eval = evaluate_world_model(model, meta, args.evaluation.configs()[0])
-            before.update(
-                {
-                    K.BEFORE_PREFIX + key: value
-                    for key, value in start_eval.items()
-                    if key.startswith(K.EVAL_ACTION_PREFIX)
-                }
-            )
+        before = {key: metrics.get(key) for key in (K.EVAL_PRED_MSE, K.EVAL_COPY_MSE)}
+        before.update(domain.before_evaluation(model, args.domain, data))
+        before = {K.BEFORE_PREFIX + key: value for key, value in before.items()}
 
     # Train
     trainer.train(resume_from_checkpoint=context.resume)
@@ -283,16 +281,16 @@ def main(args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]
     # Save
     trainer.save_model()
 
-    # Evaluate: the final evaluation reuses the last logged one when it ran on the final weights.
+    # Evaluate: the final evaluation reuses the last logged one when it ran on the final weights,
+    # then the domain's evaluation of the trained model.
     metrics = trainer.final_metrics()
     final = {
         key: metrics.get(key)
         for key in (K.EVAL_PRED_MSE, K.EVAL_COPY_MSE, K.EVAL_PRED_LOSS, K.EVAL_REG_LOSS)
     }
-    # ... then action discrimination, rollouts, surprise and planning on held-out walks.
-    if args.evaluation.run_evaluation:
+    if args.domain.evaluation.run_evaluation:
         evaluated = trainer.accelerator.unwrap_model(trainer.model)
-        final.update(run_evaluation_suite(evaluated, meta, args.evaluation))
+        final.update(domain.evaluate(evaluated, args.domain, data))
 
     # Report
     result = trainer.build_result(context.name, **final, **before, seeds=vars(seeds))
@@ -302,17 +300,20 @@ def main(args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]
             f"phase {context.name!r} stopped at step {trainer.state.global_step}: collapse alerts "
             f"{result['collapse_alerts']} (collapse_action: stop); see {training_args.output_dir}"
         )
-    publish(trainer)  # the model card, and the Hub upload with `push_to_hub`
+
+    # Publish: the model card, and the Hub upload with `push_to_hub`
+    publish(trainer)
     pred = result["curves"][K.PRED_LOSS]["value"]
     reg = result["curves"][K.REG_LOSS]["value"]
     return {
-        "task": "world_model",
+        "task": domain.name,
         "output_dir": training_args.output_dir,
         "model_path": training_args.output_dir,
         "encoder_path": encoder_path,
         "model_name_or_path": model_path,
         **final,
         **before,
+        **data.summary,
         K.TRAINABLE_FRACTION: result[K.TRAINABLE_FRACTION],
         "final_pred_loss": pred[-1] if pred else None,
         "final_reg_loss": reg[-1] if reg else None,
@@ -321,3 +322,15 @@ def main(args: WorldModelTaskArguments, context: PhaseContext) -> dict[str, Any]
         "global_step": trainer.state.global_step,
         "wall_time_s": time.time() - start,
     }
+
+
+__all__ = [
+    "ADAPTABLE_CONFIG_KEYS",
+    "WorldModelTask",
+    "WorldModelTaskArguments",
+    "build_world_model",
+    "check_lora_start",
+    "load_world_model",
+    "read_saved_config",
+    "run_world_model",
+]

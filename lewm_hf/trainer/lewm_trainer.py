@@ -641,9 +641,9 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         return None
 
 
-class CausalLMTrainer(_ResultMixin, Trainer):
+class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
     """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
-    (train and eval loss curves); no gate."""
+    (train and eval loss curves) and the package's model card; no gate."""
 
     result_curves: ClassVar[dict[str, str]] = {"eval_loss": K.EVAL_LOSS}
 
