@@ -54,6 +54,8 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
 
     A shared key (top level or an unprefixed command-line flag, e.g. `--reg_weight 3`) reaches
     the phases whose task has it; it is unknown, and an error, only if no phase's task has it.
+    A shared `hub_model_id` in a recipe of several phases becomes `<hub_model_id>-<phase name>`
+    in each phase that does not set its own.
 
     Args:
         recipe (`Recipe`): The composed recipe.
@@ -76,6 +78,11 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
         and key not in recipe.own_keys[index]
         and any(key in other for other in others)
     )
+    shared_repo = recipe.shared.get("hub_model_id")
+    if shared_repo and len(recipe.phases) > 1 and "hub_model_id" not in recipe.own_keys[index]:
+        # One repo per phase: a shared `hub_model_id` names the run, each phase pushes to
+        # `<hub_model_id>-<phase name>` (the same rule as without one: `<run>-<phase>`).
+        phase["hub_model_id"] = f"{shared_repo}-{name}"
     parts = split_phase_keys(
         recipe, index, owners, tuple(task.TARGETS), RUNNER_KEYS + for_other_phases
     )
