@@ -41,6 +41,7 @@ from lewm_hf.data.edits import (
     truncated_geometric,
     with_reference_tokens,
 )
+from lewm_hf.determinism import derive_seed
 
 WINDOW = "ACGTTGCAAC"  # indices 0..9
 
@@ -620,7 +621,7 @@ def test_edit_corpus_rows_are_region_split_trajectories(tmp_path):
     config = EditCorpusConfig(**SMALL, min_actions=2, max_actions=4, cluster_radius=3)
     corpus = build_edit_corpus(config, tmp_path)
     records = synthetic_records(
-        num_records=2, record_length=6000, seed=edits_module.derive_seed(0, "synthetic-genome")
+        num_records=2, record_length=6000, seed=derive_seed(0, "synthetic-genome")
     )
     regions = json.loads((corpus_cache.corpus_folder(corpus) / "regions.json").read_text())
     cut = {r["name"]: r["train"][1] for r in regions["records"]}

@@ -42,6 +42,7 @@ import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict
 
+from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import option, validate_fields
 from . import corpus as corpus_cache
@@ -57,7 +58,6 @@ from .dna import (
     split_windows,
     synthetic_records,
 )
-from .walks import derive_seed
 
 DEFAULT_MAX_EDIT_LEN = 16
 # Where the position of an edit action is counted from: the window's first token, or the locus

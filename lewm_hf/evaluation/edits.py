@@ -41,7 +41,7 @@ from ..data.edits import (
     edits_from_row,
     map_locus,
 )
-from ..data.walks import derive_seed
+from ..determinism import derive_seed
 from ..fields import option, validate_fields
 from ..metric_keys import EVAL_PREFIX
 from .world_model import (

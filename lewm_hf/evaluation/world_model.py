@@ -49,7 +49,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ..data.graphs import Graph
-from ..data.walks import WalkMetadata, derive_seed, generate_walks, load_walk_metadata
+from ..data.walks import WalkMetadata, generate_walks, load_walk_metadata
+from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import option, validate_fields
 from ..losses import sigreg, sigreg_generator
