@@ -21,7 +21,7 @@ from transformers import TrainingArguments
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
-from ..data.edits import EditCorpusConfig, load_source_records
+from ..data.edits.corpus import EditCorpusConfig, load_source_records
 from ..determinism import derive_seed, prepare_run
 from ..fields import option, validate_fields
 from ..trainer.lewm_trainer import CausalLMTrainer

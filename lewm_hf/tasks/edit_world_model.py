@@ -28,12 +28,8 @@ from .. import metric_keys as K
 from ..configuration_lewm import LeWMConfig
 from ..data.collators import DataCollatorForLeWM
 from ..data.dna import DNA_END_ID, DNA_VOCAB_SIZE, build_dna_tokenizer
-from ..data.edits import (
-    EditCorpusConfig,
-    PositionOrigin,
-    build_edit_corpus,
-    code_edit_actions,
-)
+from ..data.edits.actions import PositionOrigin, code_edit_actions
+from ..data.edits.corpus import EditCorpusConfig, build_edit_corpus
 from ..determinism import prepare_run
 from ..errors import LeWMConfigError
 from ..evaluation.edits import (
