@@ -1,7 +1,7 @@
 """Benchmark: batched compliance generation against the one-sequence-at-a-time reference.
 
 For each context rule (`window`, `chunked`) the batched `generate_walk_sequences` is timed
-against `reference_generate` (lewm_hf.evaluation.compliance: ONE sequence at a time, no cache,
+against `reference_generate` (lewm_hf.testing_utils: ONE sequence at a time, no cache,
 the whole context recomputed every step, under the same rule and decoding) on the same randomly
 initialised Llama and the same prompts (the first token of walks on the `small` preset graph).
 The reference is slow, so it runs on the first `--reference-prompts` prompts only and both are
@@ -29,7 +29,8 @@ from _timing import Timings, interleave, ratio_line, set_threads
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lewm_hf.data.walks import WalkCorpusConfig, build_graph_and_jumpers, generate_walks
-from lewm_hf.evaluation.compliance import generate_walk_sequences, reference_generate
+from lewm_hf.evaluation.compliance import generate_walk_sequences
+from lewm_hf.testing_utils import reference_generate
 
 
 def cpu_name() -> str:

@@ -35,9 +35,9 @@ from lewm_hf.data.walks import (
     WalkCorpusConfig,
     build_graph_and_jumpers,
     chunk_walks,
-    derive_seed,
     generate_walks,
 )
+from lewm_hf.determinism import derive_seed
 from lewm_hf.evaluation.compliance import (
     ComplianceResult,
     compliance_metrics,

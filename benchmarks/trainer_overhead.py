@@ -53,7 +53,8 @@ from transformers.trainer_callback import PrinterCallback
 from lewm_hf import LeWMTrainer, LeWMTrainingArguments
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
-from lewm_hf.losses import sigreg, sigreg_generator, sigreg_reference
+from lewm_hf.losses import sigreg, sigreg_generator
+from lewm_hf.testing_utils import sigreg_reference
 from lewm_hf.trainer.lewm_trainer import parameter_groups
 from lewm_hf.trainer.schedules import get_wsd_scheduler
 

@@ -41,10 +41,10 @@ from lewm_hf.data.walks import (
     WalkCorpusConfig,
     build_graph_and_jumpers,
     build_walk_corpus,
-    derive_seed,
     generate_walks,
     sample_jumper_paths,
 )
+from lewm_hf.determinism import derive_seed
 
 
 def reference_walks(

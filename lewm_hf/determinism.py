@@ -29,6 +29,7 @@ versions, the command line) and `recipe.yaml`, the resolved recipe of the phase.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shlex
@@ -43,7 +44,6 @@ import yaml
 from transformers import enable_full_determinism, set_seed
 
 from . import metric_keys as K
-from .data.walks import derive_seed
 from .reporting import atomic_write_text, write_json
 
 # Libraries whose versions the report records.
@@ -58,6 +58,20 @@ LIBRARIES = (
     "numpy",
     "lewm_hf",
 )
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose (`"graph"`, `"train"`, ...) derived from a base seed.
+
+    Args:
+        seed (`int`): The base seed.
+        purpose (`str`): What the derived seed draws.
+
+    Returns:
+        `int`: The first 4 bytes (little-endian) of the SHA-256 of `"<seed>:<purpose>"`.
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,7 @@ def write_recipe(path: str | Path, recipe: dict[str, Any]) -> None:
 __all__ = [
     "RunSeeds",
     "command_line",
+    "derive_seed",
     "determinism_flags",
     "determinism_report",
     "library_versions",

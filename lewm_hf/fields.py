@@ -32,7 +32,8 @@ Decoding = Literal["greedy", "sample"]
 CollapseAction = Literal["warn", "stop"]
 Pooling = Literal["last", "mean", "centered"]
 EncoderMode = Literal["train", "frozen"]
-# Where an edit action's position is counted from (`LeWMConfig.action_position_origin`).
+# Where an edit action's position is counted from (`LeWMConfig.action_position_origin`): the
+# window's first token, or the locus of the state the edit applies to.
 PositionOrigin = Literal["window", "locus"]
 # The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
 LoRATarget = Literal["encoder", "predictor", "action_encoder"]

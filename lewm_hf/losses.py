@@ -561,8 +561,8 @@ def sigreg(
     `sum_k w_k (1 - exp(-t_k^2))` (1.05 for the defaults) whatever `B`; a collapsed batch grows
     like `B`.
 
-    The value and gradients equal `sigreg_reference` (plain autograd) to float32 rounding, from
-    one custom autograd node: the knots are equally spaced, `t_k = k d`, so `cos(t_k h)` and
+    The value and gradients equal `lewm_hf.testing_utils.sigreg_reference` (plain autograd) to
+    float32 rounding, from one custom autograd node: the knots are equally spaced, `t_k = k d`, so `cos(t_k h)` and
     `sin(t_k h)` are the parts of `w^k` with `w = exp(i d h)`; one cos / sin per angle and
     complex products give every knot, and the backward is a polynomial in `w` evaluated from
     the kept table (`_SIGRegStatistic`). The knot `t_0 = 0` is skipped: `cos 0 = 1` and
@@ -619,38 +619,6 @@ def sigreg(
             sums = _CharacteristicSums.apply(z, slices, spacing, knots.numel())  # (2, M T, K)
             cos_sum, sin_sum, count = _all_reduce_sums(sums[0], sums[1], z.shape[1], group)
             return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
-
-
-def sigreg_reference(
-    z: torch.Tensor,
-    projections: torch.Tensor | None = None,
-    num_slices: int = 1024,
-    num_knots: int = 17,
-    t_max: float = 3.0,
-    generator: torch.Generator | None = None,
-    process_group: dist.ProcessGroup | None = None,
-) -> torch.Tensor:
-    """Plain-autograd SIGReg over every knot; same arguments and value as `sigreg`.
-
-    Kept as the readable reference for tests and benchmarks; `sigreg` is the one to train with.
-
-    Returns:
-        `torch.Tensor`: 0-dim SIGReg value in float32 (float64 for float64 `z`).
-    """
-    _validate_sigreg_settings(num_slices, num_knots, t_max)
-    distributed, group = _distributed_group(process_group)
-    z, slices = _prepare_sigreg_inputs(z, projections, num_slices, generator, distributed, group)
-    knots, weights = sigreg_knots(num_knots, t_max, dtype=z.dtype, device=z.device)
-
-    with _no_autocast(z):
-        h = z @ slices  # (T, B, M)
-        angles = h.unsqueeze(-1) * knots  # (T, B, M, K)
-        cos_sum = torch.cos(angles).sum(dim=1)  # (T, M, K)
-        sin_sum = torch.sin(angles).sum(dim=1)
-        count: torch.Tensor | int = h.shape[1]
-        if distributed:
-            cos_sum, sin_sum, count = _all_reduce_sums(cos_sum, sin_sum, h.shape[1], group)
-        return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
 
 
 # ---------------------------------------------------------------------------------------------

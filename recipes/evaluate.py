@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise LeWMConfigError(key, value, "unknown option")
             (evaluation if group == "evaluation" else planning)[field] = value
         args = EvaluationArguments(evaluation=evaluation, planning=planning)
-        corpus = build_walk_corpus(plan.args.domain.data.corpus_config(), plan.args.domain.data.corpus_cache_dir)
+        corpus = build_walk_corpus(
+            plan.args.domain.data.corpus_config(), plan.args.domain.data.corpus_cache_dir
+        )
         model = AutoModel.from_pretrained(str(model_path))
         results = run_evaluation_suite(model, load_walk_metadata(corpus), args)
     except LeWMError as err:

@@ -17,8 +17,8 @@ from lewm_hf.evaluation.compliance import (
     compliance_metrics,
     evaluate_compliance,
     generate_walk_sequences,
-    reference_generate,
 )
+from lewm_hf.testing_utils import reference_generate
 
 # ---------------------------------------------------------------------------------------------
 # A hand-built graph: blocks {0, 1, 2} and {3, 4, 5}.

@@ -11,8 +11,7 @@ from test_lora import PREDICTOR_LORA, pretrained_like
 from test_trainer import H, W, clip_dataset, make_args, tiny_encoder_config
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer
-from lewm_hf.data.walks import derive_seed
-from lewm_hf.determinism import prepare_run, run_seeds
+from lewm_hf.determinism import derive_seed, prepare_run, run_seeds
 
 
 def fresh_model() -> LeWMModel:

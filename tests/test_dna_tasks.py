@@ -13,7 +13,7 @@ import lewm_hf  # noqa: F401  (registers LeWMModel with AutoModel)
 from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.dna import DNA_END_ID, DNA_VOCAB_SIZE
-from lewm_hf.data.edits import EditCorpusConfig, build_edit_corpus, edits_from_row
+from lewm_hf.data.edits.corpus import EditCorpusConfig, build_edit_corpus, edits_from_row
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.evaluation.edits import EVAL_SNV_RECOVERY_R1, action_coding, snv_recovery
 from lewm_hf.losses import prediction_loss

@@ -12,7 +12,6 @@ from scipy import stats
 
 from lewm_hf import DataCollatorForLeWM, LeWMConfig, LeWMConfigError, LeWMInputError, LeWMModel
 from lewm_hf.data import corpus as corpus_cache
-from lewm_hf.data import edits as edits_module
 from lewm_hf.data.dna import (
     DNA_END_ID,
     DNA_VOCAB_SIZE,
@@ -23,7 +22,9 @@ from lewm_hf.data.dna import (
     write_fasta,
 )
 from lewm_hf.data.edits import (
+    EDIT_COLUMNS,
     Edit,
+    EditBatch,
     EditCorpusConfig,
     EditOp,
     EditSampler,
@@ -41,6 +42,8 @@ from lewm_hf.data.edits import (
     truncated_geometric,
     with_reference_tokens,
 )
+from lewm_hf.data.edits import corpus as edit_corpus
+from lewm_hf.determinism import derive_seed
 
 WINDOW = "ACGTTGCAAC"  # indices 0..9
 
@@ -87,7 +90,7 @@ def test_apply_edits_every_op_at_start_middle_end(op, pos, text, free, kept):
     out = apply_edits(_dna(WINDOW), [edit], preserve_length=True)
     assert decode_dna(out) == kept
     # The vectorised kernel (used by the corpus) agrees with the reference.
-    batch = edits_module.EditBatch(
+    batch = EditBatch(
         np.array([op]), np.array([pos]), np.array([len(text)]), np.array([edit.tokens])
     )
     assert decode_dna(apply_edit_batch(_dna(WINDOW)[None], batch)[0]) == kept
@@ -588,13 +591,13 @@ SMALL = dict(
 
 def test_edit_corpus_cache_hit_and_miss(tmp_path, monkeypatch):
     calls = []
-    original = edits_module._write_edit_corpus
+    original = edit_corpus._write_edit_corpus
 
     def counting(config, folder):
         calls.append(config)
         original(config, folder)
 
-    monkeypatch.setattr(edits_module, "_write_edit_corpus", counting)
+    monkeypatch.setattr(edit_corpus, "_write_edit_corpus", counting)
     config = EditCorpusConfig(**SMALL)
     first = build_edit_corpus(config, tmp_path)
     second = build_edit_corpus(EditCorpusConfig(**SMALL), tmp_path)
@@ -620,7 +623,7 @@ def test_edit_corpus_rows_are_region_split_trajectories(tmp_path):
     config = EditCorpusConfig(**SMALL, min_actions=2, max_actions=4, cluster_radius=3)
     corpus = build_edit_corpus(config, tmp_path)
     records = synthetic_records(
-        num_records=2, record_length=6000, seed=edits_module.derive_seed(0, "synthetic-genome")
+        num_records=2, record_length=6000, seed=derive_seed(0, "synthetic-genome")
     )
     regions = json.loads((corpus_cache.corpus_folder(corpus) / "regions.json").read_text())
     cut = {r["name"]: r["train"][1] for r in regions["records"]}
@@ -655,7 +658,7 @@ def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path):
     )
     corpus = build_edit_corpus(config, tmp_path)
     assert corpus["train"].num_rows == 50 and corpus["validation"].num_rows == 7
-    assert set(edits_module.EDIT_COLUMNS) < set(corpus["train"].column_names)
+    assert set(EDIT_COLUMNS) < set(corpus["train"].column_names)
     regions = json.loads((corpus_cache.corpus_folder(corpus) / "regions.json").read_text())
     assert [r["name"] for r in regions["records"]] == ["chrA", "chrB"]
     assert regions["source"] == str(fasta)

@@ -18,8 +18,8 @@ from lewm_hf.losses import (
     sigreg,
     sigreg_generator,
     sigreg_knots,
-    sigreg_reference,
 )
+from lewm_hf.testing_utils import sigreg_reference
 
 # ---------------------------------------------------------------------------------------------
 # SIGReg

@@ -28,8 +28,9 @@ from lewm_hf.evaluation.planning import (
     shortest_distances,
     wilson_interval,
 )
-from lewm_hf.evaluation.world_model import MoveOracle, imagine_latents, neighbor_table
+from lewm_hf.evaluation.world_model import imagine_latents, neighbor_table
 from lewm_hf.modeling_lewm import LeWMModel
+from lewm_hf.testing_utils import MoveOracle
 
 W, H = 4, 3
 

@@ -28,12 +28,12 @@ from lewm_hf.data.walks import (
     build_graph_and_jumpers,
     build_move_trajectories,
     build_walk_corpus,
-    derive_seed,
     generate_walks,
     load_walk_metadata,
     move_clips,
     sample_jumper_paths,
 )
+from lewm_hf.determinism import derive_seed
 from lewm_hf.errors import LeWMConfigError, LeWMGraphError, LeWMInputError
 
 REPO = Path(__file__).resolve().parents[1]

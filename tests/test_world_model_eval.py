@@ -17,7 +17,6 @@ from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.evaluation.world_model import (
     ActionCandidates,
     HeldOutWalks,
-    MoveOracle,
     WorldModelEvalConfig,
     action_discrimination,
     auroc,
@@ -37,6 +36,7 @@ from lewm_hf.evaluation.world_model import (
     teleport_vertices,
 )
 from lewm_hf.modeling_lewm import LeWMModel
+from lewm_hf.testing_utils import MoveOracle
 
 W, H = 5, 3
 

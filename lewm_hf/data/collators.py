@@ -10,7 +10,9 @@ import torch
 
 from ..errors import LeWMInputError
 from .dna import DNA_END_ID
-from .edits import DEFAULT_MAX_EDIT_LEN, edits_from_row, edits_to_actions
+from .edits.actions import edits_to_actions
+from .edits.corpus import edits_from_row
+from .edits.ops import DEFAULT_MAX_EDIT_LEN
 
 
 @dataclass

@@ -14,7 +14,6 @@ row and every state window is full length).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
+from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMGraphError, LeWMInputError
 from ..fields import is_int_in
 from . import corpus as corpus_cache
@@ -44,12 +44,6 @@ DEFAULT_PATHS_PER_JUMPER = 256
 # Walks per kernel call; each chunk has its own seed derived from the walks' seed, so the
 # output does not depend on anything but the arguments.
 WALK_CHUNK = 4096
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (`"graph"`, `"train"`, ...) derived from a base seed."""
-    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass
@@ -655,7 +649,6 @@ __all__ = [
     "build_move_trajectories",
     "build_walk_corpus",
     "chunk_walks",
-    "derive_seed",
     "generate_walks",
     "load_walk_metadata",
     "move_clips",

@@ -32,9 +32,10 @@ Greedy decoding is a function of the prompt, so each distinct prompt is generate
 sequence copied to every row with that prompt (one-token prompts on a 100-vertex graph: at most
 100 generations however many sequences are asked for).
 
-`reference_generate` is the slow reference of `generate_walk_sequences`: one sequence at a time,
-the whole context recomputed every step, the sampled token found by counting CDF entries. The
-tests check the batched generation against it, and `benchmarks/compliance_eval.py` times it.
+`lewm_hf.testing_utils.reference_generate` is the slow reference of `generate_walk_sequences`:
+one sequence at a time, the whole context recomputed every step, the sampled token found by
+counting CDF entries. The tests check the batched generation against it, and
+`benchmarks/compliance_eval.py` times it.
 """
 
 from __future__ import annotations
@@ -469,92 +470,6 @@ def generate_walk_sequences(
     finally:
         model.train(was_training)
     return result if copies is None else result[copies]
-
-
-def reference_generate(
-    model: torch.nn.Module,
-    prompts: torch.Tensor,
-    length: int,
-    context_window: int,
-    rule: str = "window",
-    decoding: str = "greedy",
-    temperature: float = 1.0,
-    seed: int = 0,
-    vocab_size: int | None = None,
-) -> torch.LongTensor:
-    """The slow reference of `generate_walk_sequences`: one sequence at a time, no cache.
-
-    Every step runs the model on the whole current context as a plain list of tokens (default
-    positions `0 ...`), so it shares no code path with the batched generation: the tests use it
-    as the oracle (the outputs must be identical) and `benchmarks/compliance_eval.py` as the
-    baseline it times. Same arguments and results as `generate_walk_sequences` (both context
-    rules, greedy and sampled decoding with the same uniforms `u[n, i]`, prompts of any length,
-    `vocab_size`), only slower; the sampled token is found by counting the CDF entries
-    `<= u * total` rather than by a sorted search.
-
-    Args:
-        model (`torch.nn.Module`): A transformers causal LM.
-        prompts (`torch.LongTensor`): `(N, P)` prompt tokens, `N, P >= 1`.
-        length (`int`): Tokens per output sequence, prompt included; `>= P`.
-        context_window (`int`): The window `w`, `>= 2`.
-        rule (`str`, defaults to `"window"`): Context rule, `window` or `chunked`.
-        decoding (`str`, defaults to `"greedy"`): `greedy` or `sample`.
-        temperature (`float`, defaults to 1.0): Softmax temperature for `sample`, `> 0`.
-        seed (`int`, defaults to 0): Seed of the sampling generator.
-        vocab_size (`int`, *optional*): Only the first `vocab_size` logits are considered.
-
-    Returns:
-        `torch.LongTensor`: `(N, length)` sequences, the prompts in the first `P` columns.
-
-    Raises:
-        `LeWMConfigError`: on a bad `rule`, `decoding`, `temperature`, `context_window`,
-        `vocab_size` or `length`. `LeWMInputError`: when `prompts` is not `(N, P)`, `N, P >= 1`.
-    """
-    _validate_generation_args(rule, decoding, temperature, context_window, 1, vocab_size)
-    prompts = torch.as_tensor(prompts)
-    if prompts.ndim != 2 or prompts.shape[0] < 1 or prompts.shape[1] < 1:
-        raise LeWMInputError(
-            "prompts", f"shape {tuple(prompts.shape)}", "must be (N, P), N, P >= 1"
-        )
-    num, prompt_length = prompts.shape
-    if not _is_int(length) or length < prompt_length:
-        raise LeWMConfigError(
-            "length", length, f"must be an integer >= prompt length {prompt_length}"
-        )
-    w = int(context_window)
-    uniforms = torch.rand(
-        (num, length), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64
-    )
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.no_grad():
-            for n in range(num):
-                seq = [int(v) for v in prompts[n].tolist()]
-                start = max(0, prompt_length - w)  # chunked: the context is seq[start:i]
-                for i in range(prompt_length, length):
-                    if rule == "window":
-                        context = seq[max(0, i - w) : i]
-                    else:
-                        if i - start > w:  # restart from the last w // 2 tokens
-                            start = i - w // 2
-                        context = seq[start:i]
-                    ids = torch.tensor([context], device=device)
-                    logits = model(input_ids=ids).logits[0, -1].cpu()
-                    if vocab_size is not None:
-                        logits = logits[:vocab_size]
-                    if decoding == "greedy":
-                        seq.append(int(logits.argmax()))
-                    else:
-                        cdf = torch.softmax(logits.double() / temperature, dim=-1).cumsum(-1)
-                        token = int((cdf <= uniforms[n, i] * cdf[-1]).sum())
-                        seq.append(min(token, len(cdf) - 1))
-                out.append(seq)
-    finally:
-        model.train(was_training)
-    return torch.tensor(out, dtype=torch.long)
 
 
 def evaluate_compliance(

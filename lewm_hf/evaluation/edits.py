@@ -31,17 +31,11 @@ import numpy as np
 import torch
 
 from ..data.dna import DNA_EDIT_ALPHABET, DNA_END_ID, N_ID
-from ..data.edits import (
-    Edit,
-    EditOp,
-    EditSampler,
-    PositionOrigin,
-    apply_edit,
-    code_edit_actions,
-    edits_from_row,
-    map_locus,
-)
-from ..data.walks import derive_seed
+from ..data.edits.actions import PositionOrigin, code_edit_actions
+from ..data.edits.corpus import edits_from_row
+from ..data.edits.ops import Edit, EditOp, apply_edit, map_locus
+from ..data.edits.sampling import EditSampler
+from ..determinism import derive_seed
 from ..fields import option, validate_fields
 from ..metric_keys import EVAL_PREFIX
 from .world_model import (

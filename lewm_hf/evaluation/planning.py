@@ -53,7 +53,7 @@ import torch
 from scipy.sparse.csgraph import shortest_path
 
 from ..data.graphs import Graph
-from ..data.walks import derive_seed
+from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import is_int_in, option, validate_fields
 from .world_model import encode_states, evaluating, neighbor_table

@@ -39,7 +39,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ..data.graphs import Graph
-from ..data.walks import WalkMetadata, derive_seed, generate_walks, load_walk_metadata
+from ..data.walks import WalkMetadata, generate_walks, load_walk_metadata
+from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import option, validate_fields
 from ..losses import sigreg, sigreg_generator
@@ -831,67 +831,9 @@ def evaluate_world_model(
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# A perfect reference model
-
-
-class MoveOracle(nn.Module):
-    """A perfect world model of graph moves, with the `encode` / `predict` / `config` interface.
-
-    The latent of a window is `embedding[last vertex]` (one-hot by default); `predict` decodes
-    the vertex of each latent as its nearest embedding row and moves along the action's edge,
-    so its predictions are exact. An action rank `r >= out_degree[v]` is taken modulo the
-    out-degree (the convention of [`lewm_hf.evaluation.planning`] for plans executed open loop).
-    It is the upper bound of every evaluation here, and the reference model of their tests.
-
-    Args:
-        graph (`Graph`): The graph.
-        embedding (`torch.Tensor` of shape `(num_vertices, D)`, *optional*): Distinct rows; the
-            identity (one-hot latents, `D = num_vertices`) if None.
-        history_length (`int`, defaults to 3): The `H` reported in `config`.
-    """
-
-    def __init__(
-        self, graph: Graph, embedding: torch.Tensor | None = None, history_length: int = 3
-    ):
-        super().__init__()
-        n = graph.num_vertices
-        embedding = torch.eye(n) if embedding is None else embedding.float()
-        if embedding.shape[0] != n:
-            raise LeWMInputError("embedding", tuple(embedding.shape), f"needs {n} rows")
-        self.register_buffer("embedding", embedding)
-        self.register_buffer("table", torch.from_numpy(neighbor_table(graph)))
-        self.register_buffer("degree", torch.from_numpy(graph.out_degree.astype(np.int64)))
-        self.config = SimpleNamespace(
-            history_length=history_length,
-            d_state=embedding.shape[1],
-            action_vocab_size=graph.max_out_degree,
-        )
-
-    def encode(self, input_ids: torch.Tensor, attention_mask=None, locus=None) -> torch.Tensor:
-        """`embedding[input_ids[:, -1]]`, `(N, D)` (states are full-length windows)."""
-        return self.embedding[input_ids[:, -1].long()]
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The vertex whose embedding is nearest to each latent, `(...)` for `z` `(..., D)`."""
-        flat = z.reshape(-1, z.shape[-1]).float()
-        return torch.cdist(flat, self.embedding).argmin(-1).view(z.shape[:-1])
-
-    def predict(self, z_hist: torch.Tensor, action_ids: torch.Tensor, **unused) -> torch.Tensor:
-        """Exact next latents `(B, T, D)`: `[:, t]` = embedding of the move `a_t` from `z_t`."""
-        if z_hist.dim() != 3 or not 1 <= z_hist.shape[1] <= self.config.history_length:
-            raise LeWMInputError(
-                "z_hist", tuple(z_hist.shape), "needs 1 to history_length steps (B, T, D)"
-            )
-        vertex = self.decode(z_hist)  # (B, T)
-        rank = action_ids.long() % self.degree[vertex]
-        return self.embedding[self.table[vertex, rank]]
-
-
 __all__ = [
     "ActionCandidates",
     "HeldOutWalks",
-    "MoveOracle",
     "WorldModelEvalConfig",
     "action_discrimination",
     "auroc",

@@ -22,9 +22,8 @@ from transformers import TrainingArguments
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
-from ..data.edits import EditCorpusConfig, load_source_records
-from ..data.walks import derive_seed
-from ..determinism import prepare_run
+from ..data.edits.corpus import EditCorpusConfig, load_source_records
+from ..determinism import derive_seed, prepare_run
 from ..hub import publish
 from ..trainer.lewm_trainer import CausalLMTrainer
 from .arguments import DNACorpusCacheArguments, WalkLMModelArguments, dna_corpus_config

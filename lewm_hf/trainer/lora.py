@@ -28,7 +28,6 @@ plain peft records `lewm_hf.modeling_lewm.LeWMModel` and needs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -306,18 +305,12 @@ class ParameterReport:
         return out
 
 
-def is_adapter_dir(path: str | os.PathLike) -> bool:
-    """Whether a folder holds a peft adapter (`adapter_config.json`)."""
-    return (Path(path) / "adapter_config.json").is_file()
-
-
 __all__ = [
     "BASE_MODEL_DIR",
     "LORA_PARTS",
     "PEFT_PREFIX",
     "ParameterReport",
     "enable_input_gradients",
-    "is_adapter_dir",
     "linear_layers",
     "parameter_counts",
     "prepare_lora_model",
