@@ -424,7 +424,7 @@ def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
     from lewm_hf.evaluation.compliance import evaluate_compliance
 
     plan = validate_recipe(recipe)[0]
-    corpus = build_walk_corpus(plan.args.domain.data.corpus_config(), cache_dir)
+    corpus = build_walk_corpus(plan.args.data.corpus_config(), cache_dir)
     meta = load_walk_metadata(corpus)
     model = AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
     prompts = corpus["validation_walks"]["walk"]
