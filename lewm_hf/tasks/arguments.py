@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.edits import EditCorpusConfig
+from ..data.edits import DNASourceConfig
 from ..data.walks import WalkCorpusConfig
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
@@ -47,7 +47,8 @@ class WalkCorpusArguments:
 
 @dataclass
 class DNACorpusCacheArguments:
-    """Where DNA corpora are cached (the corpus itself is `EditCorpusConfig`'s keys).
+    """Where DNA corpora are cached (the corpus itself is `DNASourceConfig`'s or
+    `EditCorpusConfig`'s keys).
 
     Args:
         corpus_cache_dir (`str`, *optional*): Corpus cache root (default `$LEWM_HF_CACHE` or
@@ -60,9 +61,12 @@ class DNACorpusCacheArguments:
         validate_fields(self)
 
 
-def dna_corpus_config(data: dict[str, Any], training: Any) -> EditCorpusConfig:
-    """The DNA corpus keys of a phase, with the run's seed (`training.seed`) as the corpus seed."""
-    return EditCorpusConfig(**{**data, "seed": training.seed})
+def dna_corpus_config(
+    cls: type[DNASourceConfig], data: dict[str, Any], training: Any
+) -> DNASourceConfig:
+    """A phase's DNA corpus config (`DNASourceConfig` or `EditCorpusConfig`), with the run's seed
+    (`training.seed`) as the corpus seed."""
+    return cls(**{**data, "seed": training.seed})
 
 
 @dataclass

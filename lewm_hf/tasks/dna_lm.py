@@ -1,9 +1,11 @@
 """Task `dna_lm`: the DNA encoder phase, a next-base causal LM on genome windows.
 
-Windows come from `EditCorpusConfig`'s genome and window keys (`genome`, `fasta_path` or the
-synthetic genome; `window_length`, `window_stride`, `holdout_fraction`, `max_n_fraction`), split
-by region (`dna.split_windows`: the last `holdout_fraction` of each record is validation). The
-edit keys of that class are unused here, so that both DNA phases read one set of corpus keys.
+Windows come from the `DNASourceConfig` keys (`genome`, `fasta_path` or the synthetic genome;
+`window_length`, `window_stride`, `holdout_fraction`, `max_n_fraction`), split by region
+(`dna.split_windows`: the last `holdout_fraction` of each record is validation). The edit
+world model reads the same keys (its `EditCorpusConfig` extends them), so a two-phase recipe
+sets them once at the top; the edit keys reach only the edit phase, and an edit key set on a
+`dna_lm` phase itself is an unknown key there.
 
 Reads top to bottom: arguments -> data -> model -> trainer -> train -> save -> evaluate ->
 report -> publish.
@@ -22,7 +24,7 @@ from transformers import TrainingArguments
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
-from ..data.edits.corpus import EditCorpusConfig, load_source_records
+from ..data.edits.corpus import DNASourceConfig, load_source_records
 from ..determinism import derive_seed, prepare_run
 from ..hub import publish
 from ..trainer.lewm_trainer import CausalLMTrainer
@@ -32,7 +34,7 @@ from .walk_lm import build_walk_lm, check_lm_start
 
 # Recipe targets: each key belongs to exactly one of them.
 TARGETS = {
-    "data": EditCorpusConfig,
+    "data": DNASourceConfig,
     "cache": DNACorpusCacheArguments,
     "model": WalkLMModelArguments,
     "training": TrainingArguments,
@@ -45,7 +47,7 @@ OWNERS = {"seed": "training"}
 class DNALMTaskArguments:
     """The parsed arguments of a `dna_lm` phase."""
 
-    data: EditCorpusConfig
+    data: DNASourceConfig
     cache: DNACorpusCacheArguments
     model: WalkLMModelArguments
     training: TrainingArguments
@@ -57,14 +59,14 @@ def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DN
     model = WalkLMModelArguments(**parts["model"])
     check_lm_start(model, parts["model"])
     return DNALMTaskArguments(
-        data=dna_corpus_config(parts["data"], training),
+        data=dna_corpus_config(DNASourceConfig, parts["data"], training),
         cache=DNACorpusCacheArguments(**parts["cache"]),
         model=model,
         training=training,
     )
 
 
-def build_dna_windows(config: EditCorpusConfig) -> DatasetDict:
+def build_dna_windows(config: DNASourceConfig) -> DatasetDict:
     """`train` and `validation` LM rows (`input_ids`, `window_length` bases), split by region."""
     records, source = load_source_records(config)
     windows = split_windows(

@@ -9,7 +9,7 @@ One module per concern:
 - `sampling`: synthetic SNVs, MNVs and indels (`EditSampler`);
 - `trajectories`: `K` edits per window around one locus (`sample_trajectories`);
 - `actions`: edits as model action tensors (`edits_to_actions`, `code_edit_actions`);
-- `corpus`: the cached edit corpus (`EditCorpusConfig`, `build_edit_corpus`, `edits_from_row`).
+- `corpus`: the genome and its windows (`DNASourceConfig`), the cached edit corpus (`EditCorpusConfig`, `build_edit_corpus`, `edits_from_row`).
 
 The public names of every module are re-exported here.
 """
@@ -24,6 +24,7 @@ from .actions import (
 from .batched import EditBatch, apply_edit_batch
 from .corpus import (
     EDIT_COLUMNS,
+    DNASourceConfig,
     EditCorpusConfig,
     build_edit_corpus,
     edits_from_row,
@@ -52,6 +53,7 @@ from .trajectories import EditTrajectories, sample_trajectories
 __all__ = [
     "DEFAULT_MAX_EDIT_LEN",
     "EDIT_COLUMNS",
+    "DNASourceConfig",
     "Edit",
     "EditBatch",
     "EditCorpusConfig",

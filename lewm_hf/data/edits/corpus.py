@@ -52,13 +52,8 @@ def edits_from_row(row: dict[str, Any]) -> list[Edit]:
 
 
 @dataclass
-class EditCorpusConfig:
-    """Everything that defines an edit corpus; every field is part of the cache key (with the
-    SHA-256 of the FASTA file, so a changed file is a new corpus).
-
-    Rows: a source window `s_0` (a region-split DNA window), `K` edits (`min_actions..
-    max_actions`, uniform) drawn by an `EditSampler` clustered around one locus, and the windows
-    `s_1 .. s_K` after each edit.
+class DNASourceConfig:
+    """A genome and its windows: what both DNA phases read (the encoder phase's whole corpus).
 
     Args:
         fasta_path (`str`, *optional*): FASTA file (plain or gzip) of the source genome.
@@ -73,26 +68,7 @@ class EditCorpusConfig:
         holdout_fraction (`float`, defaults to 0.1): Last fraction of each record held out for
             `validation`.
         max_n_fraction (`float`, defaults to 0.1): Windows with more N are dropped.
-        min_actions (`int`, defaults to 1): Fewest edits per row.
-        max_actions (`int`, defaults to 3): Most edits per row (at most the model's
-            `history_length`).
-        trajectories_per_window (`int`, defaults to 1): Trajectories drawn from each window.
-        max_train_rows (`int`, *optional*): Cap on training rows (a random subset of windows).
-        max_validation_rows (`int`, *optional*): Cap on validation rows.
-        margin (`int`, defaults to 16): Edits and loci stay this far from the window edges.
-            Edit positions lie in `[margin, window_length - margin]`, so the model's
-            `max_action_position` must exceed `window_length`.
-        cluster_radius (`int`, *optional*, defaults to 4): Edits meet `[locus - r, locus + r]`;
-            at most the model's `pool_radius`. None: uniform positions.
-        free_edit_fraction (`float`, defaults to 0.0): Fraction of edits drawn anywhere in the
-            window (the locus kept `margin` from the edges) instead of near the locus, so that
-            the model also sees edits that miss the pooled tokens. Needs `cluster_radius`.
-        snv_weight, mnv_weight, indel_weight (`float`, defaults to 0.5, 0.1, 0.4): Edit mixture.
-        indel_p (`float`, defaults to 0.5): Geometric parameter of indel lengths.
-        max_indel_len (`int`, defaults to 15): Longest indel.
-        mnv_min_len, mnv_max_len (`int`, defaults to 2, 8): MNV lengths.
-        max_edit_len (`int`, defaults to 16): Longest edit accepted anywhere.
-        seed (`int`, defaults to 0): Base seed (phases, subsets, edits; per split).
+        seed (`int`, defaults to 0): Base seed (synthetic genome, phases, subsets, edits).
     """
 
     # Parameters that control the source genome
@@ -114,6 +90,59 @@ class EditCorpusConfig:
         high_open=True,
     )
     max_n_fraction: float = option(0.1, help="Drop windows with more N.", low=0, high=1)
+    seed: int = option(0, help="Base seed.", low=0)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.fasta_path is not None and self.genome is not None:
+            raise LeWMConfigError("genome", self.genome, "give fasta_path or genome, not both")
+        if self.fasta_path is not None:
+            self.fasta_path = str(self.fasta_path)
+
+    def source_path(self) -> Path | None:
+        """The FASTA file (None for the synthetic genome)."""
+        if self.genome is not None:
+            return packaged_genome_path(self.genome)
+        if self.fasta_path is not None:
+            path = Path(self.fasta_path)
+            if not path.is_file():
+                raise LeWMConfigError("fasta_path", self.fasta_path, "no such file")
+            return path
+        return None
+
+
+@dataclass
+class EditCorpusConfig(DNASourceConfig):
+    """Everything that defines an edit corpus: a `DNASourceConfig` and the edit trajectories
+    cut from its windows. Every field is part of the cache key (with the SHA-256 of the FASTA
+    file, so a changed file is a new corpus).
+
+    Rows: a source window `s_0` (a region-split DNA window), `K` edits (`min_actions..
+    max_actions`, uniform) drawn by an `EditSampler` clustered around one locus, and the windows
+    `s_1 .. s_K` after each edit.
+
+    Args:
+        (the `DNASourceConfig` fields: the genome, its windows and the seed)
+        min_actions (`int`, defaults to 1): Fewest edits per row.
+        max_actions (`int`, defaults to 3): Most edits per row (at most the model's
+            `history_length`).
+        trajectories_per_window (`int`, defaults to 1): Trajectories drawn from each window.
+        max_train_rows (`int`, *optional*): Cap on training rows (a random subset of windows).
+        max_validation_rows (`int`, *optional*): Cap on validation rows.
+        margin (`int`, defaults to 16): Edits and loci stay this far from the window edges.
+            Edit positions lie in `[margin, window_length - margin]`, so the model's
+            `max_action_position` must exceed `window_length`.
+        cluster_radius (`int`, *optional*, defaults to 4): Edits meet `[locus - r, locus + r]`;
+            at most the model's `pool_radius`. None: uniform positions.
+        free_edit_fraction (`float`, defaults to 0.0): Fraction of edits drawn anywhere in the
+            window (the locus kept `margin` from the edges) instead of near the locus, so that
+            the model also sees edits that miss the pooled tokens. Needs `cluster_radius`.
+        snv_weight, mnv_weight, indel_weight (`float`, defaults to 0.5, 0.1, 0.4): Edit mixture.
+        indel_p (`float`, defaults to 0.5): Geometric parameter of indel lengths.
+        max_indel_len (`int`, defaults to 15): Longest indel.
+        mnv_min_len, mnv_max_len (`int`, defaults to 2, 8): MNV lengths.
+        max_edit_len (`int`, defaults to 16): Longest edit accepted anywhere.
+    """
 
     # Parameters that control the trajectories
     min_actions: int = option(1, help="Fewest edits per row.", low=1)
@@ -138,14 +167,9 @@ class EditCorpusConfig:
     mnv_min_len: int = option(2, help="Shortest MNV.", low=2)
     mnv_max_len: int = option(8, help="Longest MNV.", low=2)
     max_edit_len: int = option(DEFAULT_MAX_EDIT_LEN, help="Longest edit accepted.", low=1)
-    seed: int = option(0, help="Base seed.", low=0)
 
     def __post_init__(self) -> None:
-        validate_fields(self)
-        if self.fasta_path is not None and self.genome is not None:
-            raise LeWMConfigError("genome", self.genome, "give fasta_path or genome, not both")
-        if self.fasta_path is not None:
-            self.fasta_path = str(self.fasta_path)
+        super().__post_init__()
         if self.min_actions > self.max_actions:
             raise LeWMConfigError(
                 "min_actions", self.min_actions, f"must be <= max_actions={self.max_actions}"
@@ -186,17 +210,6 @@ class EditCorpusConfig:
         key["source_sha256"] = None if source is None else _file_sha256(source)
         return key
 
-    def source_path(self) -> Path | None:
-        """The FASTA file (None for the synthetic genome)."""
-        if self.genome is not None:
-            return packaged_genome_path(self.genome)
-        if self.fasta_path is not None:
-            path = Path(self.fasta_path)
-            if not path.is_file():
-                raise LeWMConfigError("fasta_path", self.fasta_path, "no such file")
-            return path
-        return None
-
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -206,8 +219,8 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source_records(config: EditCorpusConfig) -> tuple[list[FastaRecord], str]:
-    """The records an edit corpus is cut from, and a name of their source for messages."""
+def load_source_records(config: DNASourceConfig) -> tuple[list[FastaRecord], str]:
+    """The records a DNA corpus is cut from, and a name of their source for messages."""
     path = config.source_path()
     if path is None:
         records = synthetic_records(
@@ -351,6 +364,7 @@ def _trajectory_table(traj: EditTrajectories, num_steps: np.ndarray) -> pa.Table
 
 __all__ = [
     "EDIT_COLUMNS",
+    "DNASourceConfig",
     "EditCorpusConfig",
     "build_edit_corpus",
     "edits_from_row",

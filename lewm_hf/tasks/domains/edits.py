@@ -101,7 +101,7 @@ class EditDomain:
         self, parts: dict[str, dict[str, Any]], training: LeWMTrainingArguments
     ) -> EditArguments:
         return EditArguments(
-            data=dna_corpus_config(parts["data"], training),
+            data=dna_corpus_config(EditCorpusConfig, parts["data"], training),
             cache=DNACorpusCacheArguments(**parts["cache"]),
             evaluation=EditEvaluationArguments(**parts["evaluation"]),
         )
