@@ -103,6 +103,7 @@ def option(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    settings: type | None = None,
 ) -> Any:
     """A dataclass field with a `help` text and, optionally, a numeric range.
 
@@ -112,6 +113,8 @@ def option(
         default_factory (`Callable`, *optional*): Factory of a mutable default.
         low, high (`float`, *optional*): Bounds checked by `validate_fields`.
         low_open, high_open (`bool`, defaults to `False`): Exclude the bound itself.
+        settings (`type`, *optional*): For a mapping of field overrides (e.g. `planning: {...}`),
+            the dataclass whose fields it takes; `lewm_hf.recipe_help` lists them.
 
     Returns:
         `dataclasses.Field`: The field.
@@ -119,6 +122,8 @@ def option(
     metadata: dict[str, Any] = {"help": help}
     if low is not None or high is not None:
         metadata["range"] = Range(low, high, low_open, high_open)
+    if settings is not None:
+        metadata["settings"] = settings
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

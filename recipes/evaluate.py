@@ -5,16 +5,20 @@ the copy, shuffled and chance references, rollouts, surprise, planning stratifie
 against random actions) on held-out walks of the model's graph, prints a table and writes
 `eval_results.json` beside the model (or to `--output`): the numbers, the settings with their
 seeds, and the command that reproduces them. The graph comes from the recipe (`--config`, by
-default the world-model recipe `recipes/configs/walk_lewm.yaml`); its `evaluation:` and
-`planning:` keys are used, except that planning defaults to the full 300 goals x 3 seeds unless
-`--planning.<field>` flags say otherwise (e.g. `--planning.goals_per_distance 50`).
+default the world-model recipe `recipes/configs/walk_lewm.yaml`), and so do the `evaluation:`
+settings; planning runs the full `PlanningConfig` set (300 goals x 3 seeds at every distance),
+not the recipe's lighter `planning:`, unless `--planning.<field>` flags say otherwise (e.g.
+`--planning.goals_per_distance 50`). `--help` (or `-h`) lists every option with its type,
+default and help.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoModel
 
@@ -23,16 +27,84 @@ from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMError
 from lewm_hf.evaluation.planning import PlanningConfig
 from lewm_hf.evaluation.suite import EvaluationArguments, run_evaluation_suite
+from lewm_hf.evaluation.world_model import WorldModelEvalConfig
 from lewm_hf.recipe import parse_cli_overrides
+from lewm_hf.recipe_help import REQUIRED, WIDTH, OptionHelp, class_options, format_group
 from lewm_hf.reporting import format_evaluation, write_json
-from lewm_hf.tasks.runner import validate_recipe
+from lewm_hf.tasks.runner import PhasePlan, validate_recipe
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "walk_lewm.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "recipes" / "configs" / "walk_lewm.yaml"
 RESULTS_FILE = "eval_results.json"
+HELP_FLAGS = ("-h", "--help")
+
+
+def recipe_settings(config: Path) -> tuple[PhasePlan, dict[str, Any], dict[str, Any]]:
+    """The recipe's last world-model phase and the settings this script starts from: the
+    recipe's `evaluation:` keys, and the full planning set (`PlanningConfig`'s goals and seeds,
+    not the recipe's lighter `planning:`)."""
+    plans = [p for p in validate_recipe(config) if p.task == "world_model"]
+    if not plans:
+        raise LeWMConfigError("config", str(config), "has no world-model phase")
+    plan = plans[-1]
+    full = PlanningConfig()
+    recipe_args = plan.args.domain.evaluation
+    planning = {"goals_per_distance": full.goals_per_distance, "seeds": full.seeds}
+    return plan, dict(recipe_args.evaluation), planning
+
+
+def usage(config: Path) -> str:
+    """The `--help` text: the options, and every `--evaluation.<field>` and `--planning.<field>`
+    with the default this script uses for `config`."""
+    _, evaluation, planning = recipe_settings(config)
+    options = [
+        OptionHelp("model_path", "path", REQUIRED, "The saved world model (a folder)."),
+        OptionHelp(
+            "config",
+            "path",
+            str(DEFAULT_CONFIG.relative_to(REPO)),
+            "The recipe whose last world-model phase gives the graph and the evaluation: keys.",
+        ),
+        OptionHelp("output", "path", f"<model_path>/{RESULTS_FILE}", "Where to write results."),
+    ]
+    parts = [
+        "usage: python recipes/evaluate.py --model_path PATH [--config RECIPE.yaml] "
+        "[--output FILE]\n"
+        "                                  [--evaluation.<field> V ...] [--planning.<field> V ...]",
+        (__doc__ or "").strip().split("\n", 1)[1].strip(),
+        textwrap.fill(
+            "Values are read as YAML (3, true, null, [1, 2]); --key=value works too. The "
+            f"defaults below are those for the recipe {config}.",
+            WIDTH,
+        ),
+        format_group("Options:", options, flag="--")
+        + "\n  -h, --help\n      Show this help (for --config's recipe) and exit.",
+        format_group(
+            "Evaluation settings (WorldModelEvalConfig; defaults: the recipe's evaluation: "
+            "keys, else the class's):",
+            class_options(WorldModelEvalConfig, defaults=evaluation, prefix="evaluation."),
+            flag="--",
+        ),
+        format_group(
+            "Planning settings (PlanningConfig; defaults: the full set, whatever the recipe's "
+            "planning: says):",
+            class_options(PlanningConfig, defaults=planning, prefix="planning."),
+            flag="--",
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in HELP_FLAGS for arg in argv):
+        try:
+            options = dict(parse_cli_overrides([a for a in argv if a not in HELP_FLAGS]))
+            print(usage(Path(str(options.get("config", DEFAULT_CONFIG)))), end="")
+        except LeWMError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     command = " ".join(shlex.quote(a) for a in ["python", "recipes/evaluate.py", *argv])
     try:
         options = dict(parse_cli_overrides(argv))
@@ -41,14 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LeWMConfigError("model_path", None, "give --model_path PATH")
         config = Path(str(options.pop("config", DEFAULT_CONFIG)))
         output = Path(str(options.pop("output", Path(str(model_path)) / RESULTS_FILE)))
-        plans = [p for p in validate_recipe(config) if p.task == "world_model"]
-        if not plans:
-            raise LeWMConfigError("config", str(config), "has no world-model phase")
-        plan = plans[-1]
-        full = PlanningConfig()
-        recipe_args = plan.args.domain.evaluation or EvaluationArguments()
-        evaluation = dict(recipe_args.evaluation)
-        planning = {"goals_per_distance": full.goals_per_distance, "seeds": full.seeds}
+        plan, evaluation, planning = recipe_settings(config)
         for key, value in options.items():
             group, _, field = key.partition(".")
             if group not in ("evaluation", "planning") or not field:

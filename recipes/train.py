@@ -2,7 +2,8 @@
 
 With no arguments it runs `recipes/configs/default.yaml` (encoder phase, then the world model).
 Any recipe key can be overridden on the command line: `--learning_rate 1e-3` (every phase) or
-`--encoder.max_steps 50` (the phase named `encoder`).
+`--encoder.max_steps 50` (the phase named `encoder`). `--help` (or `-h`) lists every key of the
+recipe's tasks with its owner, type, default and help (`lewm_hf.recipe_help`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from pathlib import Path
 
 from lewm_hf.errors import LeWMError
 from lewm_hf.recipe import parse_cli_overrides
+from lewm_hf.recipe_help import recipe_help
 from lewm_hf.reporting import format_summary
 from lewm_hf.tasks.runner import run_recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+HELP_FLAGS = ("-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_help = any(arg in HELP_FLAGS for arg in argv)
+    argv = [arg for arg in argv if arg not in HELP_FLAGS]
     config = DEFAULT_CONFIG
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
@@ -33,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         config = Path(argv[i + 1])
         del argv[i : i + 2]
+    if show_help:
+        try:
+            print(recipe_help(config, parse_cli_overrides(argv)), end="")
+        except LeWMError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         summary = run_recipe(config, parse_cli_overrides(argv))
     except LeWMError as err:

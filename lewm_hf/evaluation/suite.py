@@ -31,8 +31,12 @@ class EvaluationArguments:
     """
 
     run_evaluation: bool = option(True, help="Evaluate the world model after training.")
-    evaluation: dict = option(default_factory=dict, help="WorldModelEvalConfig overrides.")
-    planning: dict = option(default_factory=dict, help="PlanningConfig overrides.")
+    evaluation: dict = option(
+        default_factory=dict, help="WorldModelEvalConfig overrides.", settings=WorldModelEvalConfig
+    )
+    planning: dict = option(
+        default_factory=dict, help="PlanningConfig overrides.", settings=PlanningConfig
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -21,6 +21,8 @@ from .base import PhaseContext, resolve_resume
 
 # Keys the runner handles itself (never routed to a task's targets).
 RUNNER_KEYS = ("defaults", "phases", "name", "task", "output_dir", "resume_from_checkpoint")
+# The task of a phase without a `task:` key.
+DEFAULT_TASK = "lm"
 
 
 @dataclass
@@ -45,7 +47,7 @@ class PhasePlan:
 
 
 def _phase_owners(recipe: Recipe, index: int) -> dict[str, tuple[str, Any]]:
-    task = get_task(recipe.phases[index].get("task", "lm"), recipe.dotted(index, "task"))
+    task = get_task(recipe.phases[index].get("task", DEFAULT_TASK), recipe.dotted(index, "task"))
     return key_owners(task.TARGETS, task.OWNERS)
 
 
@@ -67,7 +69,7 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
     """
     phase = recipe.phases[index]
     name = phase_name(phase, index)
-    task_name = phase.get("task", "lm")
+    task_name = phase.get("task", DEFAULT_TASK)
     task = get_task(task_name, recipe.dotted(index, "task"))
     owners = key_owners(task.TARGETS, task.OWNERS)
     others = [_phase_owners(recipe, i) for i in range(len(recipe.phases)) if i != index]
