@@ -34,6 +34,17 @@ Pooling = Literal["last", "mean", "centered"]
 EncoderMode = Literal["train", "frozen"]
 # The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
 LoRATarget = Literal["encoder", "predictor", "action_encoder"]
+# Planning (`PlanningConfig`): planner, episode cost and CEM's initial action ranks.
+Planner = Literal["auto", "exhaustive", "cem"]
+PlanCost = Literal["min", "final"]
+RankPrior = Literal["degree", "uniform"]
+# FASTA reading (`EditCorpusConfig.iupac`): refuse IUPAC ambiguity codes, or read them as N.
+IupacPolicy = Literal["error", "n"]
+# Where the position of an edit action is counted from: the window's first token, or the locus
+# of the state the edit applies to (`EditActionArguments.action_position_origin`).
+PositionOrigin = Literal["window", "locus"]
+# Every clip of a walk (`MoveTrajectoryConfig.clips_per_walk`, beside a count).
+AllClips = Literal["all"]
 
 
 def choices(alias: Any) -> tuple[Any, ...]:
@@ -230,16 +241,22 @@ def validate_fields(obj: Any) -> None:
 
 
 __all__ = [
+    "AllClips",
     "CollapseAction",
     "ContextRule",
     "Decoding",
     "EncoderMode",
+    "IupacPolicy",
     "LRSchedule",
     "LoRATarget",
     "LossPhase",
+    "PlanCost",
+    "Planner",
     "Pooling",
+    "PositionOrigin",
     "PredLoss",
     "Range",
+    "RankPrior",
     "Regularizer",
     "check_choice",
     "choices",
