@@ -211,7 +211,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
     recipe = _read_yaml(out / K.RECIPE_FILE) or {}
     record = _read_json(out / K.DETERMINISM_FILE) or {}
     adapter = _read_json(out / K.ADAPTER_CONFIG_FILE)
-    config = _read_json(out / "config.json") or {}
+    config = _read_json(out / K.CONFIG_FILE) or {}
     task = recipe.get("task") or (
         "world_model" if adapter or config.get("model_type") == "lewm" else "lm"
     )

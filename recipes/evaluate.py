@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import AutoModel
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf import metric_keys as K
 from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMError
 from lewm_hf.evaluation.planning import PlanningConfig
@@ -28,7 +29,6 @@ from lewm_hf.reporting import format_evaluation, write_json
 from lewm_hf.tasks.runner import validate_recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "walk_lewm.yaml"
-RESULTS_FILE = "eval_results.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if not model_path:
             raise LeWMConfigError("model_path", None, "give --model_path PATH")
         config = Path(str(options.pop("config", DEFAULT_CONFIG)))
-        output = Path(str(options.pop("output", Path(str(model_path)) / RESULTS_FILE)))
+        output = Path(str(options.pop("output", Path(str(model_path)) / K.EVAL_RESULTS_FILE)))
         plans = [p for p in validate_recipe(config) if p.task == "world_model"]
         if not plans:
             raise LeWMConfigError("config", str(config), "has no world-model phase")

@@ -35,22 +35,22 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict
 
+from .. import metric_keys as K
 from ..errors import LeWMConfigError, LeWMInputError
-from ..fields import option, validate_fields
+from ..fields import IupacPolicy, PositionOrigin, option, validate_fields
 from . import corpus as corpus_cache
 from .dna import (
     DNA_EDIT_ALPHABET,
     DNA_END_ID,
     N_ID,
     FastaRecord,
-    IupacPolicy,
     packaged_genome_path,
     read_fasta,
     split_region,
@@ -60,9 +60,6 @@ from .dna import (
 from .walks import derive_seed
 
 DEFAULT_MAX_EDIT_LEN = 16
-# Where the position of an edit action is counted from: the window's first token, or the locus
-# of the state the edit applies to (`locus_relative_positions`).
-PositionOrigin = Literal["window", "locus"]
 # Columns of an edit-corpus row that `DataCollatorForLeWM` reads (`record` and `start` are
 # provenance only).
 EDIT_COLUMNS = ("input_ids", "edit_ops", "edit_positions", "edit_tokens", "locus")
@@ -1210,7 +1207,7 @@ def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
                 "validation": [cut, end],
             }
         )
-    (folder / "regions.json").write_text(json.dumps({"source": source, "records": regions}))
+    (folder / K.REGIONS_FILE).write_text(json.dumps({"source": source, "records": regions}))
 
 
 def _ragged(values: np.ndarray, counts: np.ndarray) -> pa.Array:
@@ -1262,7 +1259,6 @@ __all__ = [
     "EditOp",
     "EditSampler",
     "EditTrajectories",
-    "PositionOrigin",
     "apply_edit",
     "apply_edit_batch",
     "apply_edits",

@@ -30,7 +30,6 @@ from ..data.collators import DataCollatorForLeWM
 from ..data.dna import DNA_END_ID, DNA_VOCAB_SIZE, build_dna_tokenizer
 from ..data.edits import (
     EditCorpusConfig,
-    PositionOrigin,
     build_edit_corpus,
     code_edit_actions,
 )
@@ -43,7 +42,7 @@ from ..evaluation.edits import (
     action_coding,
     evaluate_edit_model,
 )
-from ..fields import option, validate_fields
+from ..fields import PositionOrigin, option, validate_fields
 from ..modeling_lewm import LeWMModel
 from ..trainer.lewm_config import LeWMTrainingArguments
 from ..trainer.lewm_trainer import LeWMTrainer
@@ -274,8 +273,8 @@ def main(args: EditWorldModelTaskArguments, context: PhaseContext) -> dict[str, 
         "model_name_or_path": model_path,
         **final,
         "final_pred_loss": pred[-1] if pred else None,
-        "train_rows": len(corpus["train"]),
-        "eval_rows": len(corpus["validation"]),
+        K.TRAIN_ROWS: len(corpus["train"]),
+        K.EVAL_ROWS: len(corpus["validation"]),
         "collapse_alerts": len(result.get("collapse_alerts", [])),
         "global_step": trainer.state.global_step,
         "wall_time_s": time.time() - start,

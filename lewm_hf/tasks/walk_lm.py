@@ -69,7 +69,7 @@ def build_walk_lm(
     """
     if model_args.model_name_or_path:
         path = Path(model_args.model_name_or_path)
-        if not (path / "config.json").is_file():
+        if not (path / K.CONFIG_FILE).is_file():
             raise LeWMConfigError("model_name_or_path", str(path), "no config.json there")
         check_model_dir(path, "model_name_or_path")  # missing, truncated or corrupt weights
         return AutoModelForCausalLM.from_pretrained(path)
