@@ -18,16 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import metric_keys as K
 from .errors import LeWMInputError
 
-CONFIG_FILE = "config.json"
-SAFE_WEIGHTS_FILE = "model.safetensors"
-SAFE_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-TRAINER_STATE_FILE = "trainer_state.json"
-PICKLE_WEIGHTS_FILE = "pytorch_model.bin"
-SHARDED_WEIGHTS_GLOB = "pytorch_model_fsdp*"
 # Element sizes of the safetensors dtypes, to check that each tensor's byte range fits its shape.
 _DTYPE_BYTES = {
     "BOOL": 1,
@@ -140,7 +133,7 @@ def check_model_dir(
     folder = Path(path)
     if not folder.is_dir():
         raise LeWMInputError(field, str(folder), "no such model folder")
-    config_path = folder / CONFIG_FILE
+    config_path = folder / K.CONFIG_FILE
     if not config_path.is_file():
         raise LeWMInputError(field, str(config_path), "missing: not a saved model folder")
     config = _read_json(config_path, field)
@@ -164,8 +157,8 @@ def check_weights(folder: str | os.PathLike, field: str) -> None:
             truncated or corrupt.
     """
     folder = Path(folder)
-    single = folder / SAFE_WEIGHTS_FILE
-    index = folder / SAFE_WEIGHTS_INDEX_FILE
+    single = folder / K.SAFE_WEIGHTS_FILE
+    index = folder / K.SAFE_WEIGHTS_INDEX_FILE
     if single.is_file():
         check_safetensors(single, field)
     elif index.is_file():
@@ -175,7 +168,7 @@ def check_weights(folder: str | os.PathLike, field: str) -> None:
             raise LeWMInputError(field, str(index), "corrupt index (no weight_map)")
         for shard in sorted(set(weight_map.values())):
             check_safetensors(folder / shard, field)
-    elif not (folder / PICKLE_WEIGHTS_FILE).is_file():
+    elif not (folder / K.PICKLE_WEIGHTS_FILE).is_file():
         raise LeWMInputError(field, str(single), "missing weights file (safetensors)")
     # (A `pytorch_model.bin` is left to transformers, which reads it with weights_only=True.)
 
@@ -197,15 +190,15 @@ def check_checkpoint_dir(path: str | os.PathLike, field: str) -> dict[str, Any]:
     folder = Path(path)
     if not folder.is_dir():
         raise LeWMInputError(field, str(folder), "no such checkpoint folder")
-    state_path = folder / TRAINER_STATE_FILE
+    state_path = folder / K.TRAINER_STATE_FILE
     if not state_path.is_file():
         raise LeWMInputError(field, str(state_path), "missing: not a Trainer checkpoint")
     state = _read_json(state_path, field)
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         raise LeWMInputError(field, str(state_path), "corrupt trainer state (no global_step)")
-    if (folder / ADAPTER_CONFIG_FILE).is_file():
-        check_safetensors(folder / ADAPTER_WEIGHTS_FILE, field)
-    elif not any(folder.glob(SHARDED_WEIGHTS_GLOB)):
+    if (folder / K.ADAPTER_CONFIG_FILE).is_file():
+        check_safetensors(folder / K.ADAPTER_WEIGHTS_FILE, field)
+    elif not any(folder.glob(K.SHARDED_WEIGHTS_GLOB)):
         # (FSDP's sharded state dict is a folder of its own format, loaded by accelerate.)
         check_model_dir(folder, field)
     return state

@@ -37,6 +37,14 @@ EncoderMode = Literal["train", "frozen"]
 PositionOrigin = Literal["window", "locus"]
 # The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
 LoRATarget = Literal["encoder", "predictor", "action_encoder"]
+# Planning (`PlanningConfig`): planner, episode cost and CEM's initial action ranks.
+Planner = Literal["auto", "exhaustive", "cem"]
+PlanCost = Literal["min", "final"]
+RankPrior = Literal["degree", "uniform"]
+# FASTA reading (`DNASourceConfig.iupac`): refuse IUPAC ambiguity codes, or read them as N.
+IupacPolicy = Literal["error", "n"]
+# Every clip of a walk (`MoveTrajectoryConfig.clips_per_walk`, beside a count).
+AllClips = Literal["all"]
 
 
 def choices(alias: Any) -> tuple[Any, ...]:
@@ -238,17 +246,22 @@ def validate_fields(obj: Any) -> None:
 
 
 __all__ = [
+    "AllClips",
     "CollapseAction",
     "ContextRule",
     "Decoding",
     "EncoderMode",
+    "IupacPolicy",
     "LRSchedule",
     "LoRATarget",
     "LossPhase",
+    "PlanCost",
+    "Planner",
     "Pooling",
     "PositionOrigin",
     "PredLoss",
     "Range",
+    "RankPrior",
     "Regularizer",
     "check_choice",
     "choices",

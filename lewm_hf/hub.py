@@ -33,12 +33,6 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import metric_keys as K
-from .evaluation.edits import (
-    EVAL_EDIT_ACTION,
-    EVAL_EDIT_ACTION_R1,
-    EVAL_SNV_RECOVERY,
-    EVAL_SNV_RECOVERY_R1,
-)
 from .reporting import atomic_write_text
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -211,8 +205,8 @@ def _world_model_tables(result: dict[str, Any]) -> list[str]:
             )
     for title, prefix in (
         ("Planning", K.EVAL_PLAN_PREFIX),
-        ("SNV recovery", EVAL_SNV_RECOVERY),
-        ("Edit discrimination", EVAL_EDIT_ACTION),
+        ("SNV recovery", K.EVAL_SNV_RECOVERY_PREFIX),
+        ("Edit discrimination", K.EVAL_EDIT_ACTION_PREFIX),
     ):
         numbers = {
             k: v for k, v in result.items() if k.startswith(prefix) and isinstance(v, (int, float))
@@ -247,7 +241,7 @@ def _eval_results(result: dict[str, Any], card: CardText, dataset_name: str) -> 
         task_type, task_name = "world-modeling", "Next-latent prediction"
         keys = [K.EVAL_PRED_MSE, K.EVAL_COPY_MSE, K.EVAL_ACTION_R1]
         keys += [k for k in sorted(result) if k.startswith(K.EVAL_PLAN_SUCCESS)]
-        keys += [EVAL_SNV_RECOVERY_R1, EVAL_EDIT_ACTION_R1]
+        keys += [K.EVAL_SNV_RECOVERY_R1, K.EVAL_EDIT_ACTION_R1]
     else:
         task_type, task_name = "text-generation", "Next-token prediction"
         prefix = "" if result.get(K.GATE_PASSED) else "final_"
@@ -298,7 +292,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
     recipe = _read_yaml(out / K.RECIPE_FILE) or {}
     record = _read_json(out / K.DETERMINISM_FILE) or {}
     adapter = _read_json(out / K.ADAPTER_CONFIG_FILE)
-    config = _read_json(out / "config.json") or {}
+    config = _read_json(out / K.CONFIG_FILE) or {}
     task = recipe.get("task") or (
         "world_model" if adapter or config.get("model_type") == "lewm" else "lm"
     )

@@ -21,10 +21,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
-from lewm_hf.fields import is_int_in
-
-PRED_LOSS_KINDS = ("mse", "cos_mse")
-PHASES = ("phase1", "phase2")
+from lewm_hf.fields import LossPhase, PredLoss, check_choice, is_int_in
 
 # `cos_mse` = COS_MSE_ALPHA * (1 - cos) + COS_MSE_BETA * ||z_hat - z||^2 / D.
 COS_MSE_ALPHA = 1.0
@@ -62,7 +59,7 @@ def prediction_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
-    kind: str = "mse",
+    kind: PredLoss = "mse",
 ) -> torch.Tensor:
     """Latent prediction loss, averaged over the real (unmasked) `(batch, step)` positions.
 
@@ -87,8 +84,7 @@ def prediction_loss(
     Returns:
         `torch.Tensor`: 0-dim loss in float32 (float64 for float64 inputs).
     """
-    if kind not in PRED_LOSS_KINDS:
-        raise LeWMConfigError("pred_loss", kind, f"must be one of {list(PRED_LOSS_KINDS)}")
+    check_choice("pred_loss", kind, PredLoss)
     _check_floating("pred", pred)
     _check_floating("target", target)
     if pred.dim() < 2:
@@ -659,7 +655,7 @@ def gaussian_kl(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def combine_losses(
-    pred_loss: torch.Tensor, reg_loss: torch.Tensor, weight: float, phase: str
+    pred_loss: torch.Tensor, reg_loss: torch.Tensor, weight: float, phase: LossPhase
 ) -> torch.Tensor:
     """Total training loss for a phase.
 
@@ -673,8 +669,7 @@ def combine_losses(
     Returns:
         `torch.Tensor`: The loss to back-propagate.
     """
+    check_choice("phase", phase, LossPhase)
     if phase == "phase1":
         return pred_loss
-    if phase == "phase2":
-        return pred_loss + weight * reg_loss
-    raise LeWMConfigError("phase", phase, f"must be one of {list(PHASES)}")
+    return pred_loss + weight * reg_loss

@@ -17,8 +17,23 @@ GATE_CHECKPOINT = "gate_checkpoint"
 DETERMINISM_FILE = "determinism.json"
 RECIPE_FILE = "recipe.yaml"
 MODEL_CARD_FILE = "README.md"
+# The evaluation suite's numbers and settings (`recipes/evaluate.py`).
+EVAL_RESULTS_FILE = "eval_results.json"
+# A saved model or checkpoint (transformers' and peft's names; `lewm_hf.checkpoints`).
+CONFIG_FILE = "config.json"
+SAFE_WEIGHTS_FILE = "model.safetensors"
+SAFE_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PICKLE_WEIGHTS_FILE = "pytorch_model.bin"
+SHARDED_WEIGHTS_GLOB = "pytorch_model_fsdp*"
+TRAINER_STATE_FILE = "trainer_state.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# A cached corpus's metadata beside its data (`lewm_hf.data`): its kind and config, the walk
+# graph and jumpers, the DNA regions of each record.
+CORPUS_META_FILE = "corpus.json"
+GRAPH_FILE = "graph.npz"
+JUMPERS_FILE = "jumpers.json"
+REGIONS_FILE = "regions.json"
 
 # ---- parameters and adaptation (result.json of every world-model run) ----------------------
 TRAINABLE_PARAMS = "trainable_params"
@@ -47,13 +62,72 @@ EVAL_PRED_LOSS = EVAL_PREFIX + PRED_LOSS
 EVAL_REG_LOSS = EVAL_PREFIX + REG_LOSS
 EVAL_PRED_MSE = EVAL_PREFIX + PRED_MSE
 EVAL_COPY_MSE = EVAL_PREFIX + COPY_MSE
-# Keys of `lewm_hf.evaluation` that the model card shows where result.json has them.
-EVAL_ACTION_PREFIX = EVAL_PREFIX + "action_"
-EVAL_ACTION_R1 = EVAL_ACTION_PREFIX + "r1"
-EVAL_PLAN_PREFIX = EVAL_PREFIX + "plan_"
-EVAL_PLAN_SUCCESS = EVAL_PLAN_PREFIX + "success"
 COLLAPSE_PREFIX = "collapse/"
 COLLAPSE_ALERTS = COLLAPSE_PREFIX + "alerts"
+
+# ---- evaluation suite (`lewm_hf.evaluation`: `eval_results.json`, result.json) -------------
+# The model card shows the action and planning keys where result.json has them.
+# Action discrimination (`evaluate_world_model`): the model, then its references.
+EVAL_ACTION_PREFIX = EVAL_PREFIX + "action_"
+EVAL_ACTION_R1 = EVAL_ACTION_PREFIX + "r1"
+EVAL_ACTION_R5 = EVAL_ACTION_PREFIX + "r5"
+EVAL_ACTION_MRR = EVAL_ACTION_PREFIX + "mrr"
+EVAL_ACTION_R1_COPY = EVAL_ACTION_R1 + "_copy"
+EVAL_ACTION_R1_SHUFFLED = EVAL_ACTION_R1 + "_shuffled"
+EVAL_ACTION_CHANCE = EVAL_ACTION_PREFIX + "chance"
+# Surprise of a true move against a teleport.
+EVAL_SURPRISE_AUROC = EVAL_PREFIX + "surprise_auroc"
+EVAL_SURPRISE_TRUE = EVAL_PREFIX + "surprise_true"
+EVAL_SURPRISE_TELEPORT = EVAL_PREFIX + "surprise_teleport"
+# Representation health of held-out latents.
+EVAL_EFFECTIVE_RANK = EVAL_PREFIX + "effective_rank"
+EVAL_VAR_PER_DIM = EVAL_PREFIX + "var_per_dim"
+EVAL_SIGREG = EVAL_PREFIX + "sigreg"
+# Latent rollouts (lists over horizons).
+EVAL_ROLLOUT_PREFIX = EVAL_PREFIX + "rollout_"
+EVAL_ROLLOUT_L2 = EVAL_ROLLOUT_PREFIX + "l2"
+EVAL_ROLLOUT_L2_COPY = EVAL_ROLLOUT_L2 + "_copy"
+EVAL_ROLLOUT_COS = EVAL_ROLLOUT_PREFIX + "cos"
+EVAL_ROLLOUT_COS_COPY = EVAL_ROLLOUT_COS + "_copy"
+EVAL_ROLLOUT_HORIZONS = EVAL_ROLLOUT_PREFIX + "horizons"
+EVAL_ROLLOUT_NUM_ITEMS = EVAL_ROLLOUT_PREFIX + "num_items"
+EVAL_WORLD_MODEL_SECONDS = EVAL_PREFIX + "world_model_seconds"
+# Planning (`evaluate_planning`): dicts keyed by goal distance, then scalars.
+EVAL_PLAN_PREFIX = EVAL_PREFIX + "plan_"
+EVAL_PLAN_SUCCESS = EVAL_PLAN_PREFIX + "success"
+EVAL_PLAN_SUCCESS_RANDOM = EVAL_PLAN_SUCCESS + "_random"
+EVAL_PLAN_SUCCESS_PER_SEED = EVAL_PLAN_SUCCESS + "_per_seed"
+EVAL_PLAN_SHORTEST_RATE = EVAL_PLAN_PREFIX + "shortest_rate"
+EVAL_PLAN_CI = EVAL_PLAN_PREFIX + "ci"
+EVAL_PLAN_CI_RANDOM = EVAL_PLAN_CI + "_random"
+EVAL_PLANS_PER_SECOND = EVAL_PREFIX + "plans_per_second"
+EVAL_PLAN_PLANNERS = EVAL_PLAN_PREFIX + "planners"
+EVAL_PLAN_DISTINCT_PAIRS = EVAL_PLAN_PREFIX + "distinct_pairs"
+EVAL_PLAN_MISSING_DISTANCES = EVAL_PLAN_PREFIX + "missing_distances"
+EVAL_PLAN_TRIALS = EVAL_PLAN_PREFIX + "trials"
+EVAL_PLAN_BUDGET_SLACK = EVAL_PLAN_PREFIX + "budget_slack"
+EVAL_PLAN_SECONDS = EVAL_PLAN_PREFIX + "seconds"
+# The whole suite (`run_evaluation_suite`).
+EVAL_SETTINGS = EVAL_PREFIX + "settings"
+EVAL_SECONDS = EVAL_PREFIX + "seconds"
+# DNA edits (`snv_recovery`, `edit_action_discrimination`).
+EVAL_SNV_RECOVERY_PREFIX = EVAL_PREFIX + "snv_recovery_"
+EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY_PREFIX + "r1"
+EVAL_SNV_RECOVERY_R1_COPY = EVAL_SNV_RECOVERY_R1 + "_copy"
+EVAL_SNV_RECOVERY_CHANCE = EVAL_SNV_RECOVERY_PREFIX + "chance"
+EVAL_SNV_RECOVERY_NUM_ITEMS = EVAL_SNV_RECOVERY_PREFIX + "num_items"
+EVAL_EDIT_ACTION_PREFIX = EVAL_PREFIX + "edit_action_"
+EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION_PREFIX + "r1"
+EVAL_EDIT_ACTION_R1_COPY = EVAL_EDIT_ACTION_R1 + "_copy"
+EVAL_EDIT_ACTION_CHANCE = EVAL_EDIT_ACTION_PREFIX + "chance"
+
+# ---- phase summaries (summary.json `phases.<name>`): items of the data a phase used --------
+TRAIN_WINDOWS = "train_windows"
+EVAL_WINDOWS = EVAL_PREFIX + "windows"
+TRAIN_ROWS = "train_rows"
+TRAIN_CLIPS = "train_clips"
+EVAL_CLIPS = EVAL_PREFIX + "clips"
+EVAL_ROWS = EVAL_PREFIX + "rows"
 
 # ---- compliance gate (`WalkLMTrainer`) -----------------------------------------------------
 EDGE_COMPLIANCE = "edge_compliance"

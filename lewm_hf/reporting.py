@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from transformers import TrainerState
 
+from . import metric_keys as K
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename (never half-written)."""
@@ -118,19 +120,19 @@ def format_evaluation(results: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     lines = [
-        f"action R@1     {f(results.get('eval_action_r1'))}  copy {f(results.get('eval_action_r1_copy'))}"
-        f"  shuffled {f(results.get('eval_action_r1_shuffled'))}  chance {f(results.get('eval_action_chance'))}",
-        f"surprise AUROC {f(results.get('eval_surprise_auroc'))} (true moves vs teleports)",
+        f"action R@1     {f(results.get(K.EVAL_ACTION_R1))}  copy {f(results.get(K.EVAL_ACTION_R1_COPY))}"
+        f"  shuffled {f(results.get(K.EVAL_ACTION_R1_SHUFFLED))}  chance {f(results.get(K.EVAL_ACTION_CHANCE))}",
+        f"surprise AUROC {f(results.get(K.EVAL_SURPRISE_AUROC))} (true moves vs teleports)",
     ]
-    l2, copy = results.get("eval_rollout_l2") or [], results.get("eval_rollout_l2_copy") or []
+    l2, copy = results.get(K.EVAL_ROLLOUT_L2) or [], results.get(K.EVAL_ROLLOUT_L2_COPY) or []
     if l2:
         lines.append(
             "rollout L2     "
             + " ".join(f"h{h}:{a:.2f}/{b:.2f}" for h, (a, b) in enumerate(zip(l2, copy), 1))
             + "  (model/copy)"
         )
-    success = results.get("eval_plan_success") or {}
-    random = results.get("eval_plan_success_random") or {}
+    success = results.get(K.EVAL_PLAN_SUCCESS) or {}
+    random = results.get(K.EVAL_PLAN_SUCCESS_RANDOM) or {}
     if success:
         lines.append(
             "plan success   "
@@ -153,14 +155,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [("phase", "task", "steps", "final loss", "gate / eval", "time (s)")]
     for name, p in summary["phases"].items():
         if p["task"] == "lm":
-            gate = "passed" if p["gate_passed"] else f"failed: {p.get('failure_reason')}"
+            gate = "passed" if p[K.GATE_PASSED] else f"failed: {p.get('failure_reason')}"
             detail = (
-                f"{gate} (edge {_fmt(p.get('edge_compliance'))}, "
-                f"rule {_fmt(p.get('rule_compliance'))})"
+                f"{gate} (edge {_fmt(p.get(K.EDGE_COMPLIANCE))}, "
+                f"rule {_fmt(p.get(K.RULE_COMPLIANCE))})"
             )
             loss = _fmt(p.get("final_train_loss"))
         else:
-            pred, copy = p.get("eval_pred_mse"), p.get("eval_copy_mse")
+            pred, copy = p.get(K.EVAL_PRED_MSE), p.get(K.EVAL_COPY_MSE)
             ratio = pred / copy if pred is not None and copy else None
             detail = f"pred MSE {_fmt(pred)} vs copy {_fmt(copy)} (ratio {_fmt(ratio)})"
             loss = f"pred {_fmt(p.get('final_pred_loss'))} reg {_fmt(p.get('final_reg_loss'))}"
@@ -171,7 +173,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for name, p in summary["phases"].items():
-        if "eval_action_r1" in p:
+        if K.EVAL_ACTION_R1 in p:
             lines.append(f"{name} evaluation:")
             lines.extend("  " + line for line in format_evaluation(p).splitlines())
     lines.append(

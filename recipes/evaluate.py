@@ -23,6 +23,7 @@ from typing import Any
 from transformers import AutoModel
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf import metric_keys as K
 from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMError
 from lewm_hf.evaluation.planning import PlanningConfig
@@ -35,7 +36,6 @@ from lewm_hf.tasks.runner import PhasePlan, validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "configs" / "walk_lewm.yaml"
-RESULTS_FILE = "eval_results.json"
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -65,7 +65,9 @@ def usage(config: Path) -> str:
             str(DEFAULT_CONFIG.relative_to(REPO)),
             "The recipe whose last world-model phase gives the graph and the evaluation: keys.",
         ),
-        OptionHelp("output", "path", f"<model_path>/{RESULTS_FILE}", "Where to write results."),
+        OptionHelp(
+            "output", "path", f"<model_path>/{K.EVAL_RESULTS_FILE}", "Where to write results."
+        ),
     ]
     parts = [
         "usage: python recipes/evaluate.py --model_path PATH [--config RECIPE.yaml] "
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not model_path:
             raise LeWMConfigError("model_path", None, "give --model_path PATH")
         config = Path(str(options.pop("config", DEFAULT_CONFIG)))
-        output = Path(str(options.pop("output", Path(str(model_path)) / RESULTS_FILE)))
+        output = Path(str(options.pop("output", Path(str(model_path)) / K.EVAL_RESULTS_FILE)))
         plan, evaluation, planning = recipe_settings(config)
         for key, value in options.items():
             group, _, field = key.partition(".")

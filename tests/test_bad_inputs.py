@@ -21,6 +21,7 @@ import yaml
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf import metric_keys as K
 from lewm_hf.data.dna import packaged_genome_path
 from lewm_hf.errors import LeWMConfigError, LeWMError, LeWMGraphError, LeWMInputError
 from lewm_hf.recipe import parse_cli_overrides
@@ -96,7 +97,7 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     llama.save_pretrained(root / "llama")
     checkpoint = root / "run" / "world_model" / "checkpoint-3"
     shutil.copytree(root / "lewm", checkpoint)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    (checkpoint / K.TRAINER_STATE_FILE).write_text(json.dumps({"global_step": 3}))
     return {"lewm": root / "lewm", "llama": root / "llama", "checkpoint": checkpoint}
 
 
@@ -176,7 +177,7 @@ def _spoiled_checkpoint(env: Env, spoil: Callable[[Path], None]) -> Path:
 
 
 def _trainer_resume(env: Env) -> Callable[[], Any]:
-    checkpoint = _spoiled_checkpoint(env, lambda c: truncate(c / "model.safetensors"))
+    checkpoint = _spoiled_checkpoint(env, lambda c: truncate(c / K.SAFE_WEIGHTS_FILE))
     args = LeWMTrainingArguments(
         output_dir=str(env.tmp / "run"), use_cpu=True, report_to="none", max_steps=1
     )
@@ -187,7 +188,7 @@ def _trainer_resume(env: Env) -> Callable[[], Any]:
 def _adapter_as_model(env: Env) -> Callable[[], Any]:
     folder = env.tmp / "inputs" / "adapter"
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (folder / K.ADAPTER_CONFIG_FILE).write_text(json.dumps({"peft_type": "LORA"}))
     return lambda: LeWMModel.from_pretrained(folder)
 
 
@@ -387,13 +388,13 @@ CASES = [
             e.recipe(
                 {
                     "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: truncate(c / "model.safetensors"))
+                        _spoiled_checkpoint(e, lambda c: truncate(c / K.SAFE_WEIGHTS_FILE))
                     )
                 }
             )
         ),
         LeWMInputError,
-        lambda e: ["resume_from_checkpoint", "checkpoint-3/model.safetensors", "truncated"],
+        lambda e: ["resume_from_checkpoint", f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "truncated"],
     ),
     Case(
         "checkpoint-corrupt-safetensors",
@@ -401,13 +402,13 @@ CASES = [
             e.recipe(
                 {
                     "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: corrupt_header(c / "model.safetensors"))
+                        _spoiled_checkpoint(e, lambda c: corrupt_header(c / K.SAFE_WEIGHTS_FILE))
                     )
                 }
             )
         ),
         LeWMInputError,
-        lambda e: ["checkpoint-3/model.safetensors", "corrupt"],
+        lambda e: [f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "corrupt"],
     ),
     Case(
         "checkpoint-missing-safetensors",
@@ -415,13 +416,13 @@ CASES = [
             e.recipe(
                 {
                     "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: (c / "model.safetensors").unlink())
+                        _spoiled_checkpoint(e, lambda c: (c / K.SAFE_WEIGHTS_FILE).unlink())
                     )
                 }
             )
         ),
         LeWMInputError,
-        lambda e: ["checkpoint-3/model.safetensors", "missing weights file"],
+        lambda e: [f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "missing weights file"],
     ),
     Case(
         "checkpoint-corrupt-trainer-state",
@@ -430,48 +431,48 @@ CASES = [
                 {
                     "resume_from_checkpoint": str(
                         _spoiled_checkpoint(
-                            e, lambda c: (c / "trainer_state.json").write_text("{oops")
+                            e, lambda c: (c / K.TRAINER_STATE_FILE).write_text("{oops")
                         )
                     )
                 }
             )
         ),
         LeWMInputError,
-        lambda e: ["checkpoint-3/trainer_state.json", "unreadable JSON"],
+        lambda e: [f"checkpoint-3/{K.TRAINER_STATE_FILE}", "unreadable JSON"],
     ),
     Case(
         "checkpoint-trainer-resume-truncated",
         _trainer_resume,
         LeWMInputError,
-        lambda e: ["resume_from_checkpoint", "model.safetensors", "truncated"],
+        lambda e: ["resume_from_checkpoint", K.SAFE_WEIGHTS_FILE, "truncated"],
     ),
     Case(
         "model-truncated-safetensors",
         lambda e: (
             lambda folder: (
-                truncate(folder / "model.safetensors"),
+                truncate(folder / K.SAFE_WEIGHTS_FILE),
                 lambda: AutoModel.from_pretrained(folder),
             )[1]
         )(e.copy("lewm")),
         LeWMInputError,
-        lambda e: ["lewm/model.safetensors", "truncated"],
+        lambda e: [f"lewm/{K.SAFE_WEIGHTS_FILE}", "truncated"],
     ),
     Case(
         "model-corrupt-safetensors",
         lambda e: (
             lambda folder: (
-                corrupt_header(folder / "model.safetensors"),
+                corrupt_header(folder / K.SAFE_WEIGHTS_FILE),
                 lambda: LeWMModel.from_pretrained(folder),
             )[1]
         )(e.copy("lewm")),
         LeWMInputError,
-        lambda e: ["lewm/model.safetensors", "corrupt"],
+        lambda e: [f"lewm/{K.SAFE_WEIGHTS_FILE}", "corrupt"],
     ),
     Case(
         "model-wrong-model-type",
         lambda e: lambda: LeWMModel.from_pretrained(e.saved["llama"]),
         LeWMInputError,
-        lambda e: ["llama/config.json", "model_type is 'llama', expected 'lewm'"],
+        lambda e: [f"llama/{K.CONFIG_FILE}", "model_type is 'llama', expected 'lewm'"],
     ),
     Case(
         # A LoRA adapter folder is not a whole model (an adapter for *another base* needs an
@@ -479,13 +480,13 @@ CASES = [
         "model-adapter-folder-instead-of-a-model",
         _adapter_as_model,
         LeWMInputError,
-        lambda e: ["adapter/config.json", "not a saved model folder"],
+        lambda e: [f"adapter/{K.CONFIG_FILE}", "not a saved model folder"],
     ),
     Case(
         "lm-model-truncated-safetensors",
         lambda e: (
             lambda folder: (
-                truncate(folder / "model.safetensors"),
+                truncate(folder / K.SAFE_WEIGHTS_FILE),
                 run(
                     e.recipe(
                         phases=[
@@ -502,7 +503,7 @@ CASES = [
             )[1]
         )(e.copy("llama")),
         LeWMInputError,
-        lambda e: ["model_name_or_path", "llama/model.safetensors", "truncated"],
+        lambda e: ["model_name_or_path", f"llama/{K.SAFE_WEIGHTS_FILE}", "truncated"],
     ),
     Case(
         "encoder-path-missing",
@@ -514,12 +515,12 @@ CASES = [
         "encoder-path-truncated-safetensors",
         lambda e: (
             lambda folder: (
-                truncate(folder / "model.safetensors"),
+                truncate(folder / K.SAFE_WEIGHTS_FILE),
                 run(e.recipe({"encoder_path": str(folder)})),
             )[1]
         )(e.copy("llama")),
         LeWMInputError,
-        lambda e: ["encoder_path", "llama/model.safetensors", "truncated"],
+        lambda e: ["encoder_path", f"llama/{K.SAFE_WEIGHTS_FILE}", "truncated"],
     ),
 ]
 
@@ -532,9 +533,9 @@ def trusted_outputs(env: Env) -> list[str]:
     if run_dir.exists():
         for path in run_dir.rglob("*"):
             if path.name.startswith("checkpoint-") or path.name in (
-                "model.safetensors",
-                "result.json",
-                "summary.json",
+                K.SAFE_WEIGHTS_FILE,
+                K.RESULT_FILE,
+                K.SUMMARY_FILE,
             ):
                 found.append(str(path))
     if env.cache.exists():

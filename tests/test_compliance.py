@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lewm_hf import metric_keys as K
 from lewm_hf.data.graphs import Graph, Jumper
 from lewm_hf.data.walks import WalkCorpusConfig, build_graph_and_jumpers, generate_walks
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
@@ -112,7 +113,7 @@ def test_distinct_fraction_and_to_dict():
     assert res.distinct_fraction == 0.5
     assert res.num_sequences == 4 and res.length == 5
     d = res.to_dict()
-    assert d["distinct_fraction"] == 0.5
+    assert d[K.DISTINCT_FRACTION] == 0.5
     assert d["steps_valid_followed"] == 3
     assert sum(d[f"steps_{name}"] for name in STEP_CLASSES) == d["edge_steps"] == 16
 

@@ -11,6 +11,7 @@ from test_lora import PREDICTOR_LORA, pretrained_like
 from test_trainer import H, W, clip_dataset, make_args, tiny_encoder_config
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer
+from lewm_hf import metric_keys as K
 from lewm_hf.determinism import derive_seed, prepare_run, run_seeds
 
 
@@ -101,7 +102,7 @@ def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, mo
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-        report = json.loads((tmp_path / "out" / "determinism.json").read_text())
+        report = json.loads((tmp_path / "out" / K.DETERMINISM_FILE).read_text())
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
@@ -122,12 +123,12 @@ def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, mo
     assert report["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     for lib in ("transformers", "peft", "accelerate", "huggingface_hub", "python"):
         assert report["versions"][lib], lib
-    assert (tmp_path / "out" / "recipe.yaml").read_text().startswith("task: world_model")
+    assert (tmp_path / "out" / K.RECIPE_FILE).read_text().startswith("task: world_model")
 
 
 def test_seed_without_full_determinism_leaves_the_flags(tmp_path):
     args = make_args(tmp_path, seed=1)
     prepare_run(args)
-    report = json.loads((tmp_path / "out" / "determinism.json").read_text())
+    report = json.loads((tmp_path / "out" / K.DETERMINISM_FILE).read_text())
     assert report["full_determinism"] is False
     assert report["flags"]["torch_deterministic_algorithms"] is False

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lewm_hf import LeWMModel, LeWMTrainer
+from lewm_hf import metric_keys as K
 from lewm_hf.distributed import (
     GlobalBatchNorm1d,
     convert_to_global_batchnorm,
@@ -57,8 +58,8 @@ CONTROL_MIN_DIFF = 1e-3
 # bf16 against fp32: relative difference of the loss over 20 steps of CPU autocast, measured at
 # most 1.4e-3 (pred_loss 5.3e-3); over 5 FSDP2 steps with bf16 parameters, 2.6e-3.
 BF16_LOSS_RTOL = 2e-2
-CURVE_KEYS = ("loss", "pred_loss", "reg_loss")
-EVAL_KEYS = ("eval_loss", "eval_pred_loss", "eval_reg_loss", "eval_pred_mse", "eval_copy_mse")
+CURVE_KEYS = (K.LOSS, K.PRED_LOSS, K.REG_LOSS)
+EVAL_KEYS = (K.EVAL_LOSS, K.EVAL_PRED_LOSS, K.EVAL_REG_LOSS, K.EVAL_PRED_MSE, K.EVAL_COPY_MSE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -247,7 +248,7 @@ def test_control_without_global_statistics_differs(runs):
     ranks, reference, _ = runs
     control = ranks[0]["control"]
     assert control["global_batchnorm"] == []
-    assert max_diff(control["curves"]["loss"], reference["curves"]["loss"]) > CONTROL_MIN_DIFF
+    assert max_diff(control["curves"][K.LOSS], reference["curves"][K.LOSS]) > CONTROL_MIN_DIFF
 
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(runs):
@@ -257,7 +258,7 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(runs):
         assert nf["step3_unchanged"] and nf["step4_changed"]
         assert nf["weights_finite"] and nf["bn_finite"]
         assert nf["nonfinite_total"] == 1 and nf["skipped_steps"] == [3]
-        assert nf["curves"]["nonfinite_steps"] == [0.0, 0.0, 1.0, 1.0]
+        assert nf["curves"][K.NONFINITE_STEPS] == [0.0, 0.0, 1.0, 1.0]
     # The ranks stayed in step: the same weights after the skipped step.
     assert ranks[0]["nonfinite"]["final_weights_sum"] == ranks[1]["nonfinite"]["final_weights_sum"]
 
@@ -310,11 +311,11 @@ def test_bf16_autocast_matches_fp32_over_20_steps(tmp_path):
         args = make_args(tmp_path / name, max_steps=20, bf16=bf16, collapse_monitor_steps=0)
         trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(128), window=W)
         trainer.train()
-        losses[name] = curves(trainer, ("loss", "reg_loss"))
-    assert len(losses["bf16"]["loss"]) == 20
-    for a, b in zip(losses["bf16"]["loss"], losses["fp32"]["loss"]):
+        losses[name] = curves(trainer, (K.LOSS, K.REG_LOSS))
+    assert len(losses["bf16"][K.LOSS]) == 20
+    for a, b in zip(losses["bf16"][K.LOSS], losses["fp32"][K.LOSS]):
         assert math.isclose(a, b, rel_tol=BF16_LOSS_RTOL), (a, b)
-    assert losses["bf16"]["loss"] != losses["fp32"]["loss"]  # autocast did run in bf16
+    assert losses["bf16"][K.LOSS] != losses["fp32"][K.LOSS]  # autocast did run in bf16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,12 +345,12 @@ def test_consecutive_nonfinite_steps_stop_with_a_typed_error_and_keep_the_checkp
         trainer.train()
     assert trainer.state.global_step == 4  # steps 3 and 4 skipped, the error at step 5
     assert trainer.nonfinite_guard.skipped_steps == [3, 4, 5]
-    logged = [e["nonfinite_steps"] for e in trainer.state.log_history if "loss" in e]
+    logged = [e[K.NONFINITE_STEPS] for e in trainer.state.log_history if K.LOSS in e]
     assert logged == [0.0, 0.0, 1.0, 2.0]
     # Nothing was saved after the error; checkpoint-4 (two skipped steps) holds step 2's
     # weights and running statistics, finite, and loads into a plain model.
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    saved = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
+    saved = load_file(str(tmp_path / "checkpoint-4" / K.SAFE_WEIGHTS_FILE))
     for key, value in after_step_2.items():
         assert torch.equal(saved[key], value), key
     reloaded = LeWMModel.from_pretrained(tmp_path / "checkpoint-4")

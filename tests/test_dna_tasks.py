@@ -15,7 +15,7 @@ from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.dna import DNA_END_ID, DNA_VOCAB_SIZE
 from lewm_hf.data.edits.corpus import EditCorpusConfig, build_edit_corpus, edits_from_row
 from lewm_hf.errors import LeWMConfigError
-from lewm_hf.evaluation.edits import EVAL_SNV_RECOVERY_R1, action_coding, snv_recovery
+from lewm_hf.evaluation.edits import action_coding, snv_recovery
 from lewm_hf.losses import prediction_loss
 from lewm_hf.tasks.domains.edits import EditActionCollator
 from lewm_hf.tasks.runner import run_recipe
@@ -79,12 +79,12 @@ def test_dna_edit_recipe_runs_and_reloads(tmp_path):
     for key in (
         K.EVAL_PRED_MSE,
         K.EVAL_COPY_MSE,
-        EVAL_SNV_RECOVERY_R1,
-        "eval_snv_recovery_chance",
-        "eval_snv_recovery_r1_copy",
-        "eval_edit_action_r1",
-        "eval_edit_action_r1_copy",
-        "eval_edit_action_chance",
+        K.EVAL_SNV_RECOVERY_R1,
+        K.EVAL_SNV_RECOVERY_CHANCE,
+        K.EVAL_SNV_RECOVERY_R1_COPY,
+        K.EVAL_EDIT_ACTION_R1,
+        K.EVAL_EDIT_ACTION_R1_COPY,
+        K.EVAL_EDIT_ACTION_CHANCE,
     ):
         assert key in wm and np.isfinite(wm[key]), key
 
@@ -140,9 +140,9 @@ def test_snv_recovery_of_a_perfect_model_is_one():
     windows = rng.integers(0, 4, size=(12, 24))
     loci = np.full(12, 12)
     out = snv_recovery(_PerfectSNVModel(), windows, loci, radius=4, seed=1, copy_items=4)
-    assert out[EVAL_SNV_RECOVERY_R1] == 1.0
-    assert out["eval_snv_recovery_chance"] == pytest.approx(1 / (3 * 24))
-    assert out["eval_snv_recovery_r1_copy"] < 1.0
+    assert out[K.EVAL_SNV_RECOVERY_R1] == 1.0
+    assert out[K.EVAL_SNV_RECOVERY_CHANCE] == pytest.approx(1 / (3 * 24))
+    assert out[K.EVAL_SNV_RECOVERY_R1_COPY] < 1.0
 
 
 class _CenteredPerfectSNVModel(torch.nn.Module):
@@ -185,10 +185,10 @@ def test_snv_recovery_codes_candidates_as_the_model_reads_them():
     loci = rng.integers(8, 24, size=12)
     model = _CenteredPerfectSNVModel(length=32)
     out = snv_recovery(model, windows, loci, radius=4, seed=1, copy_items=0)
-    assert out[EVAL_SNV_RECOVERY_R1] == 1.0 and model.wrong_references == 0
+    assert out[K.EVAL_SNV_RECOVERY_R1] == 1.0 and model.wrong_references == 0
     model.config.action_position_origin = "window"
     out = snv_recovery(model, windows, loci, radius=4, seed=1, copy_items=0)
-    assert out[EVAL_SNV_RECOVERY_R1] < 0.2
+    assert out[K.EVAL_SNV_RECOVERY_R1] < 0.2
 
 
 def test_edit_action_collator_codes_training_actions_like_the_evaluation(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from lewm_hf import DataCollatorForLeWM, LeWMConfig, LeWMConfigError, LeWMInputError, LeWMModel
+from lewm_hf import metric_keys as K
 from lewm_hf.data import corpus as corpus_cache
 from lewm_hf.data.dna import (
     DNA_END_ID,
@@ -615,7 +616,7 @@ def test_edit_corpus_cache_hit_and_miss(tmp_path, monkeypatch):
     write_fasta(fasta, [("r1", "TGCA" * 1500)])
     b = corpus_cache.corpus_folder(build_edit_corpus(from_file, tmp_path))
     assert len(calls) == 4 and a != b
-    meta = json.loads((b / "corpus.json").read_text())
+    meta = json.loads((b / K.CORPUS_META_FILE).read_text())
     assert meta["kind"] == "edits" and len(meta["config"]["source_sha256"]) == 64
 
 
@@ -625,7 +626,7 @@ def test_edit_corpus_rows_are_region_split_trajectories(tmp_path):
     records = synthetic_records(
         num_records=2, record_length=6000, seed=derive_seed(0, "synthetic-genome")
     )
-    regions = json.loads((corpus_cache.corpus_folder(corpus) / "regions.json").read_text())
+    regions = json.loads((corpus_cache.corpus_folder(corpus) / K.REGIONS_FILE).read_text())
     cut = {r["name"]: r["train"][1] for r in regions["records"]}
     assert list(cut.values()) == [5400, 5400]  # the last 10% held out
     seen_k = set()
@@ -659,7 +660,7 @@ def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path):
     corpus = build_edit_corpus(config, tmp_path)
     assert corpus["train"].num_rows == 50 and corpus["validation"].num_rows == 7
     assert set(EDIT_COLUMNS) < set(corpus["train"].column_names)
-    regions = json.loads((corpus_cache.corpus_folder(corpus) / "regions.json").read_text())
+    regions = json.loads((corpus_cache.corpus_folder(corpus) / K.REGIONS_FILE).read_text())
     assert [r["name"] for r in regions["records"]] == ["chrA", "chrB"]
     assert regions["source"] == str(fasta)
     row = corpus["train"][0]

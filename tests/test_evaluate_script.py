@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf import metric_keys as K
 from lewm_hf.data.walks import WalkCorpusConfig, build_walk_corpus, load_walk_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +61,12 @@ def test_evaluate_script_reproduces_its_results(tmp_path):
     first, second = outputs
     numbers = {k: v for k, v in first.items() if k != "command" and not any(t in k for t in TIMING)}
     assert {k: second[k] for k in numbers} == numbers
-    assert numbers["eval_settings"]["planning"]["goals_per_distance"] == 4
-    assert set(numbers["eval_plan_success"]) == {"1", "2"}
-    assert len(numbers["eval_rollout_l2"]) == 3
+    assert numbers[K.EVAL_SETTINGS]["planning"]["goals_per_distance"] == 4
+    assert set(numbers[K.EVAL_PLAN_SUCCESS]) == {"1", "2"}
+    assert len(numbers[K.EVAL_ROLLOUT_L2]) == 3
     assert first["command"].startswith("python recipes/evaluate.py --model_path")
     # An untrained predictor is the copy baseline: it ranks candidates as copy does.
-    assert numbers["eval_action_r1"] == numbers["eval_action_r1_copy"]
+    assert numbers[K.EVAL_ACTION_R1] == numbers[K.EVAL_ACTION_R1_COPY]
 
 
 def test_evaluate_script_needs_a_model_path(capsys):

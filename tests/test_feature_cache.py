@@ -9,6 +9,7 @@ from datasets import Dataset, concatenate_datasets
 from test_trainer import ACTIONS, VOCAB, W, clip_dataset, make_args, tiny_model
 
 from lewm_hf import LeWMTrainer
+from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.trainer.feature_cache import (
@@ -56,12 +57,12 @@ def test_short_run_with_cache_matches_run_without(tmp_path):
         trainer = LeWMTrainer(model, args, train_dataset=data, eval_dataset=held_out, window=W)
         assert (trainer.feature_cache is not None) == cache
         trainer.train()
-        evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+        evals = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e]
         weights.append(({k: v.clone() for k, v in model.state_dict().items()}, evals[-1]))
     (cached, eval_cached), (plain, eval_plain) = weights
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
-    assert eval_cached["eval_pred_mse"] == pytest.approx(eval_plain["eval_pred_mse"], rel=1e-4)
+    assert eval_cached[K.EVAL_PRED_MSE] == pytest.approx(eval_plain[K.EVAL_PRED_MSE], rel=1e-4)
 
 
 def test_cache_for_other_weights_is_refused(tmp_path):

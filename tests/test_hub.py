@@ -29,6 +29,7 @@ from transformers import AutoModel
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
 from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.determinism import run_seeds
@@ -169,14 +170,14 @@ def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
     assert len(hub.commits) == 1 and hub.commits[0]["message"] == "End of training"
     pushed = hub.root / "me" / "tiny-wm"
     assert files_in(pushed) == {
-        "README.md",
-        "config.json",
-        "model.safetensors",
+        K.MODEL_CARD_FILE,
+        K.CONFIG_FILE,
+        K.SAFE_WEIGHTS_FILE,
         "training_args.bin",
-        "result.json",
-        "curves.png",
-        "recipe.yaml",
-        "determinism.json",
+        K.RESULT_FILE,
+        K.CURVES_PLOT,
+        K.RECIPE_FILE,
+        K.DETERMINISM_FILE,
     }
     for name in files_in(pushed):
         assert (pushed / name).read_bytes() == (out / name).read_bytes(), name
@@ -188,25 +189,25 @@ def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
     with torch.no_grad():
         a, b = reloaded(**inputs), local(**inputs)
     assert torch.equal(a.predictions, b.predictions) and torch.equal(a.latents, b.latents)
-    saved = load_file(pushed / "model.safetensors")
+    saved = load_file(pushed / K.SAFE_WEIGHTS_FILE)
     assert all(torch.equal(saved[k], v) for k, v in reloaded.state_dict().items() if k in saved)
 
     # The card: metadata, metrics equal to result.json (table and model-index), how to load.
-    result = json.loads((out / "result.json").read_text())
-    assert result["eval_pred_mse"] < result["eval_copy_mse"]
-    card = ModelCard.load(pushed / "README.md")
+    result = json.loads((out / K.RESULT_FILE).read_text())
+    assert result[K.EVAL_PRED_MSE] < result[K.EVAL_COPY_MSE]
+    card = ModelCard.load(pushed / K.MODEL_CARD_FILE)
     assert card.data.license == "apache-2.0"
     assert {"lewm", "world-model"} <= set(card.data.tags)
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert metrics["eval_pred_mse"] == result["eval_pred_mse"]
-    assert metrics["eval_copy_mse"] == result["eval_copy_mse"]
+    assert metrics[K.EVAL_PRED_MSE] == result[K.EVAL_PRED_MSE]
+    assert metrics[K.EVAL_COPY_MSE] == result[K.EVAL_COPY_MSE]
     assert card.data.to_dict()["model-index"][0]["name"] == "tiny-wm"
     text = card.text
     assert "does not beat the copy baseline" not in text
-    assert f"{result['eval_pred_mse']:.4g} | {result['eval_copy_mse']:.4g}" in text
+    assert f"{result[K.EVAL_PRED_MSE]:.4g} | {result[K.EVAL_COPY_MSE]:.4g}" in text
     assert "import lewm_hf" in text and 'AutoModel.from_pretrained("me/tiny-wm")' in text
-    assert "![training curves](curves.png)" in text
-    record = json.loads((out / "determinism.json").read_text())
+    assert f"![training curves]({K.CURVES_PLOT})" in text
+    record = json.loads((out / K.DETERMINISM_FILE).read_text())
     assert record["command"] in text
     seeds = run_seeds(validate_recipe(recipe)[0].args.training)
     assert record["seeds"] == {
@@ -215,7 +216,7 @@ def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
         "model_init_seed": seeds.model,
         "lora_init_seed": seeds.lora,
     }
-    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    resolved = yaml.safe_load((out / K.RECIPE_FILE).read_text())
     assert resolved["hub_model_id"] == "me/tiny-wm" and resolved["d_state"] == 16
 
 
@@ -242,7 +243,7 @@ def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, 
     ]
     assert all(not f.startswith("checkpoint-") for c in hub.commits for f in c["files"])
     assert (tmp_path / "run" / "world_model" / "checkpoint-4").is_dir()
-    assert "result.json" in hub.commits[-1]["files"]
+    assert K.RESULT_FILE in hub.commits[-1]["files"]
 
     # hub_strategy: checkpoint also uploads the last checkpoint, as `last-checkpoint/`.
     phase.update(hub_strategy="checkpoint", hub_model_id="me/ckpt")
@@ -251,7 +252,7 @@ def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, 
         warnings.simplefilter("ignore", CopyBaselineWarning)
         run_recipe(recipe)
     pushed = files_in(hub.root / "me" / "ckpt")
-    assert "last-checkpoint/trainer_state.json" in pushed
+    assert f"last-checkpoint/{K.TRAINER_STATE_FILE}" in pushed
     assert not any(f.startswith("checkpoint-") for f in pushed)
 
 
@@ -262,9 +263,9 @@ def test_hub_warns_and_the_card_says_so_when_the_model_does_not_beat_copy(tmp_pa
     recipe = write_recipe(tmp_path, cache_dir, [phase])
     with pytest.warns(CopyBaselineWarning, match="does not beat the copy baseline"):
         run_recipe(recipe)
-    result = json.loads((tmp_path / "run" / "world_model" / "result.json").read_text())
-    assert result["eval_pred_mse"] == result["eval_copy_mse"]
-    card = ModelCard.load(hub.root / "me" / "copy" / "README.md")
+    result = json.loads((tmp_path / "run" / "world_model" / K.RESULT_FILE).read_text())
+    assert result[K.EVAL_PRED_MSE] == result[K.EVAL_COPY_MSE]
+    card = ModelCard.load(hub.root / "me" / "copy" / K.MODEL_CARD_FILE)
     first_lines = card.text.strip().splitlines()[:2]
     assert first_lines[0] == "> [!WARNING]"
     assert "does not beat the copy baseline" in first_lines[1]
@@ -310,21 +311,26 @@ def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(tmp_path, cac
     out = tmp_path / "run" / "world_model"
     pushed = hub.root / "me" / "tiny-lora"
     files = files_in(pushed)
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "result.json"} <= files
-    assert {"recipe.yaml", "determinism.json", "curves.png"} <= files
-    assert "model.safetensors" not in files
-    result = json.loads((out / "result.json").read_text())
-    assert summary["trainable_fraction"] == result["trainable_fraction"] < 0.5
+    assert {
+        K.ADAPTER_CONFIG_FILE,
+        K.ADAPTER_WEIGHTS_FILE,
+        K.MODEL_CARD_FILE,
+        K.RESULT_FILE,
+    } <= files
+    assert {K.RECIPE_FILE, K.DETERMINISM_FILE, K.CURVES_PLOT} <= files
+    assert K.SAFE_WEIGHTS_FILE not in files
+    result = json.loads((out / K.RESULT_FILE).read_text())
+    assert summary[K.TRAINABLE_FRACTION] == result[K.TRAINABLE_FRACTION] < 0.5
     # The starting model's numbers on this data (one evaluation batch), computed independently.
     inputs = held_out_batch(recipe, cache_dir)
     with torch.no_grad():
         start = LeWMModel.from_pretrained(base_dir).eval()(**inputs)
     pred = prediction_loss(start.predictions, start.targets, None, "mse").item()
     copy = prediction_loss(start.latents[:, :-1], start.targets, None, "mse").item()
-    assert result["before_eval_pred_mse"] == pytest.approx(pred, rel=1e-5)
-    assert result["before_eval_copy_mse"] == pytest.approx(copy, rel=1e-5)
-    assert result["eval_pred_mse"] < result["before_eval_pred_mse"]
-    card = ModelCard.load(pushed / "README.md")
+    assert result[K.BEFORE_PREFIX + K.EVAL_PRED_MSE] == pytest.approx(pred, rel=1e-5)
+    assert result[K.BEFORE_PREFIX + K.EVAL_COPY_MSE] == pytest.approx(copy, rel=1e-5)
+    assert result[K.EVAL_PRED_MSE] < result[K.BEFORE_PREFIX + K.EVAL_PRED_MSE]
+    card = ModelCard.load(pushed / K.MODEL_CARD_FILE)
     assert card.data.library_name == "peft" and "lora" in card.data.tags
     assert "AutoPeftModel.from_pretrained" in card.text
     loaded = AutoPeftModel.from_pretrained(pushed).eval()
@@ -349,29 +355,29 @@ def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):
     result = {
         "phase": "world_model",
         "curves": {},
-        "eval_pred_mse": 0.25,
-        "eval_copy_mse": 4.0,
-        "before_eval_pred_mse": 3.5,
-        "before_eval_copy_mse": 4.0,
-        "eval_action_r1": 0.625,
-        "eval_action_r1_copy": 0.125,
-        "eval_action_r1_shuffled": 0.0625,
-        "eval_action_chance": 0.05,
-        "eval_action_mrr": 0.75,
-        "eval_plan_success": 0.375,
-        "trainable_params": 10,
-        "total_params": 1000,
-        "trainable_fraction": 0.01,
+        K.EVAL_PRED_MSE: 0.25,
+        K.EVAL_COPY_MSE: 4.0,
+        K.BEFORE_PREFIX + K.EVAL_PRED_MSE: 3.5,
+        K.BEFORE_PREFIX + K.EVAL_COPY_MSE: 4.0,
+        K.EVAL_ACTION_R1: 0.625,
+        K.EVAL_ACTION_R1_COPY: 0.125,
+        K.EVAL_ACTION_R1_SHUFFLED: 0.0625,
+        K.EVAL_ACTION_CHANCE: 0.05,
+        K.EVAL_ACTION_MRR: 0.75,
+        K.EVAL_PLAN_SUCCESS: 0.375,
+        K.TRAINABLE_PARAMS: 10,
+        K.TOTAL_PARAMS: 1000,
+        K.TRAINABLE_FRACTION: 0.01,
     }
-    (tmp_path / "result.json").write_text(json.dumps(result))
-    (tmp_path / "recipe.yaml").write_text("task: world_model\ncorpus: {seed: 21}\n")
+    (tmp_path / K.RESULT_FILE).write_text(json.dumps(result))
+    (tmp_path / K.RECIPE_FILE).write_text("task: world_model\ncorpus: {seed: 21}\n")
     card = ModelCard.load(write_model_card(tmp_path, "me/m"))
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert metrics == {
-        "eval_pred_mse": 0.25,
-        "eval_copy_mse": 4.0,
-        "eval_action_r1": 0.625,
-        "eval_plan_success": 0.375,
+        K.EVAL_PRED_MSE: 0.25,
+        K.EVAL_COPY_MSE: 4.0,
+        K.EVAL_ACTION_R1: 0.625,
+        K.EVAL_PLAN_SUCCESS: 0.375,
     }
     assert {r.dataset_name for r in card.data.eval_results} == {
         "graph walks (small preset, corpus seed 21)"

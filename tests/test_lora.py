@@ -13,6 +13,7 @@ from transformers import AutoModel, LlamaConfig, LlamaForCausalLM, TrainerCallba
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
 from lewm_hf import LeWMModel, LeWMTrainer
+from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.trainer.lewm_trainer import parameter_groups
@@ -94,13 +95,13 @@ def test_lora_trainable_count_and_fraction(tmp_path, base_dir):
     lora = sum(r * (modules[n].in_features + modules[n].out_features) for n in adapted)
     norms = sum(2 * modules[n].num_features for n in ("projector.1", "predictor.head.1"))
     report = trainer.parameter_report.result()
-    assert report["trainable_params"] == lora + norms
-    assert report["total_params"] == total_base + lora + norms
-    assert report["trainable_fraction"] == pytest.approx(
+    assert report[K.TRAINABLE_PARAMS] == lora + norms
+    assert report[K.TOTAL_PARAMS] == total_base + lora + norms
+    assert report[K.TRAINABLE_FRACTION] == pytest.approx(
         (lora + norms) / (total_base + lora + norms)
     )
-    assert sorted(report["lora"]["target_modules"]) == sorted(adapted)
-    assert report["lora"]["modules_to_save"] == ["predictor.head.1", "projector.1"]
+    assert sorted(report[K.LORA]["target_modules"]) == sorted(adapted)
+    assert report[K.LORA]["modules_to_save"] == ["predictor.head.1", "projector.1"]
 
 
 def test_lora_parameter_groups_match_run_without_lora(tmp_path, base_dir):
@@ -136,10 +137,10 @@ def test_lora_adapter_save_load_merge_and_autopeftmodel(tmp_path, base_dir):
     trainer.save_model()
     out = tmp_path / "out"
     for folder in (out, out / "checkpoint-3", out / "checkpoint-6"):
-        assert (folder / "adapter_config.json").is_file(), folder
-        assert (folder / "adapter_model.safetensors").is_file(), folder
-    assert not (out / "model.safetensors").exists()
-    config = json.loads((out / "adapter_config.json").read_text())
+        assert (folder / K.ADAPTER_CONFIG_FILE).is_file(), folder
+        assert (folder / K.ADAPTER_WEIGHTS_FILE).is_file(), folder
+    assert not (out / K.SAFE_WEIGHTS_FILE).exists()
+    config = json.loads((out / K.ADAPTER_CONFIG_FILE).read_text())
     assert config["base_model_name_or_path"] == str(base_dir)
     # peft imports the recorded class's module only from its allow-list: transformers' AutoModel.
     assert config["auto_mapping"]["base_model_class"] == "AutoModel"
@@ -213,8 +214,8 @@ def test_lora_resume_with_adapters_matches_uninterrupted_run(tmp_path, base_dir)
     )
     second.train(resume_from_checkpoint=True)
     second.save_model()
-    a = load_file(tmp_path / "full" / "out" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "resumed" / "out" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "full" / "out" / K.ADAPTER_WEIGHTS_FILE)
+    b = load_file(tmp_path / "resumed" / "out" / K.ADAPTER_WEIGHTS_FILE)
     assert a.keys() == b.keys() and any("running_mean" in k for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -305,7 +306,7 @@ def test_lora_on_an_encoder_phase_encoder(tmp_path):
     assert all(torch.equal(encoder[k], v) for k, v in encoder_before.items())
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in base.encoder.named_parameters())
     out = tmp_path / "out"
-    config = json.loads((out / "adapter_config.json").read_text())
+    config = json.loads((out / K.ADAPTER_CONFIG_FILE).read_text())
     assert config["base_model_name_or_path"] == str((out / "base_model").resolve())
     inputs = batch()
     with torch.no_grad():

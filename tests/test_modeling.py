@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, LlamaConfig, LlamaForCausalLM
 
+from lewm_hf import metric_keys as K
 from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.modeling_lewm import AdaLNBlock, LeWMModel, LeWMOutput
@@ -311,8 +312,8 @@ def test_save_and_load_round_trip(tmp_path):
     model(**make_batch())  # move the BatchNorm running statistics
     model.eval()
     model.save_pretrained(tmp_path)
-    assert os.path.isfile(tmp_path / "model.safetensors")
-    config = json.loads((tmp_path / "config.json").read_text())
+    assert os.path.isfile(tmp_path / K.SAFE_WEIGHTS_FILE)
+    config = json.loads((tmp_path / K.CONFIG_FILE).read_text())
     assert config["model_type"] == "lewm"
     assert config["encoder_config"]["model_type"] == "llama"
 

@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
+from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.losses import prediction_loss
-from lewm_hf.metric_keys import GATE_CHECKPOINT
 from lewm_hf.reporting import format_summary
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
 
@@ -109,22 +109,22 @@ def test_gate_stops_training_and_checkpoint_survives_rotation(gate_run):
     recipe, summary = gate_run
     out = recipe.parent / "run" / "encoder"
     enc = summary["phases"]["encoder"]
-    assert enc["gate_passed"] and enc["gate_step"] == 2 and enc["global_step"] == 2
-    assert enc["model_path"] == str(out / GATE_CHECKPOINT)
+    assert enc[K.GATE_PASSED] and enc["gate_step"] == 2 and enc["global_step"] == 2
+    assert enc["model_path"] == str(out / K.GATE_CHECKPOINT)
     # checkpoint-1 was rotated away by save_total_limit=1; the gate checkpoint was not.
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
-    gate_weights = out / GATE_CHECKPOINT / "model.safetensors"
-    assert same_weights(gate_weights, out / "checkpoint-2" / "model.safetensors")
-    AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
+    gate_weights = out / K.GATE_CHECKPOINT / K.SAFE_WEIGHTS_FILE
+    assert same_weights(gate_weights, out / "checkpoint-2" / K.SAFE_WEIGHTS_FILE)
+    AutoModelForCausalLM.from_pretrained(out / K.GATE_CHECKPOINT)
 
-    result = read_json(out / "result.json")
-    assert result["gate_passed"] is True and result["gate_step"] == 2
+    result = read_json(out / K.RESULT_FILE)
+    assert result[K.GATE_PASSED] is True and result["gate_step"] == 2
     assert result["global_step"] == 2
-    assert result["curves"]["train_loss"]["step"] == [1, 2]
-    assert result["curves"]["edge_compliance"]["step"] == [2]
-    assert result["curves"]["rule_compliance"]["step"] == [2]
+    assert result["curves"][K.TRAIN_LOSS]["step"] == [1, 2]
+    assert result["curves"][K.EDGE_COMPLIANCE]["step"] == [2]
+    assert result["curves"][K.RULE_COMPLIANCE]["step"] == [2]
     assert "failure_reason" not in result
-    assert read_json(recipe.parent / "run" / "summary.json")["phases"]["encoder"]["gate_passed"]
+    assert read_json(recipe.parent / "run" / K.SUMMARY_FILE)["phases"]["encoder"][K.GATE_PASSED]
 
 
 def test_resume_after_gate_pass_keeps_gate_checkpoint(gate_run, tmp_path):
@@ -132,31 +132,31 @@ def test_resume_after_gate_pass_keeps_gate_checkpoint(gate_run, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(recipe.parent / "run", root)
     gate_before = tmp_path / "gate_before.safetensors"
-    shutil.copy(root / "encoder" / GATE_CHECKPOINT / "model.safetensors", gate_before)
+    shutil.copy(root / "encoder" / K.GATE_CHECKPOINT / K.SAFE_WEIGHTS_FILE, gate_before)
 
     summary = run_recipe(recipe, [("output_dir", str(root)), ("resume_from_checkpoint", True)])
 
     enc = summary["phases"]["encoder"]
-    assert enc["gate_passed"] and enc["gate_step"] == 2
+    assert enc[K.GATE_PASSED] and enc["gate_step"] == 2
     assert enc["global_step"] == 2  # no training past the pass
-    assert same_weights(gate_before, root / "encoder" / GATE_CHECKPOINT / "model.safetensors")
+    assert same_weights(gate_before, root / "encoder" / K.GATE_CHECKPOINT / K.SAFE_WEIGHTS_FILE)
 
 
 def test_failed_gate_writes_failure_metadata(tmp_path, cache_dir):
     run_recipe(write_recipe(tmp_path, cache_dir, [lm_phase(**HARD_GATE, max_steps=4)]))
 
     out = tmp_path / "run" / "encoder"
-    result = read_json(out / "result.json")
-    assert result["gate_passed"] is False
+    result = read_json(out / K.RESULT_FILE)
+    assert result[K.GATE_PASSED] is False
     assert "too few rule checks" in result["failure_reason"]
     assert isinstance(result["final_edge_compliance"], float)
     assert isinstance(result["final_rule_compliance"], float)
-    assert result["curves"]["edge_compliance"]["step"] == [2, 4]
-    assert result["curves"]["rule_compliance"]["step"] == [2, 4]
-    assert result["curves"]["train_loss"]["step"] == [1, 2, 3, 4]
-    assert not (out / GATE_CHECKPOINT).exists()
-    summary = read_json(tmp_path / "run" / "summary.json")
-    assert summary["phases"]["encoder"]["gate_passed"] is False
+    assert result["curves"][K.EDGE_COMPLIANCE]["step"] == [2, 4]
+    assert result["curves"][K.RULE_COMPLIANCE]["step"] == [2, 4]
+    assert result["curves"][K.TRAIN_LOSS]["step"] == [1, 2, 3, 4]
+    assert not (out / K.GATE_CHECKPOINT).exists()
+    summary = read_json(tmp_path / "run" / K.SUMMARY_FILE)
+    assert summary["phases"]["encoder"][K.GATE_PASSED] is False
     assert "too few rule checks" in summary["phases"]["encoder"]["failure_reason"]
 
 
@@ -187,21 +187,21 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed_out = tmp_path / "killed" / "run" / "encoder"
-    assert (killed_out / "checkpoint-3" / "trainer_state.json").is_file()
-    assert not (killed_out / "result.json").exists()
+    assert (killed_out / "checkpoint-3" / K.TRAINER_STATE_FILE).is_file()
+    assert not (killed_out / K.RESULT_FILE).exists()
 
     resumed = run_recipe(killed, [("resume_from_checkpoint", True)])
     run_recipe(full)
 
     assert resumed["phases"]["encoder"]["global_step"] == 6
     full_out = tmp_path / "full" / "run" / "encoder"
-    assert same_weights(full_out / "model.safetensors", killed_out / "model.safetensors")
-    loss_full = read_json(full_out / "result.json")["curves"]
-    loss_resumed = read_json(killed_out / "result.json")["curves"]
-    assert loss_resumed["train_loss"]["step"] == [1, 2, 3, 4, 5, 6]
-    assert loss_resumed["train_loss"] == loss_full["train_loss"]
-    assert loss_resumed["edge_compliance"]["step"] == [3, 6]
-    assert loss_resumed["edge_compliance"] == loss_full["edge_compliance"]
+    assert same_weights(full_out / K.SAFE_WEIGHTS_FILE, killed_out / K.SAFE_WEIGHTS_FILE)
+    loss_full = read_json(full_out / K.RESULT_FILE)["curves"]
+    loss_resumed = read_json(killed_out / K.RESULT_FILE)["curves"]
+    assert loss_resumed[K.TRAIN_LOSS]["step"] == [1, 2, 3, 4, 5, 6]
+    assert loss_resumed[K.TRAIN_LOSS] == loss_full[K.TRAIN_LOSS]
+    assert loss_resumed[K.EDGE_COMPLIANCE]["step"] == [3, 6]
+    assert loss_resumed[K.EDGE_COMPLIANCE] == loss_full[K.EDGE_COMPLIANCE]
 
 
 WORLD_MODEL_PHASE = {
@@ -254,28 +254,28 @@ def test_two_phase_recipe_cli(tmp_path, cache_dir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
-    summary = read_json(run / "summary.json")
+    summary = read_json(run / K.SUMMARY_FILE)
     assert format_summary(summary) in proc.stdout
-    assert summary["phases"]["encoder"]["gate_passed"] is True
+    assert summary["phases"]["encoder"][K.GATE_PASSED] is True
     wm = summary["phases"]["world_model"]
-    assert wm["encoder_path"] == str(run / "encoder" / GATE_CHECKPOINT)
+    assert wm["encoder_path"] == str(run / "encoder" / K.GATE_CHECKPOINT)
     # The reported numbers are those of the saved model on the held-out clips.
     pred, copy = held_out_mse(run / "world_model", recipe, cache_dir)
-    assert wm["eval_pred_mse"] == pytest.approx(pred, rel=1e-5)
-    assert wm["eval_copy_mse"] == pytest.approx(copy, rel=1e-5)
-    assert read_json(run / "world_model" / "config.json")["reg_weight"] == 3.0
+    assert wm[K.EVAL_PRED_MSE] == pytest.approx(pred, rel=1e-5)
+    assert wm[K.EVAL_COPY_MSE] == pytest.approx(copy, rel=1e-5)
+    assert read_json(run / "world_model" / K.CONFIG_FILE)["reg_weight"] == 3.0
     assert wm["reg_weight"] == 3.0
     for name in ("encoder", "world_model"):
-        assert (run / name / "result.json").is_file()
-        assert (run / name / "curves.png").is_file()
+        assert (run / name / K.RESULT_FILE).is_file()
+        assert (run / name / K.CURVES_PLOT).is_file()
 
     wm_dir = run / "world_model"
-    assert read_json(wm_dir / "config.json")["model_type"] == "lewm"
+    assert read_json(wm_dir / K.CONFIG_FILE)["model_type"] == "lewm"
     model = AutoModel.from_pretrained(wm_dir)
     assert type(model).__name__ == "LeWMModel"
     # The frozen encoder is exactly the gate checkpoint's backbone (`model.*` of the causal LM).
-    gate = load_file(run / "encoder" / GATE_CHECKPOINT / "model.safetensors")
-    saved = load_file(wm_dir / "model.safetensors")
+    gate = load_file(run / "encoder" / K.GATE_CHECKPOINT / K.SAFE_WEIGHTS_FILE)
+    saved = load_file(wm_dir / K.SAFE_WEIGHTS_FILE)
     encoder = {k.removeprefix("encoder."): v for k, v in saved.items() if k.startswith("encoder.")}
     backbone = {k.removeprefix("model."): v for k, v in gate.items() if k.startswith("model.")}
     assert encoder.keys() == backbone.keys()
@@ -339,27 +339,27 @@ def test_format_summary_rows():
         "phases": {
             "encoder": {
                 "task": "lm",
-                "gate_passed": True,
-                "edge_compliance": 1.0,
-                "rule_compliance": 0.9621,
+                K.GATE_PASSED: True,
+                K.EDGE_COMPLIANCE: 1.0,
+                K.RULE_COMPLIANCE: 0.9621,
                 "final_train_loss": 2.68214,
                 "global_step": 500,
                 "wall_time_s": 205.61,
             },
             "lm2": {
                 "task": "lm",
-                "gate_passed": False,
+                K.GATE_PASSED: False,
                 "failure_reason": "too few rule checks (3 < 100)",
-                "edge_compliance": None,
-                "rule_compliance": None,
+                K.EDGE_COMPLIANCE: None,
+                K.RULE_COMPLIANCE: None,
                 "final_train_loss": None,
                 "global_step": 4,
                 "wall_time_s": 1.0,
             },
             "world_model": {
                 "task": "world_model",
-                "eval_pred_mse": 1.671,
-                "eval_copy_mse": 102.4,
+                K.EVAL_PRED_MSE: 1.671,
+                K.EVAL_COPY_MSE: 102.4,
                 "final_pred_loss": 4.498,
                 "final_reg_loss": 1.678,
                 "global_step": 939,
@@ -387,13 +387,13 @@ def test_format_summary_rows():
 
 def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_path, cache_dir):
     recipe_gate, _ = gate_run
-    gate_dir = recipe_gate.parent / "run" / "encoder" / GATE_CHECKPOINT
+    gate_dir = recipe_gate.parent / "run" / "encoder" / K.GATE_CHECKPOINT
     fresh = write_recipe(
         tmp_path / "fresh", cache_dir, [{**WORLD_MODEL_PHASE, "encoder_path": None, "max_steps": 2}]
     )
     summary = run_recipe(fresh)["phases"]["world_model"]
     assert summary["encoder_path"] is None
-    config = read_json(tmp_path / "fresh" / "run" / "world_model" / "config.json")
+    config = read_json(tmp_path / "fresh" / "run" / "world_model" / K.CONFIG_FILE)
     # The default tiny Llama, sized to the graph's 100 vertices.
     assert config["encoder_config"]["vocab_size"] == 100
     assert config["encoder_config"]["hidden_size"] == 64
@@ -405,8 +405,8 @@ def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_pa
     )
     summary = run_recipe(local)["phases"]["world_model"]
     assert summary["encoder_path"] == str(gate_dir)
-    saved = load_file(tmp_path / "local" / "run" / "world_model" / "model.safetensors")
-    gate = load_file(gate_dir / "model.safetensors")
+    saved = load_file(tmp_path / "local" / "run" / "world_model" / K.SAFE_WEIGHTS_FILE)
+    gate = load_file(gate_dir / K.SAFE_WEIGHTS_FILE)
     for key, value in gate.items():
         if key.startswith("model."):
             assert torch.equal(saved["encoder." + key.removeprefix("model.")], value), key
@@ -417,7 +417,7 @@ def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
     recipe = write_recipe(tmp_path, cache_dir, [phase])
     enc = run_recipe(recipe)["phases"]["encoder"]
     out = tmp_path / "run" / "encoder"
-    result = read_json(out / "result.json")
+    result = read_json(out / K.RESULT_FILE)
     # The gate's numbers are greedy decoding's; sampled decoding is logged beside them, and
     # both equal a direct evaluation of the gate checkpoint with the gate's settings.
     from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
@@ -426,9 +426,9 @@ def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
     plan = validate_recipe(recipe)[0]
     corpus = build_walk_corpus(plan.args.data.corpus_config(), cache_dir)
     meta = load_walk_metadata(corpus)
-    model = AutoModelForCausalLM.from_pretrained(out / GATE_CHECKPOINT)
+    model = AutoModelForCausalLM.from_pretrained(out / K.GATE_CHECKPOINT)
     prompts = corpus["validation_walks"]["walk"]
-    for decoding, key in (("greedy", "rule_compliance"), ("sample", "sampled_rule_compliance")):
+    for decoding, key in (("greedy", K.RULE_COMPLIANCE), ("sample", "sampled_rule_compliance")):
         direct = evaluate_compliance(
             model,
             meta.graph,
@@ -438,7 +438,7 @@ def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
             **plan.args.training.compliance_kwargs(decoding),
         )
         assert result[key] == pytest.approx(direct.rule_compliance, abs=1e-12), decoding
-    assert enc["greedy_rule_compliance"] == result["rule_compliance"]
+    assert enc["greedy_rule_compliance"] == result[K.RULE_COMPLIANCE]
     assert enc["sampled_rule_compliance"] == result["sampled_rule_compliance"]
     assert result["gate"]["decoding"] == "greedy"
     assert result["curves"]["sampled_rule_compliance"]["step"] == [2]

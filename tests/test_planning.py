@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lewm_hf import metric_keys as K
 from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.data.graphs import Graph
 from lewm_hf.data.walks import generate_walks
@@ -313,16 +314,16 @@ def test_perfect_model_reaches_every_goal_in_d_steps(walks, replan):
     config = PlanningConfig(distances=[1, 2, 3], goals_per_distance=40, seeds=[0, 1],
                             replan=replan)  # fmt: skip
     out = evaluate_planning(oracle, SIX, W, walks, config)
-    assert out["eval_plan_success"] == {"1": 1.0, "2": 1.0, "3": 1.0}
-    assert out["eval_plan_shortest_rate"] == {"1": 1.0, "2": 1.0, "3": 1.0}
-    assert out["eval_plan_trials"] == 80
+    assert out[K.EVAL_PLAN_SUCCESS] == {"1": 1.0, "2": 1.0, "3": 1.0}
+    assert out[K.EVAL_PLAN_SHORTEST_RATE] == {"1": 1.0, "2": 1.0, "3": 1.0}
+    assert out[K.EVAL_PLAN_TRIALS] == 80
     for d in ("1", "2", "3"):
-        assert out["eval_plan_success_random"][d] < 1.0
-        low, high = out["eval_plan_ci"][d]
+        assert out[K.EVAL_PLAN_SUCCESS_RANDOM][d] < 1.0
+        low, high = out[K.EVAL_PLAN_CI][d]
         assert low == pytest.approx(wilson_interval(80, 80)[0]) and high == 1.0
-        assert out["eval_plans_per_second"][d] > 0
-        assert out["eval_plan_success_per_seed"][d] == [1.0, 1.0]
-    assert out["eval_plan_missing_distances"] == []
+        assert out[K.EVAL_PLANS_PER_SECOND][d] > 0
+        assert out[K.EVAL_PLAN_SUCCESS_PER_SEED][d] == [1.0, 1.0]
+    assert out[K.EVAL_PLAN_MISSING_DISTANCES] == []
 
 
 def test_mpc_with_cem_and_slack_reaches_goals(walks):
@@ -330,10 +331,10 @@ def test_mpc_with_cem_and_slack_reaches_goals(walks):
     config = PlanningConfig(distances=[2, 3], goals_per_distance=30, seeds=[0], planner="cem",
                             cem_samples=64, cem_elites=8, cem_iterations=3, budget_slack=1)  # fmt: skip
     out = evaluate_planning(oracle, SIX, W, walks, config)
-    assert out["eval_plan_success"] == {"2": 1.0, "3": 1.0}
-    assert set(out["eval_plan_planners"]["3"]) == {"cem"}
+    assert out[K.EVAL_PLAN_SUCCESS] == {"2": 1.0, "3": 1.0}
+    assert set(out[K.EVAL_PLAN_PLANNERS]["3"]) == {"cem"}
     # With a step of slack the random baseline does better than without, the planner no worse.
-    assert all(0 <= out["eval_plan_shortest_rate"][d] <= 1.0 for d in ("2", "3"))
+    assert all(0 <= out[K.EVAL_PLAN_SHORTEST_RATE][d] <= 1.0 for d in ("2", "3"))
 
 
 def test_mpc_plans_once_per_executed_step(walks):
@@ -363,17 +364,17 @@ def test_tiny_lewm_planning_smoke(walks):
     config = PlanningConfig(distances=[1, 2], goals_per_distance=12, seeds=[0, 1],
                             cem_samples=16, cem_elites=4, cem_iterations=2)  # fmt: skip
     out = evaluate_planning(model, SIX, W, walks, config)
-    for key in ("eval_plan_success", "eval_plan_success_random", "eval_plan_shortest_rate",
-                "eval_plan_ci", "eval_plans_per_second"):  # fmt: skip
+    for key in (K.EVAL_PLAN_SUCCESS, K.EVAL_PLAN_SUCCESS_RANDOM, K.EVAL_PLAN_SHORTEST_RATE,
+                K.EVAL_PLAN_CI, K.EVAL_PLANS_PER_SECOND):  # fmt: skip
         assert set(out[key]) == {"1", "2"}, key
     for d in ("1", "2"):
-        success = out["eval_plan_success"][d]
-        low, high = out["eval_plan_ci"][d]
+        success = out[K.EVAL_PLAN_SUCCESS][d]
+        low, high = out[K.EVAL_PLAN_CI][d]
         assert low <= success <= high
-        assert out["eval_plan_shortest_rate"][d] <= success
+        assert out[K.EVAL_PLAN_SHORTEST_RATE][d] <= success
     # An untrained predictor copies z_t: the plan is the first rank whose window looks nearest
     # the goal, which on d = 1 is the goal itself only by the encoder's chance resemblance.
-    assert 0.0 <= out["eval_plan_success"]["1"] <= 1.0
+    assert 0.0 <= out[K.EVAL_PLAN_SUCCESS]["1"] <= 1.0
 
 
 def test_planning_config_is_validated_in_one_place():
@@ -408,8 +409,8 @@ def test_missing_strata_are_reported_not_raised(walks):
     diameter = int(shortest_distances(SIX).max())
     config = PlanningConfig(distances=[1, diameter + 1], goals_per_distance=5, seeds=[0])
     out = evaluate_planning(oracle, SIX, W, walks, config)
-    assert out["eval_plan_missing_distances"] == [diameter + 1]
-    assert set(out["eval_plan_success"]) == {"1"}
+    assert out[K.EVAL_PLAN_MISSING_DISTANCES] == [diameter + 1]
+    assert set(out[K.EVAL_PLAN_SUCCESS]) == {"1"}
 
 
 def test_imagined_rollout_used_by_planning_matches_sequence_costs():
@@ -432,8 +433,8 @@ def test_exact_ties_prefer_the_earliest_arrival(walks):
     config = PlanningConfig(distances=[1, 2], goals_per_distance=40, seeds=[0], budget_slack=2,
                             planner="exhaustive")  # fmt: skip
     out = evaluate_planning(oracle, SIX, W, walks, config)
-    assert out["eval_plan_success"] == {"1": 1.0, "2": 1.0}
-    assert out["eval_plan_shortest_rate"] == {"1": 1.0, "2": 1.0}
+    assert out[K.EVAL_PLAN_SUCCESS] == {"1": 1.0, "2": 1.0}
+    assert out[K.EVAL_PLAN_SHORTEST_RATE] == {"1": 1.0, "2": 1.0}
 
 
 class CountingOracle(MoveOracle):

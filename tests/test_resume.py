@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from lewm_hf import metric_keys as K
 from lewm_hf.tasks.runner import run_recipe
 
 KILL_AFTER_STEP_3 = """
@@ -126,8 +127,8 @@ def test_killed_world_model_run_resumes_bitwise(tmp_path):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     out = tmp_path / "killed" / "run" / "world_model"
-    state = read_json(out / "checkpoint-3" / "trainer_state.json")
-    assert not (out / "result.json").exists() and not (out / "checkpoint-6").exists()
+    state = read_json(out / "checkpoint-3" / K.TRAINER_STATE_FILE)
+    assert not (out / K.RESULT_FILE).exists() and not (out / "checkpoint-6").exists()
     saved_monitor = state["stateful_callbacks"]["CollapseMonitorCallback"]["attributes"]
     assert saved_monitor["first_target_var"] is not None  # the monitor's state is checkpointed
 
@@ -136,26 +137,26 @@ def test_killed_world_model_run_resumes_bitwise(tmp_path):
     full_out = tmp_path / "full" / "run" / "world_model"
 
     assert resumed["global_step"] == uninterrupted["global_step"] == 6
-    assert_same_weights(out / "model.safetensors", full_out / "model.safetensors")
-    result, expected = read_json(out / "result.json"), read_json(full_out / "result.json")
+    assert_same_weights(out / K.SAFE_WEIGHTS_FILE, full_out / K.SAFE_WEIGHTS_FILE)
+    result, expected = read_json(out / K.RESULT_FILE), read_json(full_out / K.RESULT_FILE)
     # Collapse alerts raised before the kill and after the resume, against the same first
     # values: the same list as the uninterrupted run's.
     assert expected["collapse_alerts"], "the thresholds raise no alert: the check is vacuous"
     assert {a["step"] for a in expected["collapse_alerts"]} & {4, 5, 6}
     assert result["collapse_alerts"] == expected["collapse_alerts"]
-    for name in ("train_loss", "pred_loss", "reg_loss", "lr_multiplier"):
+    for name in (K.TRAIN_LOSS, K.PRED_LOSS, K.REG_LOSS, K.LR_MULTIPLIER):
         assert result["curves"][name]["step"] == [1, 2, 3, 4, 5, 6], name
         assert result["curves"][name] == expected["curves"][name], name
     # The WSD warmup and decay are those of the uninterrupted schedule (checked at every step by
     # `WSDSchedulerCallback` too).
-    assert result["curves"]["lr_multiplier"]["value"][:2] == [0.5, 1.0]
+    assert result["curves"][K.LR_MULTIPLIER]["value"][:2] == [0.5, 1.0]
 
     # Resuming the final checkpoint (max_steps reached) trains no further step.
-    weights = load_file(str(out / "model.safetensors"))
+    weights = load_file(str(out / K.SAFE_WEIGHTS_FILE))
     again = run_recipe(killed, [("resume_from_checkpoint", True)])["phases"]["world_model"]
     assert again["global_step"] == 6
-    result = read_json(out / "result.json")
-    assert result["curves"]["train_loss"] == expected["curves"]["train_loss"]
+    result = read_json(out / K.RESULT_FILE)
+    assert result["curves"][K.TRAIN_LOSS] == expected["curves"][K.TRAIN_LOSS]
     assert result["collapse_alerts"] == expected["collapse_alerts"]
-    final = load_file(str(out / "model.safetensors"))
+    final = load_file(str(out / K.SAFE_WEIGHTS_FILE))
     assert all(torch.equal(final[k], v) for k, v in weights.items())

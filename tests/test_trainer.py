@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf import metric_keys as K
 from lewm_hf.errors import LeWMConfigError, LeWMInputError, LeWMNonFiniteLossError
 from lewm_hf.trainer.schedules import wsd_lr_multiplier
 
@@ -88,13 +89,13 @@ def test_trains_logs_components_and_updates_every_trainable_parameter(tmp_path):
     trainer = LeWMTrainer(model, make_args(tmp_path), train_dataset=clip_dataset(), window=W)
     trainer.train()
     assert model.config.reg_weight == 0.37
-    logs = [e for e in trainer.state.log_history if "loss" in e]
+    logs = [e for e in trainer.state.log_history if K.LOSS in e]
     assert len(logs) == 8
-    for key in ("loss", "pred_loss", "reg_loss", "lr_multiplier", "learning_rate"):
+    for key in (K.LOSS, K.PRED_LOSS, K.REG_LOSS, K.LR_MULTIPLIER, "learning_rate"):
         assert all(np.isfinite(e[key]) for e in logs), key
     # phase2: loss = pred + 0.37 * reg (averaged over the same window)
     for e in logs:
-        assert e["loss"] == pytest.approx(e["pred_loss"] + 0.37 * e["reg_loss"], rel=1e-4)
+        assert e[K.LOSS] == pytest.approx(e[K.PRED_LOSS] + 0.37 * e[K.REG_LOSS], rel=1e-4)
     for name, param in model.named_parameters():
         changed = not torch.equal(param, before[name])
         if name.startswith("encoder."):
@@ -108,12 +109,12 @@ def test_wsd_schedule_applied_at_every_step(tmp_path):
     args = make_args(tmp_path, max_steps=20, warmup_steps=4, learning_rate=1e-2)
     trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
     trainer.train()
-    logs = [e for e in trainer.state.log_history if "loss" in e]
+    logs = [e for e in trainer.state.log_history if K.LOSS in e]
     for e in logs:
         # The logged lr is the one the step used.
         step = e["step"]
         assert e["learning_rate"] == pytest.approx(1e-2 * wsd_lr_multiplier(step, 20, 4))
-        assert e["lr_multiplier"] == pytest.approx(wsd_lr_multiplier(step, 20, 4))
+        assert e[K.LR_MULTIPLIER] == pytest.approx(wsd_lr_multiplier(step, 20, 4))
 
 
 def test_per_group_learning_rates_keep_ratios(tmp_path):
@@ -177,7 +178,7 @@ def test_gradient_accumulation_keeps_loss_scale(tmp_path):
     losses = [reference(**batch, step=0).loss / 4 for batch in trainer.batches]
     total = torch.stack(losses).sum()
     total.backward()
-    logged = trainer.state.log_history[0]["loss"]
+    logged = trainer.state.log_history[0][K.LOSS]
     assert logged == pytest.approx(total.item(), rel=1e-5)
     for (name, param), trained in zip(
         reference.named_parameters(), trainer.model.parameters(), strict=True
@@ -203,7 +204,7 @@ def test_eval_metrics_and_best_model_on_custom_metric(tmp_path):
         save_strategy="steps",
         save_steps=2,
         load_best_model_at_end=True,
-        metric_for_best_model="eval_pred_mse",
+        metric_for_best_model=K.EVAL_PRED_MSE,
         greater_is_better=False,
     )
     trainer = LeWMTrainer(
@@ -214,18 +215,18 @@ def test_eval_metrics_and_best_model_on_custom_metric(tmp_path):
         window=W,
     )
     trainer.train()
-    evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+    evals = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e]
     assert len(evals) == 3
     for e in evals:
-        for key in ("eval_loss", "eval_pred_loss", "eval_reg_loss", "eval_copy_mse"):
+        for key in (K.EVAL_LOSS, K.EVAL_PRED_LOSS, K.EVAL_REG_LOSS, K.EVAL_COPY_MSE):
             assert np.isfinite(e[key])
-    best = min(evals, key=lambda e: e["eval_pred_mse"])
-    assert trainer.state.best_metric == pytest.approx(best["eval_pred_mse"])
+    best = min(evals, key=lambda e: e[K.EVAL_PRED_MSE])
+    assert trainer.state.best_metric == pytest.approx(best[K.EVAL_PRED_MSE])
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
 
 
 def _final_weights(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model.safetensors"))
+    return load_file(str(path / K.SAFE_WEIGHTS_FILE))
 
 
 def test_resume_mid_run_same_schedule_and_weights(tmp_path):
@@ -263,8 +264,8 @@ def test_resume_mid_run_same_schedule_and_weights(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    lr_full = [e["learning_rate"] for e in full.state.log_history if "loss" in e]
-    lr_resumed = [e["learning_rate"] for e in second.state.log_history if "loss" in e]
+    lr_full = [e["learning_rate"] for e in full.state.log_history if K.LOSS in e]
+    lr_resumed = [e["learning_rate"] for e in second.state.log_history if K.LOSS in e]
     assert lr_full == lr_resumed
 
 
@@ -336,7 +337,7 @@ def test_final_metrics_reuse_the_evaluation_at_the_final_step(tmp_path, monkeypa
     args = make_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2)
     trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
     trainer.train()
-    logged = [e for e in trainer.state.log_history if "eval_pred_mse" in e][-1]
+    logged = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e][-1]
     assert logged["step"] == 4
 
     def forbidden(*a, **k):
@@ -357,17 +358,17 @@ def test_final_metrics_evaluate_the_reloaded_best_model(tmp_path):
         save_strategy="steps",
         save_steps=2,
         load_best_model_at_end=True,
-        metric_for_best_model="eval_copy_mse",
+        metric_for_best_model=K.EVAL_COPY_MSE,
         greater_is_better=True,
     )
     trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
     trainer.train()
-    evals = [e for e in trainer.state.log_history if "eval_pred_mse" in e]
+    evals = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e]
     assert [e["step"] for e in evals] == [2, 4]
-    best = max(evals, key=lambda e: e["eval_copy_mse"])
+    best = max(evals, key=lambda e: e[K.EVAL_COPY_MSE])
     fresh = trainer.final_metrics()
-    assert len([e for e in trainer.state.log_history if "eval_pred_mse" in e]) == 3
-    assert fresh["eval_pred_mse"] == pytest.approx(best["eval_pred_mse"], rel=1e-6)
+    assert len([e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e]) == 3
+    assert fresh[K.EVAL_PRED_MSE] == pytest.approx(best[K.EVAL_PRED_MSE], rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,10 +485,10 @@ def test_a_nonfinite_step_is_skipped_on_the_device(tmp_path):
     trainer.train()
     assert weights.same(2, 3) and not weights.same(3, 4)
     assert trainer.nonfinite_guard.skipped_steps == [3]
-    logs = [e for e in trainer.state.log_history if "loss" in e]
-    assert [e["nonfinite_steps"] for e in logs] == [0.0, 0.0, 1.0, 1.0, 1.0]
-    assert all(math.isfinite(e["loss"]) for e in logs)
-    assert "pred_loss" not in logs[2] and all("pred_loss" in e for e in logs[:2] + logs[3:])
+    logs = [e for e in trainer.state.log_history if K.LOSS in e]
+    assert [e[K.NONFINITE_STEPS] for e in logs] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert all(math.isfinite(e[K.LOSS]) for e in logs)
+    assert K.PRED_LOSS not in logs[2] and all(K.PRED_LOSS in e for e in logs[:2] + logs[3:])
     assert all(torch.isfinite(b).all() for b in model.buffers())
     steps = {s["step"].item() for s in trainer.optimizer.optimizer.state.values()}
     assert steps == {4.0}  # 5 steps, one skipped
@@ -515,7 +516,7 @@ def test_consecutive_nonfinite_steps_on_the_device_stop_before_the_next_checkpoi
         "checkpoint-4",
     ]
     saved = [
-        load_file(str(tmp_path / "out" / c / "model.safetensors"))
+        load_file(str(tmp_path / "out" / c / K.SAFE_WEIGHTS_FILE))
         for c in ("checkpoint-2", "checkpoint-4")
     ]
     assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
@@ -548,7 +549,7 @@ def test_torch_compile_matches_eager_within_tolerance(tmp_path):
         )
         trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
         trainer.train()
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        losses = [e[K.LOSS] for e in trainer.state.log_history if K.LOSS in e]
         runs[compiled] = (losses, model.state_dict())
     (eager, eager_weights), (compiled, compiled_weights) = runs[False], runs[True]
     assert len(compiled) == 6

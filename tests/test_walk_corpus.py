@@ -20,6 +20,7 @@ from scipy.sparse import csr_matrix
 from scipy.stats import chi2
 
 import lewm_hf.data.walks as walks_mod
+from lewm_hf import metric_keys as K
 from lewm_hf.data import corpus as corpus_cache
 from lewm_hf.data.graphs import Graph, Jumper, make_dcsbm_graph, make_jumpers
 from lewm_hf.data.walks import (
@@ -470,7 +471,7 @@ def test_killed_build_is_ignored_and_rebuilt(tmp_path, monkeypatch):
     folder = load_walk_metadata(dsd).folder
     assert (folder / corpus_cache.COMPLETE_MARKER).is_file()
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir()), "stale temp kept"
-    meta = json.loads((folder / "corpus.json").read_text())
+    meta = json.loads((folder / K.CORPUS_META_FILE).read_text())
     assert meta["config"]["corpus_size"] == CORPUS_SIZE
 
 
@@ -480,7 +481,7 @@ def test_final_folder_without_marker_is_rebuilt(tmp_path, monkeypatch):
     final = tmp_path / f"walks-{key}"
     (final / corpus_cache.DATA_SUBDIR).mkdir(parents=True)
     (final / corpus_cache.DATA_SUBDIR / "dataset_dict.json").write_text('{"splits": ["train"]}')
-    (final / "jumpers.json").write_text("[]")
+    (final / K.JUMPERS_FILE).write_text("[]")
     counter = CallCounter()
     monkeypatch.setattr(walks_mod, "generate_walks", counter)
     dsd = build_walk_corpus(config, tmp_path)

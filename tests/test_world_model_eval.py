@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lewm_hf import metric_keys as K
 from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.data.graphs import Graph, make_dcsbm_graph
 from lewm_hf.data.walks import WalkCorpusConfig, WalkMetadata, generate_walks
@@ -416,10 +417,10 @@ def test_representation_health_contrasts_gaussian_and_collapsed():
 # ---- the whole evaluation --------------------------------------------------------------------
 
 KEYS = [
-    "eval_action_r1", "eval_action_r5", "eval_action_mrr", "eval_action_r1_copy",
-    "eval_action_r1_shuffled", "eval_action_chance", "eval_rollout_l2", "eval_rollout_l2_copy",
-    "eval_rollout_cos", "eval_rollout_cos_copy", "eval_effective_rank", "eval_var_per_dim",
-    "eval_sigreg", "eval_surprise_auroc",
+    K.EVAL_ACTION_R1, K.EVAL_ACTION_R5, K.EVAL_ACTION_MRR, K.EVAL_ACTION_R1_COPY,
+    K.EVAL_ACTION_R1_SHUFFLED, K.EVAL_ACTION_CHANCE, K.EVAL_ROLLOUT_L2, K.EVAL_ROLLOUT_L2_COPY,
+    K.EVAL_ROLLOUT_COS, K.EVAL_ROLLOUT_COS_COPY, K.EVAL_EFFECTIVE_RANK, K.EVAL_VAR_PER_DIM,
+    K.EVAL_SIGREG, K.EVAL_SURPRISE_AUROC,
 ]  # fmt: skip
 
 
@@ -431,26 +432,26 @@ def test_evaluate_world_model_with_a_perfect_oracle(graph):
     out = evaluate_world_model(oracle, meta, settings)
     for key in KEYS:
         assert key in out, key
-    assert out["eval_action_r1"] == 1.0
-    assert out["eval_surprise_auroc"] == 1.0
-    assert out["eval_rollout_l2"] == [0.0] * 8
-    assert all(v > 0 for v in out["eval_rollout_l2_copy"])
-    assert out["eval_effective_rank"] > 10  # one-hot latents spread over the vertices
+    assert out[K.EVAL_ACTION_R1] == 1.0
+    assert out[K.EVAL_SURPRISE_AUROC] == 1.0
+    assert out[K.EVAL_ROLLOUT_L2] == [0.0] * 8
+    assert all(v > 0 for v in out[K.EVAL_ROLLOUT_L2_COPY])
+    assert out[K.EVAL_EFFECTIVE_RANK] > 10  # one-hot latents spread over the vertices
     # Deterministic given the seed; a different seed draws other items.
     again = evaluate_world_model(oracle, meta, settings)
-    assert again["eval_action_r1_shuffled"] == out["eval_action_r1_shuffled"]
-    assert again["eval_rollout_l2_copy"] == out["eval_rollout_l2_copy"]
+    assert again[K.EVAL_ACTION_R1_SHUFFLED] == out[K.EVAL_ACTION_R1_SHUFFLED]
+    assert again[K.EVAL_ROLLOUT_L2_COPY] == out[K.EVAL_ROLLOUT_L2_COPY]
     other = evaluate_world_model(
         oracle, meta, WorldModelEvalConfig(num_items=300, num_rollouts=50, num_walks=40, seed=3)
     )
-    assert other["eval_rollout_l2_copy"] != out["eval_rollout_l2_copy"]
+    assert other[K.EVAL_ROLLOUT_L2_COPY] != out[K.EVAL_ROLLOUT_L2_COPY]
 
 
 def test_teleports_in_the_evaluation_leave_the_neighbourhood(graph, walks):
     model = NeighbourhoodModel(graph, history_length=H)
     settings = WorldModelEvalConfig(num_items=400, num_rollouts=8, max_horizon=2)
     out = evaluate_world_model(model, HeldOutWalks(graph, walks, W), settings)
-    assert out["eval_surprise_auroc"] == 1.0
+    assert out[K.EVAL_SURPRISE_AUROC] == 1.0
 
 
 def test_tiny_lewm_untrained_equals_copy(graph, walks):
@@ -462,15 +463,15 @@ def test_tiny_lewm_untrained_equals_copy(graph, walks):
     assert set(KEYS) <= set(out)
     # An untrained predictor returns z exactly: every ranking equals the copy ranking.
     for key in ("r1", "r5", "mrr"):
-        assert out[f"eval_action_{key}"] == out[f"eval_action_{key}_copy"]
-    assert out["eval_rollout_l2"] == out["eval_rollout_l2_copy"]
-    assert len(out["eval_rollout_l2"]) == 5 and len(out["eval_rollout_cos_copy"]) == 5
-    assert out["eval_surprise_true"] > 0
-    assert 0.0 <= out["eval_surprise_auroc"] <= 1.0
-    assert 1.0 <= out["eval_effective_rank"] <= 16.0
-    assert out["eval_var_per_dim"] > 0
-    assert np.isfinite(out["eval_sigreg"])
-    assert 0 < out["eval_action_chance"] < 1
+        assert out[K.EVAL_ACTION_PREFIX + key] == out[K.EVAL_ACTION_PREFIX + key + "_copy"]
+    assert out[K.EVAL_ROLLOUT_L2] == out[K.EVAL_ROLLOUT_L2_COPY]
+    assert len(out[K.EVAL_ROLLOUT_L2]) == 5 and len(out[K.EVAL_ROLLOUT_COS_COPY]) == 5
+    assert out[K.EVAL_SURPRISE_TRUE] > 0
+    assert 0.0 <= out[K.EVAL_SURPRISE_AUROC] <= 1.0
+    assert 1.0 <= out[K.EVAL_EFFECTIVE_RANK] <= 16.0
+    assert out[K.EVAL_VAR_PER_DIM] > 0
+    assert np.isfinite(out[K.EVAL_SIGREG])
+    assert 0 < out[K.EVAL_ACTION_CHANCE] < 1
 
 
 def test_settings_are_validated_in_one_place():

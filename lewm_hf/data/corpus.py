@@ -24,6 +24,7 @@ from typing import Any
 from datasets import DatasetDict, load_from_disk
 from datasets.utils import logging as datasets_logging
 
+from .. import metric_keys as K
 from ..errors import LeWMConfigError
 
 CORPUS_FORMAT_VERSION = 2
@@ -120,7 +121,7 @@ def cached_build(
             "format": CORPUS_FORMAT_VERSION,
             "config": config_to_dict(config),
         }
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        (tmp / K.CORPUS_META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         (tmp / COMPLETE_MARKER).write_text(key)
         try:
             os.rename(tmp, final)

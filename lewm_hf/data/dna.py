@@ -26,14 +26,14 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import LeWMConfigError, LeWMInputError
-from ..fields import is_int_in
+from ..fields import IupacPolicy, check_choice, choices, is_int_in
 
 # ---- vocabulary -----------------------------------------------------------------------------
 DNA_BASES = "ACGTN"
@@ -52,7 +52,6 @@ DNA_VOCAB_SIZE = len(DNA_VOCAB)
 DNA_EDIT_ALPHABET: tuple[int, ...] = (A_ID, C_ID, G_ID, T_ID)
 
 IUPAC_AMBIGUITY = b"RYSWKMBDHV"
-IupacPolicy = Literal["error", "n"]
 GZIP_MAGIC = b"\x1f\x8b"
 
 _ALLOWED = b"ACGTN"
@@ -73,7 +72,7 @@ def _fold_table(iupac: IupacPolicy) -> bytes:
     return bytes(table)
 
 
-_FOLD_TABLES = {policy: _fold_table(policy) for policy in ("error", "n")}
+_FOLD_TABLES = {policy: _fold_table(policy) for policy in choices(IupacPolicy)}
 
 
 class LeWMDataError(LeWMInputError):
@@ -173,8 +172,7 @@ def read_fasta(path: str | os.PathLike, iupac: IupacPolicy = "error") -> Iterato
         name, a record without sequence, a character outside ACGTN (naming the record and its
         1-based offset) or a truncated or corrupt gzip file.
     """
-    if iupac not in _FOLD_TABLES:
-        raise LeWMConfigError("iupac", iupac, "must be 'error' or 'n'")
+    check_choice("iupac", iupac, IupacPolicy)
     path = Path(path)
     if not path.is_file():
         raise LeWMDataError(path, "no such file")

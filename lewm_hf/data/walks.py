@@ -19,16 +19,17 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numba
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
+from .. import metric_keys as K
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMGraphError, LeWMInputError
-from ..fields import is_int_in
+from ..fields import AllClips, is_int_in
 from . import corpus as corpus_cache
 from .graphs import (
     Graph,
@@ -452,8 +453,8 @@ def _write_walk_corpus(config: WalkCorpusConfig, folder: Path) -> None:
         }
     )
     dsd.save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
-    graph.save(folder / "graph.npz")
-    save_jumpers(jumpers, folder / "jumpers.json")
+    graph.save(folder / K.GRAPH_FILE)
+    save_jumpers(jumpers, folder / K.JUMPERS_FILE)
 
 
 @dataclass
@@ -479,13 +480,13 @@ def load_walk_metadata(corpus: DatasetDict | str | Path) -> WalkMetadata:
         folder = corpus_cache.corpus_folder(corpus)
     else:
         folder = Path(corpus)
-    meta = json.loads((folder / "corpus.json").read_text())
+    meta = json.loads((folder / K.CORPUS_META_FILE).read_text())
     cfg = meta["config"]
     if meta["kind"] == "moves":
         cfg = cfg["corpus"]
     return WalkMetadata(
-        graph=Graph.load(folder / "graph.npz"),
-        jumpers=load_jumpers(folder / "jumpers.json"),
+        graph=Graph.load(folder / K.GRAPH_FILE),
+        jumpers=load_jumpers(folder / K.JUMPERS_FILE),
         config=WalkCorpusConfig(**cfg),
         folder=folder,
     )
@@ -519,7 +520,7 @@ class MoveTrajectoryConfig:
     history_length: int = 3
     num_clips: int = 20000
     eval_clips: int = 2000
-    clips_per_walk: int | Literal["all"] = 4
+    clips_per_walk: int | AllClips = 4
     trajectory_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -556,7 +557,7 @@ def move_clips(
     walks: np.ndarray,
     window: int,
     history: int,
-    per_walk: int | Literal["all"],
+    per_walk: int | AllClips,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut move clips from walks.
@@ -634,8 +635,8 @@ def build_move_trajectories(
                 {"tokens": spans[:n_clips], "actions": actions[:n_clips]}
             )
         DatasetDict(splits).save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
-        meta.graph.save(folder / "graph.npz")
-        save_jumpers(meta.jumpers, folder / "jumpers.json")
+        meta.graph.save(folder / K.GRAPH_FILE)
+        save_jumpers(meta.jumpers, folder / K.JUMPERS_FILE)
 
     folder = corpus_cache.cached_build("moves", config, build, cache_dir)
     return corpus_cache.load_corpus(folder)

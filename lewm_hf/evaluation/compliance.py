@@ -48,11 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import metric_keys as K
 from ..data.graphs import Graph, Jumper
 from ..errors import LeWMConfigError, LeWMInputError
+from ..fields import ContextRule, Decoding, check_choice
 
-CONTEXT_RULES = ("window", "chunked")
-DECODINGS = ("greedy", "sample")
 # Names of the per-step classes: edge (valid/invalid) x rule (followed/violated/na).
 STEP_CLASSES = (
     "valid_followed",
@@ -108,11 +108,11 @@ class ComplianceResult:
     def to_dict(self) -> dict[str, Any]:
         """A flat dict (the step classes as `steps_<class>`), for logging and JSON."""
         out: dict[str, Any] = {
-            "edge_compliance": self.edge_compliance,
-            "rule_compliance": self.rule_compliance,
-            "rule_checks": self.rule_checks,
+            K.EDGE_COMPLIANCE: self.edge_compliance,
+            K.RULE_COMPLIANCE: self.rule_compliance,
+            K.RULE_CHECKS: self.rule_checks,
             "edge_steps": self.edge_steps,
-            "distinct_fraction": self.distinct_fraction,
+            K.DISTINCT_FRACTION: self.distinct_fraction,
             "num_sequences": self.num_sequences,
             "length": self.length,
             "prompt_length": self.prompt_length,
@@ -229,17 +229,15 @@ def _is_number(value: Any) -> bool:
 
 
 def _validate_generation_args(
-    rule: str,
-    decoding: str,
+    rule: ContextRule,
+    decoding: Decoding,
     temperature: float,
     context_window: int,
     batch_size: int,
     vocab_size: int | None,
 ) -> None:
-    if rule not in CONTEXT_RULES:
-        raise LeWMConfigError("rule", rule, f"must be one of {list(CONTEXT_RULES)}")
-    if decoding not in DECODINGS:
-        raise LeWMConfigError("decoding", decoding, f"must be one of {list(DECODINGS)}")
+    check_choice("rule", rule, ContextRule)
+    check_choice("decoding", decoding, Decoding)
     if not _is_number(temperature) or not temperature > 0:
         raise LeWMConfigError("temperature", temperature, "must be a number > 0")
     if not _is_int(context_window) or context_window < 2:

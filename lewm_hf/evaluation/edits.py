@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import metric_keys as K
 from ..data.dna import DNA_EDIT_ALPHABET, DNA_END_ID, N_ID
-from ..data.edits.actions import PositionOrigin, code_edit_actions
+from ..data.edits.actions import code_edit_actions
 from ..data.edits.corpus import edits_from_row
 from ..data.edits.ops import Edit, EditOp, apply_edit, map_locus
 from ..data.edits.sampling import EditSampler
 from ..determinism import derive_seed
-from ..fields import option, validate_fields
-from ..metric_keys import EVAL_PREFIX
+from ..fields import PositionOrigin, option, validate_fields
 from .world_model import (
     ActionCandidates,
     action_discrimination,
@@ -47,11 +47,6 @@ from .world_model import (
     retrieval_metrics,
     retrieval_ranks,
 )
-
-EVAL_SNV_RECOVERY = EVAL_PREFIX + "snv_recovery_"
-EVAL_SNV_RECOVERY_R1 = EVAL_SNV_RECOVERY + "r1"
-EVAL_EDIT_ACTION = EVAL_PREFIX + "edit_action_"
-EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION + "r1"
 
 
 def action_coding(model: Any) -> tuple[PositionOrigin, int | None]:
@@ -179,9 +174,9 @@ def snv_recovery(
         ).view(num, width, -1)
         mask_d, target_d = mask.to(device), target.to(device)
         metrics = retrieval_metrics(*retrieval_ranks(z_obs, preds, mask_d, target_d))
-        out = {EVAL_SNV_RECOVERY + key: value for key, value in metrics.items()}
-        out[EVAL_SNV_RECOVERY + "chance"] = chance_metrics(mask.sum(1))["r1"]
-        out[EVAL_SNV_RECOVERY + "num_items"] = num
+        out = {K.EVAL_SNV_RECOVERY_PREFIX + key: value for key, value in metrics.items()}
+        out[K.EVAL_SNV_RECOVERY_CHANCE] = chance_metrics(mask.sum(1))["r1"]
+        out[K.EVAL_SNV_RECOVERY_NUM_ITEMS] = num
         m = min(copy_items, num)
         if m > 0:
             cand = win_t[:m].unsqueeze(1).repeat(1, width, 1)  # (m, C, L)
@@ -196,7 +191,7 @@ def snv_recovery(
             ).float()
             z_cand = z_cand.view(m, width, -1)
             copy = retrieval_metrics(*retrieval_ranks(z_src[:m], z_cand, mask_d[:m], target_d[:m]))
-            out[EVAL_SNV_RECOVERY + "r1_copy"] = copy["r1"]
+            out[K.EVAL_SNV_RECOVERY_R1_COPY] = copy["r1"]
     return out
 
 
@@ -322,13 +317,11 @@ def evaluate_edit_model(
         model, rows, sampler, radius, args.eval_random_edits, args.eval_seed
     )
     metrics = action_discrimination(model, cands, seed=args.eval_seed)
-    out.update({EVAL_EDIT_ACTION + key: value for key, value in metrics.items()})
+    out.update({K.EVAL_EDIT_ACTION_PREFIX + key: value for key, value in metrics.items()})
     return out
 
 
 __all__ = [
-    "EVAL_EDIT_ACTION_R1",
-    "EVAL_SNV_RECOVERY_R1",
     "EditEvaluationArguments",
     "action_coding",
     "draw_snvs",

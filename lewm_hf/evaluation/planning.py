@@ -46,21 +46,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.sparse.csgraph import shortest_path
 
+from .. import metric_keys as K
 from ..data.graphs import Graph
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
-from ..fields import is_int_in, option, validate_fields
+from ..fields import PlanCost, Planner, RankPrior, is_int_in, option, validate_fields
 from .world_model import encode_states, evaluating, neighbor_table
 
-Planner = Literal["auto", "exhaustive", "cem"]
-PlanCost = Literal["min", "final"]
-RankPrior = Literal["degree", "uniform"]
 # Imagined prefixes per predictor call (see `PlanningConfig.max_rows`).
 DEFAULT_MAX_ROWS = 4096
 
@@ -787,17 +785,17 @@ def evaluate_planning(
     out: dict[str, Any] = {
         key: {}
         for key in (
-            "eval_plan_success",
-            "eval_plan_success_random",
-            "eval_plan_shortest_rate",
-            "eval_plan_ci",
-            "eval_plan_ci_random",
-            "eval_plan_success_per_seed",
-            "eval_plans_per_second",
-            "eval_plan_planners",
+            K.EVAL_PLAN_SUCCESS,
+            K.EVAL_PLAN_SUCCESS_RANDOM,
+            K.EVAL_PLAN_SHORTEST_RATE,
+            K.EVAL_PLAN_CI,
+            K.EVAL_PLAN_CI_RANDOM,
+            K.EVAL_PLAN_SUCCESS_PER_SEED,
+            K.EVAL_PLANS_PER_SECOND,
+            K.EVAL_PLAN_PLANNERS,
         )
     }
-    out["eval_plan_distinct_pairs"] = {}
+    out[K.EVAL_PLAN_DISTINCT_PAIRS] = {}
     missing = [d for d in config.distances if not (dist == d).any()]
     for d in config.distances:
         if d in missing:
@@ -825,23 +823,23 @@ def evaluate_planning(
             plans += result.plans
             seconds += result.plan_seconds
             if i == 0:
-                out["eval_plan_planners"][str(d)] = result.planners
+                out[K.EVAL_PLAN_PLANNERS][str(d)] = result.planners
         trials = config.goals_per_distance * len(config.seeds)
         key = str(d)
-        out["eval_plan_success"][key] = wins / trials
-        out["eval_plan_success_random"][key] = random_wins / trials
-        out["eval_plan_shortest_rate"][key] = shortest / trials
-        out["eval_plan_ci"][key] = list(wilson_interval(wins, trials, config.confidence))
-        out["eval_plan_ci_random"][key] = list(
+        out[K.EVAL_PLAN_SUCCESS][key] = wins / trials
+        out[K.EVAL_PLAN_SUCCESS_RANDOM][key] = random_wins / trials
+        out[K.EVAL_PLAN_SHORTEST_RATE][key] = shortest / trials
+        out[K.EVAL_PLAN_CI][key] = list(wilson_interval(wins, trials, config.confidence))
+        out[K.EVAL_PLAN_CI_RANDOM][key] = list(
             wilson_interval(random_wins, trials, config.confidence)
         )
-        out["eval_plan_success_per_seed"][key] = per_seed
-        out["eval_plans_per_second"][key] = plans / seconds if seconds > 0 else float("inf")
-        out["eval_plan_distinct_pairs"][key] = len(pairs)
-    out["eval_plan_missing_distances"] = missing
-    out["eval_plan_trials"] = config.goals_per_distance * len(config.seeds)
-    out["eval_plan_budget_slack"] = config.budget_slack
-    out["eval_plan_seconds"] = time.perf_counter() - started
+        out[K.EVAL_PLAN_SUCCESS_PER_SEED][key] = per_seed
+        out[K.EVAL_PLANS_PER_SECOND][key] = plans / seconds if seconds > 0 else float("inf")
+        out[K.EVAL_PLAN_DISTINCT_PAIRS][key] = len(pairs)
+    out[K.EVAL_PLAN_MISSING_DISTANCES] = missing
+    out[K.EVAL_PLAN_TRIALS] = config.goals_per_distance * len(config.seeds)
+    out[K.EVAL_PLAN_BUDGET_SLACK] = config.budget_slack
+    out[K.EVAL_PLAN_SECONDS] = time.perf_counter() - started
     return out
 
 

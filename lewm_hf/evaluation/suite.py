@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import metric_keys as K
 from ..data.walks import WalkMetadata
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
@@ -77,8 +78,8 @@ def run_evaluation_suite(
     results = evaluate_world_model(model, source, eval_config)
     walks = held_out_walks(source, eval_config.num_walks, eval_config.walk_length, eval_config.seed)
     results.update(evaluate_planning(model, walks.graph, walks.window, walks.walks, plan_config))
-    results["eval_settings"] = {"evaluation": asdict(eval_config), "planning": asdict(plan_config)}
-    results["eval_seconds"] = time.perf_counter() - started
+    results[K.EVAL_SETTINGS] = {"evaluation": asdict(eval_config), "planning": asdict(plan_config)}
+    results[K.EVAL_SECONDS] = time.perf_counter() - started
     return results
 
 

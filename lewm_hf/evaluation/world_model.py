@@ -47,6 +47,7 @@ from datasets import DatasetDict
 from scipy.stats import rankdata
 from torch import nn
 
+from .. import metric_keys as K
 from ..data.graphs import Graph
 from ..data.walks import WalkMetadata, generate_walks, load_walk_metadata
 from ..determinism import derive_seed
@@ -800,7 +801,7 @@ def evaluate_world_model(
         spans = sample_spans(data.walks, w + history, config.num_items, rng)  # (N, w + H)
         cand = move_action_candidates(model, graph, spans, w, bs)
         disc = action_discrimination(model, cand, seed=config.seed, batch_size=bs)
-        out.update({f"eval_action_{key}": value for key, value in disc.items()})
+        out.update({K.EVAL_ACTION_PREFIX + key: value for key, value in disc.items()})
 
         # Surprise: the true next state against a teleport, both under the action taken.
         rows = torch.arange(cand.target.shape[0], device=cand.target.device)
@@ -812,22 +813,22 @@ def evaluate_world_model(
         s_true = surprise_from_latents(model, cand.z_hist, cand.actions, z_true, bs)
         s_tele = surprise_from_latents(model, cand.z_hist, cand.actions, z_teleport, bs)
         labels = torch.cat([torch.zeros_like(s_true), torch.ones_like(s_tele)]).bool()
-        out["eval_surprise_auroc"] = auroc(torch.cat([s_true, s_tele]), labels)
-        out["eval_surprise_true"] = s_true.mean().item()
-        out["eval_surprise_teleport"] = s_tele.mean().item()
+        out[K.EVAL_SURPRISE_AUROC] = auroc(torch.cat([s_true, s_tele]), labels)
+        out[K.EVAL_SURPRISE_TRUE] = s_true.mean().item()
+        out[K.EVAL_SURPRISE_TELEPORT] = s_tele.mean().item()
 
         health = representation_health(cand.z_hist[:, -1], config.sigreg_num_slices, config.seed)
-        out.update({f"eval_{key}": value for key, value in health.items()})
+        out.update({K.EVAL_PREFIX + key: value for key, value in health.items()})
 
         horizon = config.max_horizon
         spans = sample_spans(data.walks, w + horizon, config.num_rollouts, rng)
         states = torch.from_numpy(spans).unfold(1, w, 1)  # (N, K + 1, w)
         actions = torch.from_numpy(move_actions(graph, spans, w))
         rollout = latent_rollout(model, states, actions, bs)
-        out.update({f"eval_rollout_{key}": value for key, value in rollout.items()})
-    out["eval_rollout_horizons"] = list(range(1, horizon + 1))
-    out["eval_rollout_num_items"] = config.num_rollouts
-    out["eval_world_model_seconds"] = time.perf_counter() - started
+        out.update({K.EVAL_ROLLOUT_PREFIX + key: value for key, value in rollout.items()})
+    out[K.EVAL_ROLLOUT_HORIZONS] = list(range(1, horizon + 1))
+    out[K.EVAL_ROLLOUT_NUM_ITEMS] = config.num_rollouts
+    out[K.EVAL_WORLD_MODEL_SECONDS] = time.perf_counter() - started
     return out
 
 

@@ -10,13 +10,8 @@ from typing import Any
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..checkpoints import (
-    ADAPTER_CONFIG_FILE,
-    CONFIG_FILE,
-    SAFE_WEIGHTS_FILE,
-    check_checkpoint_dir,
-    check_safetensors,
-)
+from .. import metric_keys as K
+from ..checkpoints import check_checkpoint_dir, check_safetensors
 from ..errors import LeWMConfigError
 
 
@@ -137,12 +132,12 @@ def check_resume_fits(checkpoint: str, model: Any) -> None:
             parameter names or shapes differ from the model's.
     """
     folder = Path(checkpoint)
-    if (folder / ADAPTER_CONFIG_FILE).is_file() or not (folder / SAFE_WEIGHTS_FILE).is_file():
+    if (folder / K.ADAPTER_CONFIG_FILE).is_file() or not (folder / K.SAFE_WEIGHTS_FILE).is_file():
         return
     field = "resume_from_checkpoint"
     saved_type = None
-    if (folder / CONFIG_FILE).is_file():
-        saved_type = json.loads((folder / CONFIG_FILE).read_text()).get("model_type")
+    if (folder / K.CONFIG_FILE).is_file():
+        saved_type = json.loads((folder / K.CONFIG_FILE).read_text()).get("model_type")
     model_type = model.config.model_type
     if saved_type is not None and saved_type != model_type:
         raise LeWMConfigError(
@@ -151,7 +146,7 @@ def check_resume_fits(checkpoint: str, model: Any) -> None:
             f"is a checkpoint of a {saved_type!r} model, and this phase trains a {model_type!r} "
             "model: resume from a checkpoint of this phase (its output_dir's checkpoint-*)",
         )
-    header = check_safetensors(folder / SAFE_WEIGHTS_FILE, field)
+    header = check_safetensors(folder / K.SAFE_WEIGHTS_FILE, field)
     shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     for name, entry in header.items():
         if name == "__metadata__":

@@ -146,8 +146,8 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         "model_path": str(out_dir),
         "final_train_loss": losses[-1] if losses else None,
         "final_eval_loss": eval_loss,
-        "train_windows": len(windows["train"]),
-        "eval_windows": len(windows["validation"]),
+        K.TRAIN_WINDOWS: len(windows["train"]),
+        K.EVAL_WINDOWS: len(windows["validation"]),
         "global_step": trainer.state.global_step,
         "wall_time_s": time.time() - start,
     }

@@ -83,7 +83,7 @@ def check_lm_start(model_args: WalkLMModelArguments, explicit: dict[str, Any]) -
     if not model_args.model_name_or_path:
         return
     path = Path(model_args.model_name_or_path)
-    if not (path / "config.json").is_file():
+    if not (path / K.CONFIG_FILE).is_file():
         raise LeWMConfigError("model_name_or_path", str(path), "no config.json there")
     saved = check_model_dir(path, "model_name_or_path")  # missing, truncated or corrupt weights
     for key in LM_ARCHITECTURE_KEYS:

@@ -34,11 +34,11 @@ class SummaryProgressCallback(ProgressCallback):
         shown = {k: v for k, v in logs.items() if k in (K.LOSS, K.PRED_LOSS, K.REG_LOSS)}
         if shown:
             self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
-        elif "train_runtime" in logs:
+        elif K.TRAIN_RUNTIME in logs:
             self.training_bar.write(
-                f"[train] done in {logs['train_runtime']:.1f}s, "
+                f"[train] done in {logs[K.TRAIN_RUNTIME]:.1f}s, "
                 f"{logs.get('train_steps_per_second', 0):.2f} steps/s, "
-                f"mean loss {logs.get('train_loss', float('nan')):.4g}"
+                f"mean loss {logs.get(K.TRAIN_LOSS, float('nan')):.4g}"
             )
 
 
@@ -209,7 +209,7 @@ class WSDSchedulerCallback(TrainerCallback):
                 )
 
     def extra_logs(self) -> dict[str, float]:
-        return {} if self.multiplier is None else {"lr_multiplier": self.multiplier}
+        return {} if self.multiplier is None else {K.LR_MULTIPLIER: self.multiplier}
 
 
 class CollapseMonitorCallback(TrainerCallback, ExportableState):

@@ -635,7 +635,7 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         Resuming such a checkpoint must not train on: that would overwrite `gate_checkpoint/`
         with a later model while `result.json` keeps the first pass's step and numbers.
         """
-        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        state = TrainerState.load_from_json(os.path.join(checkpoint, K.TRAINER_STATE_FILE))
         if any(e.get(K.EVAL_GATE_PASSED) == 1.0 for e in state.log_history):
             return state
         return None
@@ -645,7 +645,7 @@ class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
     """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
     (train and eval loss curves) and the package's model card; no gate."""
 
-    result_curves: ClassVar[dict[str, str]] = {"eval_loss": K.EVAL_LOSS}
+    result_curves: ClassVar[dict[str, str]] = {K.EVAL_LOSS: K.EVAL_LOSS}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -193,7 +193,7 @@ def _save_base_model(model: nn.Module, args: Any) -> str:
     so that the adapter's `base_model_name_or_path` names a loadable model. A base already there
     (a resumed run) must hold the same weights: the adapters were trained on top of it."""
     folder = Path(args.output_dir).resolve() / BASE_MODEL_DIR
-    weights = folder / "model.safetensors"
+    weights = folder / K.SAFE_WEIGHTS_FILE
     if weights.is_file():
         saved = load_file(weights)
         current = model.state_dict()

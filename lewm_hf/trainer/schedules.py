@@ -13,8 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..errors import LeWMConfigError
-
-LR_SCHEDULES = ("wsd", "cosine", "constant")
+from ..fields import LRSchedule, check_choice
 
 
 def _as_int(field: str, value: object, minimum: int) -> int:
@@ -30,7 +29,7 @@ def _as_int(field: str, value: object, minimum: int) -> int:
 
 
 def wsd_lr_multiplier(
-    step: int, total_steps: int, warmup_steps: int, schedule: str = "wsd"
+    step: int, total_steps: int, warmup_steps: int, schedule: LRSchedule = "wsd"
 ) -> float:
     """Learning-rate multiplier at the 1-indexed optimisation step `step` of `total_steps`.
 
@@ -56,8 +55,7 @@ def wsd_lr_multiplier(
     Returns:
         `float`: The multiplier, in `[0, 1]`.
     """
-    if schedule not in LR_SCHEDULES:
-        raise LeWMConfigError("lr_schedule", schedule, f"must be one of {list(LR_SCHEDULES)}")
+    check_choice("lr_schedule", schedule, LRSchedule)
     total = _as_int("total_steps", total_steps, minimum=1)
     warmup = _as_int("warmup_steps", warmup_steps, minimum=0)
     s = _as_int("step", step, minimum=1)

@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 
 from lewm_hf import DataCollatorForLeWM, LeWMConfig, LeWMModel, LeWMTrainingArguments
+from lewm_hf import metric_keys as K
 
 W, H, VOCAB, ACTIONS = 8, 3, 12, 4
 STEPS = 5
@@ -107,7 +108,7 @@ class RecordingCollator(DataCollatorForLeWM):
 
 def train_logs(trainer) -> list[dict[str, float]]:
     """The per-step training log entries (those with a `loss`)."""
-    return [e for e in trainer.state.log_history if "loss" in e]
+    return [e for e in trainer.state.log_history if K.LOSS in e]
 
 
 def curves(trainer, keys: tuple[str, ...]) -> dict[str, list[float]]:
@@ -117,7 +118,7 @@ def curves(trainer, keys: tuple[str, ...]) -> dict[str, list[float]]:
 
 def collapse_curves(trainer) -> dict[str, list[float]]:
     entries = [e for e in trainer.state.log_history if "collapse/effective_rank" in e]
-    keys = sorted(k for k in entries[0] if k.startswith("collapse/")) if entries else []
+    keys = sorted(k for k in entries[0] if k.startswith(K.COLLAPSE_PREFIX)) if entries else []
     return {key: [e[key] for e in entries] for key in keys}
 
 

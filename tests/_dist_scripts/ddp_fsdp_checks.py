@@ -45,10 +45,11 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from lewm_hf import LeWMTrainer
+from lewm_hf import metric_keys as K
 from lewm_hf.distributed import convert_to_global_batchnorm, gather_rows, global_batchnorm_layers
 
-CURVE_KEYS = ("loss", "pred_loss", "reg_loss", "nonfinite_steps", "grad_norm")
-EVAL_KEYS = ("eval_loss", "eval_pred_loss", "eval_reg_loss", "eval_pred_mse", "eval_copy_mse")
+CURVE_KEYS = (K.LOSS, K.PRED_LOSS, K.REG_LOSS, K.NONFINITE_STEPS, "grad_norm")
+EVAL_KEYS = (K.EVAL_LOSS, K.EVAL_PRED_LOSS, K.EVAL_REG_LOSS, K.EVAL_PRED_MSE, K.EVAL_COPY_MSE)
 
 
 def ddp_section(out: Path, rank: int) -> dict:
@@ -192,7 +193,7 @@ def fsdp_section(out: Path, rank: int, world: int, bf16: bool) -> dict:
         folder = out / "fsdp_model"
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in full.items()}
-        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(folder / K.SAFE_WEIGHTS_FILE), metadata={"format": "pt"})
         model.config.save_pretrained(folder)
         save_file(
             {"predictions": output.predictions, "latents": output.latents},

@@ -17,15 +17,15 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict
 
+from ... import metric_keys as K
 from ...determinism import derive_seed
 from ...errors import LeWMConfigError, LeWMInputError
-from ...fields import option, validate_fields
+from ...fields import IupacPolicy, option, validate_fields
 from .. import corpus as corpus_cache
 from ..dna import (
     DNA_EDIT_ALPHABET,
     N_ID,
     FastaRecord,
-    IupacPolicy,
     packaged_genome_path,
     read_fasta,
     split_region,
@@ -319,7 +319,7 @@ def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
                 "validation": [cut, end],
             }
         )
-    (folder / "regions.json").write_text(json.dumps({"source": source, "records": regions}))
+    (folder / K.REGIONS_FILE).write_text(json.dumps({"source": source, "records": regions}))
 
 
 def _ragged(values: np.ndarray, counts: np.ndarray) -> pa.Array:

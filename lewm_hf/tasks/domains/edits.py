@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
 from ...data.dna import DNA_END_ID, DNA_VOCAB_SIZE, build_dna_tokenizer
-from ...data.edits import EditCorpusConfig, PositionOrigin, build_edit_corpus, code_edit_actions
+from ...data.edits import EditCorpusConfig, build_edit_corpus, code_edit_actions
 from ...errors import LeWMConfigError
 from ...evaluation.edits import EditEvaluationArguments, action_coding, evaluate_edit_model
+from ...fields import PositionOrigin
 from ...trainer.lewm_config import LeWMTrainingArguments
 from ..arguments import DNACorpusCacheArguments, dna_corpus_config
 from . import WorldModelData
@@ -165,7 +167,7 @@ class EditDomain:
         return WorldModelData(
             train=corpus["train"],
             validation=corpus["validation"],
-            summary={"train_rows": len(corpus["train"]), "eval_rows": len(corpus["validation"])},
+            summary={K.TRAIN_ROWS: len(corpus["train"]), K.EVAL_ROWS: len(corpus["validation"])},
         )
 
     def trainer_kwargs(

@@ -114,7 +114,7 @@ class WalkDomain:
             train=clips["train"],
             validation=clips["validation"],
             info=load_walk_metadata(clips),
-            summary={"train_clips": len(clips["train"]), "eval_clips": len(clips["validation"])},
+            summary={K.TRAIN_CLIPS: len(clips["train"]), K.EVAL_CLIPS: len(clips["validation"])},
         )
 
     def trainer_kwargs(
