@@ -316,21 +316,27 @@ def task_groups(
     """
     task = get_task(task_name, field)
     owners = key_owners(task.TARGETS, task.OWNERS)
+    # Defaults the task sets otherwise than the class (e.g. an edit model's `pooling`).
+    task_defaults = getattr(task, "DEFAULTS", {})
     groups = []
     for target, cls in task.TARGETS.items():
+        defaults = task_defaults.get(target)
         keys = [k for k, (owner, _) in owners.items() if owner == target and k not in RUNNER_KEYS]
         annotations = {k: owners[k][1] for k in keys}
         own = [k for k in own_field_types(cls) if k in annotations]
         inherited = [k for k in keys if k not in own]
         if own:
             groups.append(
-                (f"{target}: {cls.__name__}", class_options(cls, own, annotations, values))
+                (
+                    f"{target}: {cls.__name__}",
+                    class_options(cls, own, annotations, values, defaults),
+                )
             )
         if inherited:
             title = f"{target}: {cls.__name__}"
             if own:
                 title = f"{target}: {_inherited_title(cls)} fields (inherited by {cls.__name__})"
-            groups.append((title, class_options(cls, inherited, annotations, values)))
+            groups.append((title, class_options(cls, inherited, annotations, values, defaults)))
     return groups
 
 

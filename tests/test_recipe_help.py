@@ -77,7 +77,10 @@ def test_train_help_of_another_recipe_follows_its_tasks(train_main, capsys):
     assert "Phase 2/2: world_model (task edit_world_model)" in out
     assert "reg_weight (float | None, default: null; recipe: 1.0)" in lines
     assert "lora_r (int, default: 8)" in lines
-    assert "actions: EditActionArguments" in out
+    assert "  data: DNASourceConfig\n" in out and "  data: EditCorpusConfig\n" in out
+    # The edit model's own defaults, not LeWMConfig's.
+    assert "action_position_origin ({window, locus}, default: locus)" in lines
+    assert "pooling ({last, mean, centered}, default: centered; recipe: centered)" in lines
     assert "gate_rule_threshold" not in out  # no walk-LM phase
     # A plain TrainingArguments owner is one group.
     assert "  training: TrainingArguments\n" in out

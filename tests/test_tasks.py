@@ -179,6 +179,9 @@ DNA_CORPUS = {
 }
 
 
+DNA_SOURCE_KEYS = ("synthetic_records", "synthetic_length", "window_length", "window_stride")
+
+
 def one_phase_recipe(tmp_path: Path, cache_dir: str, phase: dict) -> Path:
     recipe = {
         "output_dir": str(tmp_path / "run"),
@@ -190,6 +193,8 @@ def one_phase_recipe(tmp_path: Path, cache_dir: str, phase: dict) -> Path:
     }
     if phase["task"] in ("lm", "world_model"):
         recipe.update(corpus_preset="small", corpus=CORPUS)
+    elif phase["task"] == "dna_lm":  # the genome and its windows only (`DNASourceConfig`)
+        recipe.update({k: DNA_CORPUS[k] for k in DNA_SOURCE_KEYS})
     else:
         recipe.update(DNA_CORPUS)
     path = tmp_path / "recipe.yaml"
@@ -300,6 +305,15 @@ def test_encoder_path_beside_a_whole_saved_model_is_refused(tmp_path, cache_dir)
     with pytest.raises(LeWMConfigError) as info:
         validate_recipe(recipe)
     assert info.value.field == "encoder_path"
+
+
+def test_an_edit_key_on_a_dna_lm_phase_is_unknown_there(tmp_path, cache_dir):
+    # A two-phase DNA recipe sets the corpus keys once; the edit keys reach the edit phase only.
+    plans = validate_recipe(dna_recipe(tmp_path, cache_dir))
+    assert plans[1].args.domain.data.max_actions == 2 and not hasattr(plans[0].args.data, "margin")
+    with pytest.raises(LeWMConfigError) as info:
+        validate_recipe(dna_recipe(tmp_path, cache_dir), [("encoder.margin", 3)])
+    assert info.value.field == "phases.0.margin" and "unknown key" in str(info.value)
 
 
 @pytest.mark.parametrize(

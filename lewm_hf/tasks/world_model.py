@@ -80,6 +80,8 @@ class WorldModelTask:
         self.domain = domain
         self.TARGETS = {**domain.targets, **MODEL_TARGETS}
         self.OWNERS = dict(domain.owners)
+        # The `LeWMConfig` defaults this task sets otherwise (shown by `--help`).
+        self.DEFAULTS = {"config": dict(domain.help_defaults)}
 
     def parse(
         self, parts: dict[str, dict[str, Any]], output_dir: Path, source: str

@@ -52,12 +52,15 @@ class WorldModelDomain(Protocol):
         targets (`dict[str, type]`): Its recipe targets (the data and the evaluation); the
             runner adds `model`, `config` and `training`.
         owners (`dict[str, str]`): The owner of any key two targets declare.
+        help_defaults (`dict[str, Any]`): The `LeWMConfig` defaults it sets otherwise than the
+            class, as `--help` shows them.
     """
 
     name: str
     description: str
     targets: dict[str, type]
     owners: dict[str, str]
+    help_defaults: dict[str, Any]
 
     def parse(self, parts: dict[str, dict[str, Any]], training: LeWMTrainingArguments) -> Any:
         """Build (and so validate) the domain's arguments from the keys its targets own.

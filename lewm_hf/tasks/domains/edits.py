@@ -98,6 +98,10 @@ class EditDomain:
     }
     # `seed` is the run's (the trainer's); the corpus seed is set from it.
     owners: ClassVar[dict[str, str]] = {"seed": "training"}
+    help_defaults: ClassVar[dict[str, Any]] = {
+        **EDIT_MODEL_DEFAULTS,
+        "action_vocab_size": 2 * DNA_VOCAB_SIZE,
+    }
 
     def parse(
         self, parts: dict[str, dict[str, Any]], training: LeWMTrainingArguments

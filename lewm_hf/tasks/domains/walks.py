@@ -57,6 +57,9 @@ class WalkDomain:
     # The corpus is chosen by the corpus keys (the clips' `corpus` field is filled from them),
     # and the clips' history length is the model's.
     owners: ClassVar[dict[str, str]] = {"corpus": "data", "history_length": "clips"}
+    help_defaults: ClassVar[dict[str, Any]] = {
+        "action_vocab_size": "the graph's largest out-degree"
+    }
 
     def parse(
         self, parts: dict[str, dict[str, Any]], training: LeWMTrainingArguments
