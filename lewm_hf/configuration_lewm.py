@@ -162,12 +162,12 @@ class LeWMConfig(PreTrainedConfig):
     # Parameters that control the loss
     pred_loss: PredLoss = option("mse", help="Prediction loss: mse or cos_mse.")
     regularizer: Regularizer = option("sigreg", help="Anti-collapse term: sigreg, kl or none.")
-    # The prediction loss sums the squared error over the d_state dimensions (DESIGN.md section
-    # 6), so a regulariser weight that suits one latent size does not suit another: LeWM's 0.09
-    # goes with a loss averaged per dimension and let the library's default world model (d = 64,
-    # loss summed over d) collapse. The default therefore scales with d_state,
-    # `REG_WEIGHT_PER_DIM * d_state` (5.0 at d = 64, where 5.0 was measured to keep the latents
-    # near isotropic and the world model 60x below the copy baseline).
+    # The prediction loss sums the squared error over the d_state dimensions (docs/design.md,
+    # section 5 (The loss)), so a regulariser weight that suits one latent size does not suit
+    # another: LeWM's 0.09 goes with a loss averaged per dimension and let the library's default
+    # world model (d = 64, loss summed over d) collapse. The default therefore scales with
+    # d_state, `REG_WEIGHT_PER_DIM * d_state` (5.0 at d = 64, where 5.0 was measured to keep the
+    # latents near isotropic and the world model 60x below the copy baseline).
     reg_weight: float | None = option(
         None, help="Regulariser weight; null: REG_WEIGHT_PER_DIM * d_state.", low=0
     )

@@ -1,10 +1,11 @@
 """Distributed helpers: a BatchNorm over the global batch, and rank-aware reductions.
 
-Every statistic over the batch is global (DESIGN.md section 10). SIGReg all-reduces its sums in
-`lewm_hf.losses`; this module does the same for BatchNorm. `torch.nn.SyncBatchNorm` refuses CPU
-tensors, so `GlobalBatchNorm1d` all-reduces the per-rank sum, sum of squares and count through
-`torch.distributed.nn` (autograd-aware: gradients flow through the global statistics) and serves
-CPU / gloo; `convert_to_global_batchnorm` picks `SyncBatchNorm` on CUDA instead.
+Every statistic over the batch is global (docs/design.md, section 10 (Distributed rules)).
+SIGReg all-reduces its sums in `lewm_hf.losses`; this module does the same for BatchNorm.
+`torch.nn.SyncBatchNorm` refuses CPU tensors, so `GlobalBatchNorm1d` all-reduces the per-rank
+sum, sum of squares and count through `torch.distributed.nn` (autograd-aware: gradients flow
+through the global statistics) and serves CPU / gloo; `convert_to_global_batchnorm` picks
+`SyncBatchNorm` on CUDA instead.
 
 Both replacements keep the module's parameter and buffer names (`weight`, `bias`,
 `running_mean`, `running_var`, `num_batches_tracked`), so a checkpoint written under DDP or FSDP

@@ -1,6 +1,6 @@
 """Training losses of LeWM: latent prediction, SIGReg, Gaussian KL, and their combination.
 
-Formulas follow DESIGN.md section 6 exactly. Conventions used throughout:
+The formulas are those of docs/design.md, section 5 (The loss). Conventions used throughout:
 
 - embeddings are `(batch, time, dim)` for the prediction loss and `(time, batch, dim)` (or
   `(batch, dim)`) for SIGReg, which regularises each time step over the batch;
@@ -165,11 +165,11 @@ def sigreg_knots(
     """Knots `t_k` and quadrature weights `w_k` of the SIGReg statistic.
 
     `t_k = linspace(0, t_max, num_knots)`, `d = t_max / (num_knots - 1)` and
-    `w_k = d * [1, 2, ..., 2, 1]_k * exp(-t_k^2 / 2)`, taken literally from DESIGN.md: the end
-    knots weigh `d` and the inner ones `2 d`, i.e. twice the textbook trapezoid rule
-    (`d / 2` at the ends, `d` inside). This is the convention under which the expectation on a
-    true Gaussian sample, `sum_k w_k (1 - exp(-t_k^2))`, is 1.05 for the defaults; the textbook
-    trapezoid would give 0.53.
+    `w_k = d * [1, 2, ..., 2, 1]_k * exp(-t_k^2 / 2)`, as docs/design.md, section 5 (The loss)
+    states them: the end knots weigh `d` and the inner ones `2 d`, i.e. twice the textbook
+    trapezoid rule (`d / 2` at the ends, `d` inside). This is the convention under which the
+    expectation on a true Gaussian sample, `sum_k w_k (1 - exp(-t_k^2))`, is 1.05 for the
+    defaults; the textbook trapezoid would give 0.53.
 
     Args:
         num_knots (`int`, *optional*, defaults to 17): Number of knots.

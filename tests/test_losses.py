@@ -26,7 +26,8 @@ from lewm_hf.testing_utils import sigreg_reference
 
 
 def direct_sigreg(z: torch.Tensor, slices: torch.Tensor, num_knots=17, t_max=3.0) -> float:
-    """DESIGN.md section 6, written out independently in float64 with explicit loops."""
+    """SIGReg as docs/design.md, section 5 (The loss) states it, written out independently in
+    float64 with explicit loops."""
     z = z.double()
     if z.dim() == 2:
         z = z.unsqueeze(0)

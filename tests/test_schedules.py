@@ -35,7 +35,7 @@ CASES = [
 
 
 def transcribed_wsd(s: int, S: int, W: int) -> float:
-    """DESIGN.md section 7, line by line."""
+    """The WSD formula of docs/design.md, section 6 (The learning-rate schedule), line by line."""
     if W > 0 and s <= W:
         return s / W
     if S <= W:
@@ -51,7 +51,7 @@ def transcribed_wsd(s: int, S: int, W: int) -> float:
 
 
 def transcribed_cosine(s: int, S: int, W: int) -> float:
-    """Linear warmup, then DESIGN.md's cosine over the steps after warmup."""
+    """Linear warmup, then the cosine of docs/design.md, section 6, over the steps after it."""
     if W > 0 and s <= W:
         return s / W
     P, r = S - W, s - W

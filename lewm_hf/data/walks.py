@@ -230,7 +230,8 @@ def _walk_kernel(
 WALK_PRESETS: dict[str, dict[str, Any]] = {
     "anchor": {},
     # Builds in about a second on 2 cores. p_in/p_out are raised so that the lowest-theta
-    # vertex of a 25-vertex block still expects several out-edges (see DESIGN.md section 3).
+    # vertex of a 25-vertex block still expects several out-edges (see docs/design.md,
+    # section 3 (The data path)).
     "small": {
         "num_vertices": 100,
         "p_in": 0.5,

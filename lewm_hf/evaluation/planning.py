@@ -1,5 +1,5 @@
-"""Planning in latent space on a graph (DESIGN.md section 9): exhaustive search, categorical CEM
-and model-predictive control, with success checked on the true graph.
+"""Planning in latent space on a graph (docs/design.md, section 9 (Evaluation)): exhaustive
+search, categorical CEM and model-predictive control, with success checked on the true graph.
 
 **States and goals.** A state is the window of the last `w` vertices. A planning problem starts
 at a window of a held-out walk ending at vertex `s` (with the true history of the `H - 1`

@@ -1,5 +1,5 @@
-"""World-model evaluation on held-out data (DESIGN.md section 9): action discrimination, latent
-rollouts, surprise, and the health of the representation.
+"""World-model evaluation on held-out data (docs/design.md, section 9 (Evaluation)): action
+discrimination, latent rollouts, surprise, and the health of the representation.
 
 Every number here is computed on held-out graph walks (never the training clips) and reported
 beside a reference that says what it means:
@@ -734,7 +734,7 @@ def representation_health(
     Returns:
         `dict[str, float]`: `effective_rank`, `var_per_dim` (population variance, averaged over
         dimensions) and `sigreg` (about 1.05 for a standard Gaussian sample, growing like `N` for a
-        collapsed one; see DESIGN.md section 6).
+        collapsed one; see docs/design.md, section 5 (The loss)).
     """
     z = z.detach().float()
     generator = sigreg_generator(0, seed=seed, device=z.device)

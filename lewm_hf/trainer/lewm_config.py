@@ -168,8 +168,9 @@ class LeWMTrainingArguments(TrainingArguments):
     `loss_phase`, `sigreg_num_slices`): a recipe key reaches the model's config directly.
 
     Parameters that control the optimisation:
-        lr_schedule (`str`, defaults to `"wsd"`): `"wsd"`, `"cosine"` or `"constant"` (DESIGN.md
-            section 7); warmup from `warmup_steps` (a fraction when < 1).
+        lr_schedule (`str`, defaults to `"wsd"`): `"wsd"`, `"cosine"` or `"constant"`
+            (docs/design.md, section 6 (The learning-rate schedule)); warmup from
+            `warmup_steps` (a fraction when < 1).
         encoder_lr_multiplier (`float`, defaults to `1.0`): LR multiplier of the state encoder
             and its projector.
         predictor_lr_multiplier (`float`, defaults to `1.0`): LR multiplier of the predictor.

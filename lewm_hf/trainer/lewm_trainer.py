@@ -231,8 +231,9 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         # LoRA (`lora_targets`): the trainer wraps the model with peft itself, as TRL's do.
         model = prepare_lora_model(model, args)
         # Under DDP / FSDP every BatchNorm normalises over the global batch, as SIGReg does
-        # (DESIGN.md section 10). The swap is done here, not in the model, so a saved model is a
-        # plain `LeWMModel` with `nn.BatchNorm1d` layers; parameter and buffer names are kept.
+        # (docs/design.md, section 10 (Distributed rules)). The swap is done here, not in the
+        # model, so a saved model is a plain `LeWMModel` with `nn.BatchNorm1d` layers; parameter
+        # and buffer names are kept.
         if args.sync_batchnorm and (args.world_size > 1 or is_distributed()):
             model = convert_to_global_batchnorm(model, args.device)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: warmup-stable-decay (WSD), cosine and constant (DESIGN.md section 7).
+"""Learning-rate schedules: warmup-stable-decay (WSD), cosine and constant
+(docs/design.md, section 6 (The learning-rate schedule)).
 
 `wsd_lr_multiplier` gives the multiplier of the base learning rate at a 1-indexed optimisation
 step; `get_wsd_scheduler` wraps it in a `LambdaLR` that the HF `Trainer` can save and resume.
@@ -43,7 +44,8 @@ def wsd_lr_multiplier(
       The floors are taken in exact integer arithmetic (`4 P // 5`, `49 P // 50`).
     - `cosine`: over the `P = S - W` steps after warmup, with `s' = s - W`:
       `0.5 (1 + cos(pi (s' - 1) / (P - 1)))`, from 1.0 down to 0.0 at `S`; 1.0 when `P = 1`.
-      With `W = 0` this is DESIGN.md's `0.5 (1 + cos(pi (s - 1) / (S - 1)))`.
+      With `W = 0` this is `0.5 (1 + cos(pi (s - 1) / (S - 1)))` over the whole run
+      (docs/design.md, section 6 (The learning-rate schedule)).
     - `constant`: 1.0.
 
     Args:
