@@ -61,14 +61,7 @@ CURVE_KEYS = ("loss", "pred_loss", "reg_loss")
 EVAL_KEYS = ("eval_loss", "eval_pred_loss", "eval_reg_loss", "eval_pred_mse", "eval_copy_mse")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared two-core machine two
-    OpenMP threads that wait for each other make a step 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_diff(a, b) -> float:
