@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
+from _builders import TINY_PHASE_MODEL, write_walk_recipe
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
 
 from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
@@ -34,15 +34,9 @@ PHASE = {
     "name": "world_model",
     "task": "world_model",
     "encoder_path": None,
-    "d_state": 16,
-    "d_model": 32,
-    "predictor_layers": 1,
-    "predictor_heads": 2,
-    "projector_hidden": 32,
+    **TINY_PHASE_MODEL,
     "num_clips": 64,
     "eval_clips": 16,
-    "history_length": 2,
-    "sigreg_num_slices": 64,
     "per_device_train_batch_size": 16,
     "max_steps": 2,
     "save_strategy": "no",
@@ -51,13 +45,7 @@ PHASE = {
 }
 CORPUS = {"corpus_size": 200, "eval_size": 32, "context_window": 8, "walk_length": 32}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -114,22 +102,18 @@ class Env:
     saved: dict[str, Path]
 
     def recipe(
-        self, phase: dict[str, Any] | None = None, top: dict[str, Any] | None = None, **raw: Any
+        self,
+        phase: dict[str, Any] | None = None,
+        top: dict[str, Any] | None = None,
+        phases: Any = None,
     ) -> Path:
-        """A one-phase world-model recipe with `phase` / `top` overrides (`raw`: replace keys
-        of the written mapping as they are, e.g. `phases=3`)."""
-        data = {
-            "output_dir": str(self.tmp / "run"),
-            "seed": 0,
-            "disable_tqdm": True,
-            "corpus_preset": "small",
-            "corpus": dict(CORPUS),
-            "corpus_cache_dir": str(self.cache),
-            **(top or {}),
-            "phases": [{**PHASE, **(phase or {})}],
-            **raw,
-        }
-        return self.write("recipe.yaml", yaml.safe_dump(data, sort_keys=False))
+        """`recipe.yaml`: one world-model phase with `phase` overrides (or `phases` as they
+        are, e.g. `3`) on the `CORPUS` walks, with `top` overrides."""
+        if phases is None:
+            phases = [{**PHASE, **(phase or {})}]
+        return write_walk_recipe(
+            self.tmp, self.cache, phases, **{"corpus": dict(CORPUS), **(top or {})}
+        )
 
     def write(self, name: str, text: str) -> Path:
         path = self.tmp / name
@@ -159,15 +143,90 @@ def run(config: Path, overrides: list[tuple[str, Any]] | None = None) -> Callabl
     return lambda: run_recipe(config, overrides)
 
 
-@dataclass
-class Case:
-    """`build(env)` returns the call that must fail, with `error` and a message containing
-    every string of `names(env)` (a field and/or a file)."""
+# In a case's values and names, `TMP` stands for the case's own folder.
+TMP = "<tmp>"
+RECIPE = f"{TMP}/recipe.yaml"
 
-    id: str
-    build: Callable[[Env], Callable[[], Any]]
-    error: type[LeWMError]
-    names: Callable[[Env], list[str]]
+Build = Callable[[Env], Callable[[], Any]]
+
+
+def here(env: Env, value: Any) -> Any:
+    """`value` with `TMP` replaced by the case's folder (strings; other values as they are)."""
+    return value.replace(TMP, str(env.tmp)) if isinstance(value, str) else value
+
+
+def case(case_id: str, build: Build, error: type[LeWMError], names: list[str]) -> Any:
+    """A row of the table: `build(env)` returns the call that must fail with `error` and a
+    message containing every string of `names` (a field and/or a file)."""
+    return pytest.param(build, error, names, id=case_id)
+
+
+def bad_phase(
+    case_id: str,
+    values: dict[str, Any],
+    names: list[str],
+    error: type[LeWMError] = LeWMConfigError,
+) -> Any:
+    """A recipe whose world-model phase has `values`."""
+    return case(
+        case_id, lambda e: run(e.recipe({k: here(e, v) for k, v in values.items()})), error, names
+    )
+
+
+def bad_recipe(case_id: str, top: dict[str, Any], names: list[str], **phases: Any) -> Any:
+    """A recipe with the top-level keys `top` (or its `phases` replaced)."""
+    return case(case_id, lambda e: run(e.recipe(top=top, **phases)), LeWMConfigError, names)
+
+
+def bad_corpus(
+    case_id: str,
+    fields: dict[str, Any],
+    names: list[str],
+    error: type[LeWMError] = LeWMConfigError,
+) -> Any:
+    """A recipe whose corpus has `fields` over `CORPUS`."""
+    return case(
+        case_id, lambda e: run(e.recipe(top={"corpus": {**CORPUS, **fields}})), error, names
+    )
+
+
+def bad_files(case_id: str, files: dict[str, str], name: str, names: list[str]) -> Any:
+    """The recipe file `name` after writing `files` (in order) into the case's folder."""
+
+    def build(env: Env) -> Callable[[], Any]:
+        for file, text in files.items():
+            env.write(file, text)
+        return run(env.tmp / name)
+
+    return case(case_id, build, LeWMConfigError, names)
+
+
+def bad_resume(case_id: str, spoil: Callable[[Path], None], names: list[str]) -> Any:
+    """A recipe resuming from a copy of the saved checkpoint spoiled by `spoil`."""
+    return case(
+        case_id,
+        lambda e: run(e.recipe({"resume_from_checkpoint": str(_spoiled_checkpoint(e, spoil))})),
+        LeWMInputError,
+        names,
+    )
+
+
+def bad_weights(
+    case_id: str,
+    which: str,
+    spoil: Callable[[Path], None],
+    load: Callable[[Env, Path], Callable[[], Any]],
+    names: list[str],
+) -> Any:
+    """`load(env, folder)` of a copy of the saved `which` whose `model.safetensors` `spoil`
+    damaged."""
+
+    def build(env: Env) -> Callable[[], Any]:
+        folder = env.copy(which)
+        spoil(folder / "model.safetensors")
+        return load(env, folder)
+
+    return case(case_id, build, LeWMInputError, names)
 
 
 def _spoiled_checkpoint(env: Env, spoil: Callable[[Path], None]) -> Path:
@@ -192,335 +251,198 @@ def _adapter_as_model(env: Env) -> Callable[[], Any]:
     return lambda: LeWMModel.from_pretrained(folder)
 
 
+def _lm_phase_from(env: Env, folder: Path) -> Callable[[], Any]:
+    """An encoder phase training the causal LM saved in `folder`."""
+    phase = {
+        "name": "encoder",
+        "task": "lm",
+        "model_name_or_path": str(folder),
+        "max_steps": 1,
+        "save_strategy": "no",
+    }
+    return run(env.recipe(phases=[phase]))
+
+
 CASES = [
     # ---- recipes ----------------------------------------------------------------------------
-    Case(
-        "recipe-unknown-key",
-        lambda e: run(e.recipe({"learning_rat": 0.1})),
-        LeWMConfigError,
-        lambda e: ["learning_rat", "unknown key", str(e.tmp / "recipe.yaml")],
-    ),
-    Case(
-        "recipe-wrong-type",
-        lambda e: run(e.recipe({"max_steps": "ten"})),
-        LeWMConfigError,
-        lambda e: ["max_steps", "expected int"],
-    ),
-    Case(
-        "recipe-bool-for-int",
-        lambda e: run(e.recipe({"max_steps": True})),
-        LeWMConfigError,
-        lambda e: ["max_steps", "expected int"],
-    ),
-    Case(
-        "recipe-missing-file",
-        lambda e: run(e.tmp / "nope.yaml"),
-        LeWMConfigError,
-        lambda e: [str(e.tmp / "nope.yaml"), "file not found"],
-    ),
-    Case(
+    bad_phase("recipe-unknown-key", {"learning_rat": 0.1}, ["learning_rat", "unknown key", RECIPE]),
+    bad_phase("recipe-wrong-type", {"max_steps": "ten"}, ["max_steps", "expected int"]),
+    bad_phase("recipe-bool-for-int", {"max_steps": True}, ["max_steps", "expected int"]),
+    bad_files("recipe-missing-file", {}, "nope.yaml", [f"{TMP}/nope.yaml", "file not found"]),
+    bad_files(
         "recipe-missing-defaults-file",
-        lambda e: run(e.write("r.yaml", "defaults: [base.yaml]\ntask: world_model\n")),
-        LeWMConfigError,
-        lambda e: ["defaults", str(e.tmp / "base.yaml")],
+        {"r.yaml": "defaults: [base.yaml]\ntask: world_model\n"},
+        "r.yaml",
+        ["defaults", f"{TMP}/base.yaml"],
     ),
-    Case(
+    bad_files(
         "recipe-defaults-cycle",
-        lambda e: (
-            e.write("b.yaml", "defaults: [a.yaml]\n"),
-            run(e.write("a.yaml", "defaults: [b.yaml]\n")),
-        )[1],
-        LeWMConfigError,
-        lambda e: ["defaults", "cycle", str(e.tmp / "a.yaml")],
+        {"b.yaml": "defaults: [a.yaml]\n", "a.yaml": "defaults: [b.yaml]\n"},
+        "a.yaml",
+        ["defaults", "cycle", f"{TMP}/a.yaml"],
     ),
-    Case(
+    bad_files(
         "recipe-defaults-not-a-list",
-        lambda e: run(e.write("r.yaml", "defaults: {a: 1}\n")),
-        LeWMConfigError,
-        lambda e: ["defaults", "must be a list of paths"],
+        {"r.yaml": "defaults: {a: 1}\n"},
+        "r.yaml",
+        ["defaults", "must be a list of paths"],
     ),
-    Case(
+    bad_files(
         "recipe-invalid-yaml",
-        lambda e: run(e.write("r.yaml", "task: [world_model\n")),
-        LeWMConfigError,
-        lambda e: ["invalid YAML", str(e.tmp / "r.yaml")],
+        {"r.yaml": "task: [world_model\n"},
+        "r.yaml",
+        ["invalid YAML", f"{TMP}/r.yaml"],
     ),
-    Case(
-        # safe_load refuses Python tags: a recipe can never run code.
+    # safe_load refuses Python tags: a recipe can never run code.
+    bad_files(
         "recipe-python-object-tag",
-        lambda e: run(e.write("r.yaml", "task: !!python/object/apply:os.system [echo pwned]\n")),
-        LeWMConfigError,
-        lambda e: ["invalid YAML", str(e.tmp / "r.yaml")],
+        {"r.yaml": "task: !!python/object/apply:os.system [echo pwned]\n"},
+        "r.yaml",
+        ["invalid YAML", f"{TMP}/r.yaml"],
     ),
-    Case(
+    bad_files(
         "recipe-not-a-mapping",
-        lambda e: run(e.write("r.yaml", "- task: world_model\n")),
-        LeWMConfigError,
-        lambda e: ["must be a YAML mapping", str(e.tmp / "r.yaml")],
+        {"r.yaml": "- task: world_model\n"},
+        "r.yaml",
+        ["must be a YAML mapping", f"{TMP}/r.yaml"],
     ),
-    Case(
-        "recipe-empty-phases",
-        lambda e: run(e.recipe(phases=[])),
-        LeWMConfigError,
-        lambda e: ["phases", "is empty"],
-    ),
-    Case(
-        "recipe-phases-not-a-list",
-        lambda e: run(e.recipe(phases=3)),
-        LeWMConfigError,
-        lambda e: ["phases", "must be a list of mappings"],
-    ),
-    Case(
-        "recipe-unknown-task",
-        lambda e: run(e.recipe({"task": "chess"})),
-        LeWMConfigError,
-        lambda e: ["task", "chess"],
-    ),
-    Case(
-        "recipe-bad-choice",
-        lambda e: run(e.recipe({"lr_schedule": "linear"})),
-        LeWMConfigError,
-        lambda e: ["lr_schedule", "linear"],
-    ),
-    Case(
+    bad_recipe("recipe-empty-phases", {}, ["phases", "is empty"], phases=[]),
+    bad_recipe("recipe-phases-not-a-list", {}, ["phases", "must be a list of mappings"], phases=3),
+    bad_phase("recipe-unknown-task", {"task": "chess"}, ["task", "chess"]),
+    bad_phase("recipe-bad-choice", {"lr_schedule": "linear"}, ["lr_schedule", "linear"]),
+    bad_phase(
         "recipe-bad-range-ratio",
-        lambda e: run(e.recipe({"collapse_var_ratio": 1.5})),
-        LeWMConfigError,
-        lambda e: ["collapse_var_ratio", "must lie in [0, 1]"],
+        {"collapse_var_ratio": 1.5},
+        ["collapse_var_ratio", "must lie in [0, 1]"],
     ),
-    Case(
-        "recipe-bad-range-model",
-        lambda e: run(e.recipe({"d_state": 0})),
-        LeWMConfigError,
-        lambda e: ["d_state", "must be >= 1"],
-    ),
-    Case(
+    bad_phase("recipe-bad-range-model", {"d_state": 0}, ["d_state", "must be >= 1"]),
+    bad_phase(
         "recipe-warmup-longer-than-run",
-        lambda e: run(e.recipe({"warmup_steps": 20, "max_steps": 10})),
-        LeWMConfigError,
-        lambda e: ["warmup_steps", "exceeds the run's 10 training steps"],
+        {"warmup_steps": 20, "max_steps": 10},
+        ["warmup_steps", "exceeds the run's 10 training steps"],
     ),
-    Case(
-        "recipe-negative-warmup",
-        lambda e: run(e.recipe({"warmup_steps": -1})),
-        LeWMConfigError,
-        lambda e: ["warmup_steps", "must be >= 0"],
-    ),
-    Case(
+    bad_phase("recipe-negative-warmup", {"warmup_steps": -1}, ["warmup_steps", "must be >= 0"]),
+    bad_phase(
         "recipe-zero-batch-size",
-        lambda e: run(e.recipe({"per_device_train_batch_size": 0})),
-        LeWMConfigError,
-        lambda e: ["per_device_train_batch_size", "must be an integer >= 1"],
+        {"per_device_train_batch_size": 0},
+        ["per_device_train_batch_size", "must be an integer >= 1"],
     ),
-    Case(
-        "recipe-unknown-optimizer",
-        lambda e: run(e.recipe({"optim": "nope"})),
-        LeWMConfigError,
-        lambda e: ["optim='nope'", str(e.tmp / "recipe.yaml")],
-    ),
-    Case(
+    bad_phase("recipe-unknown-optimizer", {"optim": "nope"}, ["optim='nope'", RECIPE]),
+    bad_phase(
         "recipe-zero-max-nonfinite-steps",
-        lambda e: run(e.recipe({"max_nonfinite_steps": 0})),
-        LeWMConfigError,
-        lambda e: ["max_nonfinite_steps", "must be >= 1"],
+        {"max_nonfinite_steps": 0},
+        ["max_nonfinite_steps", "must be >= 1"],
     ),
     # ---- corpora ----------------------------------------------------------------------------
-    Case(
-        "corpus-unknown-field",
-        lambda e: run(e.recipe(top={"corpus": {**CORPUS, "num_blokcs": 3}})),
-        LeWMConfigError,
-        lambda e: ["corpus.num_blokcs", "unknown corpus field"],
+    bad_corpus(
+        "corpus-unknown-field", {"num_blokcs": 3}, ["corpus.num_blokcs", "unknown corpus field"]
     ),
-    Case(
-        "corpus-unknown-preset",
-        lambda e: run(e.recipe(top={"corpus_preset": "huge"})),
-        LeWMConfigError,
-        lambda e: ["preset", "huge"],
-    ),
-    Case(
+    bad_recipe("corpus-unknown-preset", {"corpus_preset": "huge"}, ["preset", "huge"]),
+    bad_corpus(
         "corpus-walks-shorter-than-two-windows",
-        lambda e: run(e.recipe(top={"corpus": {**CORPUS, "walk_length": 10}})),
-        LeWMConfigError,
-        lambda e: ["walk_length", "2 * context_window"],
+        {"walk_length": 10},
+        ["walk_length", "2 * context_window"],
     ),
-    Case(
-        # No edge across blocks: no strongly connected graph, no rule can be met.
+    # No edge across blocks: no strongly connected graph, no rule can be met.
+    bad_corpus(
         "corpus-unsatisfiable-graph",
-        lambda e: run(e.recipe(top={"corpus": {**CORPUS, "p_out": 0.0}})),
-        LeWMGraphError,
-        lambda e: ["p_out=0.0", "no valid DCSBM graph"],
+        {"p_out": 0.0},
+        ["p_out=0.0", "no valid DCSBM graph"],
+        error=LeWMGraphError,
     ),
-    Case(
-        "corpus-unsatisfiable-rule-delay",
-        lambda e: run(e.recipe(top={"corpus": {**CORPUS, "r_scales": [0.01]}})),
-        LeWMConfigError,
-        lambda e: ["r_scales", "r=0"],
-    ),
-    Case(
-        "corpus-too-many-rules",
-        lambda e: run(e.recipe(top={"corpus": {**CORPUS, "jumpers_per_block": 30}})),
-        LeWMConfigError,
-        lambda e: ["jumpers_per_block=30"],
-    ),
-    Case(
-        # Locating a packaged genome imports its package: only an allow-list may be named.
+    bad_corpus("corpus-unsatisfiable-rule-delay", {"r_scales": [0.01]}, ["r_scales", "r=0"]),
+    bad_corpus("corpus-too-many-rules", {"jumpers_per_block": 30}, ["jumpers_per_block=30"]),
+    # Locating a packaged genome imports its package: only an allow-list may be named.
+    case(
         "corpus-genome-package-not-allowed",
         lambda e: lambda: packaged_genome_path("os:data/genome.fa"),
         LeWMConfigError,
-        lambda e: ["genome", "'os' is not allowed"],
+        ["genome", "'os' is not allowed"],
     ),
     # ---- checkpoints --------------------------------------------------------------------------
-    Case(
+    bad_phase(
         "checkpoint-missing-folder",
-        lambda e: run(e.recipe({"resume_from_checkpoint": str(e.tmp / "checkpoint-9")})),
-        LeWMConfigError,
-        lambda e: ["resume_from_checkpoint", str(e.tmp / "checkpoint-9")],
+        {"resume_from_checkpoint": f"{TMP}/checkpoint-9"},
+        ["resume_from_checkpoint", f"{TMP}/checkpoint-9"],
     ),
-    Case(
+    bad_phase(
         "checkpoint-none-to-resume",
-        lambda e: run(e.recipe({"resume_from_checkpoint": True})),
-        LeWMConfigError,
-        lambda e: ["resume_from_checkpoint", "no checkpoint-* folder"],
+        {"resume_from_checkpoint": True},
+        ["resume_from_checkpoint", "no checkpoint-* folder"],
     ),
-    Case(
+    bad_resume(
         "checkpoint-truncated-safetensors",
-        lambda e: run(
-            e.recipe(
-                {
-                    "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: truncate(c / K.SAFE_WEIGHTS_FILE))
-                    )
-                }
-            )
-        ),
-        LeWMInputError,
-        lambda e: ["resume_from_checkpoint", f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "truncated"],
+        lambda c: truncate(c / "model.safetensors"),
+        ["resume_from_checkpoint", "checkpoint-3/model.safetensors", "truncated"],
     ),
-    Case(
+    bad_resume(
         "checkpoint-corrupt-safetensors",
-        lambda e: run(
-            e.recipe(
-                {
-                    "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: corrupt_header(c / K.SAFE_WEIGHTS_FILE))
-                    )
-                }
-            )
-        ),
-        LeWMInputError,
-        lambda e: [f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "corrupt"],
+        lambda c: corrupt_header(c / "model.safetensors"),
+        ["checkpoint-3/model.safetensors", "corrupt"],
     ),
-    Case(
+    bad_resume(
         "checkpoint-missing-safetensors",
-        lambda e: run(
-            e.recipe(
-                {
-                    "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(e, lambda c: (c / K.SAFE_WEIGHTS_FILE).unlink())
-                    )
-                }
-            )
-        ),
-        LeWMInputError,
-        lambda e: [f"checkpoint-3/{K.SAFE_WEIGHTS_FILE}", "missing weights file"],
+        lambda c: (c / "model.safetensors").unlink(),
+        ["checkpoint-3/model.safetensors", "missing weights file"],
     ),
-    Case(
+    bad_resume(
         "checkpoint-corrupt-trainer-state",
-        lambda e: run(
-            e.recipe(
-                {
-                    "resume_from_checkpoint": str(
-                        _spoiled_checkpoint(
-                            e, lambda c: (c / K.TRAINER_STATE_FILE).write_text("{oops")
-                        )
-                    )
-                }
-            )
-        ),
-        LeWMInputError,
-        lambda e: [f"checkpoint-3/{K.TRAINER_STATE_FILE}", "unreadable JSON"],
+        lambda c: (c / "trainer_state.json").write_text("{oops"),
+        ["checkpoint-3/trainer_state.json", "unreadable JSON"],
     ),
-    Case(
+    case(
         "checkpoint-trainer-resume-truncated",
         _trainer_resume,
         LeWMInputError,
-        lambda e: ["resume_from_checkpoint", K.SAFE_WEIGHTS_FILE, "truncated"],
+        ["resume_from_checkpoint", "model.safetensors", "truncated"],
     ),
-    Case(
+    bad_weights(
         "model-truncated-safetensors",
-        lambda e: (
-            lambda folder: (
-                truncate(folder / K.SAFE_WEIGHTS_FILE),
-                lambda: AutoModel.from_pretrained(folder),
-            )[1]
-        )(e.copy("lewm")),
-        LeWMInputError,
-        lambda e: [f"lewm/{K.SAFE_WEIGHTS_FILE}", "truncated"],
+        "lewm",
+        truncate,
+        lambda e, folder: lambda: AutoModel.from_pretrained(folder),
+        ["lewm/model.safetensors", "truncated"],
     ),
-    Case(
+    bad_weights(
         "model-corrupt-safetensors",
-        lambda e: (
-            lambda folder: (
-                corrupt_header(folder / K.SAFE_WEIGHTS_FILE),
-                lambda: LeWMModel.from_pretrained(folder),
-            )[1]
-        )(e.copy("lewm")),
-        LeWMInputError,
-        lambda e: [f"lewm/{K.SAFE_WEIGHTS_FILE}", "corrupt"],
+        "lewm",
+        corrupt_header,
+        lambda e, folder: lambda: LeWMModel.from_pretrained(folder),
+        ["lewm/model.safetensors", "corrupt"],
     ),
-    Case(
+    case(
         "model-wrong-model-type",
         lambda e: lambda: LeWMModel.from_pretrained(e.saved["llama"]),
         LeWMInputError,
-        lambda e: [f"llama/{K.CONFIG_FILE}", "model_type is 'llama', expected 'lewm'"],
+        ["llama/config.json", "model_type is 'llama', expected 'lewm'"],
     ),
-    Case(
-        # A LoRA adapter folder is not a whole model (an adapter for *another base* needs an
-        # adapter-loading entry point, which no recipe has yet).
+    # A LoRA adapter folder is not a whole model (an adapter for *another base* needs an
+    # adapter-loading entry point, which no recipe has yet).
+    case(
         "model-adapter-folder-instead-of-a-model",
         _adapter_as_model,
         LeWMInputError,
-        lambda e: [f"adapter/{K.CONFIG_FILE}", "not a saved model folder"],
+        ["adapter/config.json", "not a saved model folder"],
     ),
-    Case(
+    bad_weights(
         "lm-model-truncated-safetensors",
-        lambda e: (
-            lambda folder: (
-                truncate(folder / K.SAFE_WEIGHTS_FILE),
-                run(
-                    e.recipe(
-                        phases=[
-                            {
-                                "name": "encoder",
-                                "task": "lm",
-                                "model_name_or_path": str(folder),
-                                "max_steps": 1,
-                                "save_strategy": "no",
-                            }
-                        ]
-                    )
-                ),
-            )[1]
-        )(e.copy("llama")),
-        LeWMInputError,
-        lambda e: ["model_name_or_path", f"llama/{K.SAFE_WEIGHTS_FILE}", "truncated"],
+        "llama",
+        truncate,
+        _lm_phase_from,
+        ["model_name_or_path", "llama/model.safetensors", "truncated"],
     ),
-    Case(
+    bad_phase(
         "encoder-path-missing",
-        lambda e: run(e.recipe({"encoder_path": str(e.tmp / "no_encoder")})),
-        LeWMInputError,
-        lambda e: ["encoder_path", str(e.tmp / "no_encoder")],
+        {"encoder_path": f"{TMP}/no_encoder"},
+        ["encoder_path", f"{TMP}/no_encoder"],
+        error=LeWMInputError,
     ),
-    Case(
+    bad_weights(
         "encoder-path-truncated-safetensors",
-        lambda e: (
-            lambda folder: (
-                truncate(folder / K.SAFE_WEIGHTS_FILE),
-                run(e.recipe({"encoder_path": str(folder)})),
-            )[1]
-        )(e.copy("llama")),
-        LeWMInputError,
-        lambda e: ["encoder_path", f"llama/{K.SAFE_WEIGHTS_FILE}", "truncated"],
+        "llama",
+        truncate,
+        lambda e, folder: run(e.recipe({"encoder_path": str(folder)})),
+        ["encoder_path", "llama/model.safetensors", "truncated"],
     ),
 ]
 
@@ -545,21 +467,16 @@ def trusted_outputs(env: Env) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("corpora")
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(("build", "error", "names"), CASES)
 def test_bad_input_is_a_typed_error_naming_it_and_leaves_nothing_to_trust(
-    case, tmp_path, cache_dir, saved
+    build, error, names, tmp_path, cache_dir, saved
 ):
-    env = Env(tmp_path, cache_dir, saved)
-    call = case.build(env)
-    with pytest.raises(case.error) as info:
+    env = Env(tmp_path, Path(cache_dir), saved)
+    call = build(env)
+    with pytest.raises(error) as info:
         call()
     message = str(info.value)
-    for name in case.names(env):
+    for name in [here(env, n) for n in names]:
         assert name in message, f"{name!r} not in {message!r}"
     assert trusted_outputs(env) == []
 
@@ -588,7 +505,7 @@ CLI_CASES = [
 def test_cli_bad_flags_exit_2_with_an_error_line(
     argv, expected, tmp_path, cache_dir, saved, capsys
 ):
-    env = Env(tmp_path, cache_dir, saved)
+    env = Env(tmp_path, Path(cache_dir), saved)
     config = env.recipe()
     full = argv if argv == ["--config"] else ["--config", str(config), *argv]
     assert TRAIN_MAIN(full) == 2

@@ -6,58 +6,51 @@ import json
 import os
 import sys
 
+import pytest
 import torch
-from test_lora import PREDICTOR_LORA, pretrained_like
-from test_trainer import H, W, clip_dataset, make_args, tiny_encoder_config
+from _builders import PREDICTOR_LORA, W, pretrained_like
 
-from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer
+from lewm_hf import LeWMTrainer
 from lewm_hf import metric_keys as K
 from lewm_hf.determinism import derive_seed, prepare_run, run_seeds
 
 
-def fresh_model() -> LeWMModel:
-    """A model initialised from the global RNG (which `prepare_run` seeds)."""
-    config = LeWMConfig(
-        encoder_config=tiny_encoder_config(),
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=2,
-        history_length=H,
-        action_vocab_size=4,
-        sigreg_num_slices=64,
-    )
-    return LeWMModel(config)
-
-
-def test_seed_derives_distinct_data_model_and_lora_seeds(tmp_path):
-    args = make_args(tmp_path, seed=42, data_seed=None)
+def test_seed_derives_distinct_data_model_and_lora_seeds(tiny_training_args):
+    args = tiny_training_args(seed=42, data_seed=None)
     seeds = run_seeds(args)
     assert seeds.seed == 42
     assert seeds.data == derive_seed(42, "data")
     assert seeds.model == derive_seed(42, "model")
     assert seeds.lora == derive_seed(42, "lora")
     assert len({seeds.seed, seeds.data, seeds.model, seeds.lora}) == 4
-    assert run_seeds(make_args(tmp_path, seed=43, data_seed=None)).model != seeds.model
+    assert run_seeds(tiny_training_args(seed=43, data_seed=None)).model != seeds.model
     # Explicit seeds win over the derived ones.
-    explicit = run_seeds(make_args(tmp_path, seed=42, data_seed=5, lora_seed=6))
+    explicit = run_seeds(tiny_training_args(seed=42, data_seed=5, lora_seed=6))
     assert (explicit.data, explicit.lora, explicit.model) == (5, 6, seeds.model)
     prepare_run(args)
     assert args.data_seed == seeds.data
 
 
-def train_run(tmp_path, seed: int, steps: int = 6) -> dict[str, torch.Tensor]:
-    """What a task runner does: seed, build a fresh model, wrap it with LoRA, train."""
-    args = make_args(tmp_path, seed=seed, data_seed=None, max_steps=steps, **PREDICTOR_LORA)
-    prepare_run(args)
-    model = pretrained_like(fresh_model())
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(), window=W)
-    trainer.train()
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+@pytest.fixture
+def train_run(tiny_lewm_model, tiny_clips, tiny_training_args):
+    """`train_run(folder, seed, steps=6)`: what a task runner does: seed, build a fresh model
+    (from the global RNG, which `prepare_run` seeds), wrap it with LoRA, train. Returns the
+    trained state dict."""
+
+    def run(folder, seed: int, steps: int = 6) -> dict[str, torch.Tensor]:
+        args = tiny_training_args(
+            folder / "out", seed=seed, data_seed=None, max_steps=steps, **PREDICTOR_LORA
+        )
+        prepare_run(args)
+        model = pretrained_like(tiny_lewm_model(seed=None))
+        trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(), window=W)
+        trainer.train()
+        return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    return run
 
 
-def test_same_seed_gives_bitwise_identical_weights_in_two_cpu_runs(tmp_path):
+def test_same_seed_gives_bitwise_identical_weights_in_two_cpu_runs(tmp_path, train_run):
     first = train_run(tmp_path / "a", seed=3)
     second = train_run(tmp_path / "b", seed=3)
     assert first.keys() == second.keys()
@@ -67,13 +60,14 @@ def test_same_seed_gives_bitwise_identical_weights_in_two_cpu_runs(tmp_path):
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
-def test_another_lora_seed_changes_only_the_adapter_init(tmp_path):
+def test_another_lora_seed_changes_only_the_adapter_init(
+    tiny_lewm_model, tiny_clips, tiny_training_args
+):
     states = []
     for lora_seed in (1, 2):
-        torch.manual_seed(0)
-        model = pretrained_like(fresh_model())
-        args = make_args(tmp_path, lora_seed=lora_seed, **PREDICTOR_LORA)
-        trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(16), window=W)
+        model = pretrained_like(tiny_lewm_model(seed=0))
+        args = tiny_training_args(lora_seed=lora_seed, **PREDICTOR_LORA)
+        trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(16), window=W)
         states.append(trainer.model.state_dict())
     a, b = states
     assert a.keys() == b.keys()
@@ -82,7 +76,9 @@ def test_another_lora_seed_changes_only_the_adapter_init(tmp_path):
     assert lora_a and differ == lora_a
 
 
-def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, monkeypatch):
+def test_full_determinism_sets_the_flags_and_every_run_records_them(
+    tmp_path, monkeypatch, tiny_training_args
+):
     # enable_full_determinism sets these; set-then-delete makes monkeypatch restore them.
     for name in (
         "CUBLAS_WORKSPACE_CONFIG",
@@ -96,7 +92,7 @@ def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["recipes/train.py", "--config", "x.yaml", "--seed", "7"])
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        args = make_args(tmp_path, seed=7, full_determinism=True, lora_seed=9)
+        args = tiny_training_args(seed=7, full_determinism=True, lora_seed=9)
         recipe = {"task": "world_model", "seed": 7, "full_determinism": True}
         seeds = prepare_run(args, recipe)
         assert torch.are_deterministic_algorithms_enabled()
@@ -108,7 +104,7 @@ def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, mo
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
     assert report["seeds"] == {
         "seed": 7,
-        "data_seed": 0,  # make_args sets data_seed=0: an explicit one is kept
+        "data_seed": 0,  # tiny_training_args sets data_seed=0: an explicit one is kept
         "model_init_seed": seeds.model,
         "lora_init_seed": 9,
     }
@@ -126,8 +122,8 @@ def test_full_determinism_sets_the_flags_and_every_run_records_them(tmp_path, mo
     assert (tmp_path / "out" / K.RECIPE_FILE).read_text().startswith("task: world_model")
 
 
-def test_seed_without_full_determinism_leaves_the_flags(tmp_path):
-    args = make_args(tmp_path, seed=1)
+def test_seed_without_full_determinism_leaves_the_flags(tmp_path, tiny_training_args):
+    args = tiny_training_args(seed=1)
     prepare_run(args)
     report = json.loads((tmp_path / "out" / K.DETERMINISM_FILE).read_text())
     assert report["full_determinism"] is False

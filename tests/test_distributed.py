@@ -62,14 +62,7 @@ CURVE_KEYS = (K.LOSS, K.PRED_LOSS, K.REG_LOSS)
 EVAL_KEYS = (K.EVAL_LOSS, K.EVAL_PRED_LOSS, K.EVAL_REG_LOSS, K.EVAL_PRED_MSE, K.EVAL_COPY_MSE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared two-core machine two
-    OpenMP threads that wait for each other make a step 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_diff(a, b) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lewm_hf import DataCollatorForLeWM, LeWMConfig, LeWMConfigError, LeWMInputError, LeWMModel
+from lewm_hf import DataCollatorForLeWM, LeWMConfigError, LeWMInputError, LeWMModel
 from lewm_hf import metric_keys as K
 from lewm_hf.data import corpus as corpus_cache
 from lewm_hf.data.dna import (
@@ -49,13 +50,8 @@ from lewm_hf.determinism import derive_seed
 WINDOW = "ACGTTGCAAC"  # indices 0..9
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The tiny models here run 50x slower with two OpenMP threads on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tiny models here run 50x slower with two OpenMP threads on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dna(text: str) -> np.ndarray:
@@ -278,26 +274,27 @@ def test_edit_sampler_mixture_follows_weights():
         EditSampler(margin=30).sample(windows, rng)  # 64 < 2 * 30 + 15 + 1
 
 
-def _tiny_model(**overrides) -> LeWMModel:
-    torch.manual_seed(0)
-    kwargs = dict(
-        vocab_size=DNA_VOCAB_SIZE,
-        num_action_ops=3,
-        action_vocab_size=DNA_VOCAB_SIZE,
-        pooling="centered",
-        pool_radius=3,
-        d_state=16,
-        d_model=32,
-        predictor_heads=4,
-        predictor_layers=1,
-        projector_hidden=32,
-        action_hidden=32,
-        dropout=0.0,
-        history_length=4,
-        sigreg_num_slices=32,
-    )
-    kwargs.update(overrides)
-    return LeWMModel(LeWMConfig(**kwargs))
+# The shared tiny model on DNA: the default backbone over the DNA vocabulary, edit actions (three
+# operations, a token per base), centered pooling.
+DNA_MODEL = {
+    "encoder_config": None,
+    "vocab_size": DNA_VOCAB_SIZE,
+    "num_action_ops": 3,
+    "action_vocab_size": DNA_VOCAB_SIZE,
+    "pooling": "centered",
+    "pool_radius": 3,
+    "predictor_heads": 4,
+    "action_hidden": 32,
+    "dropout": 0.0,
+    "history_length": 4,
+    "sigreg_num_slices": 32,
+}
+
+
+@pytest.fixture
+def dna_model(tiny_lewm_model):
+    """`dna_model(**overrides)`: the tiny model with `DNA_MODEL`'s keys, seed 0."""
+    return functools.partial(tiny_lewm_model, **DNA_MODEL)
 
 
 def _embed(model: LeWMModel, edits: list[Edit], end_token: int | None) -> torch.Tensor:
@@ -313,7 +310,7 @@ def _min_pairwise_distance(emb: torch.Tensor) -> float:
     return float(dist.min())
 
 
-def test_edit_actions_identify_every_snv_and_deletion():
+def test_edit_actions_identify_every_snv_and_deletion(dna_model):
     rng = np.random.default_rng(5)
     window = rng.integers(0, 4, size=128)
     window[30:50] = 0  # a homopolymer: deletions of 1..15 A there differ only in length
@@ -325,19 +322,19 @@ def test_edit_actions_identify_every_snv_and_deletion():
         edits += [Edit.deletion(window, int(p), n) for n in range(1, 16)]
     assert len(edits) == 3 * 128 + 50 * 15
     assert len({(e.op, e.pos, e.tokens) for e in edits}) == len(edits)
-    model = _tiny_model().eval()
+    model = dna_model().eval()
     assert _min_pairwise_distance(_embed(model, edits, DNA_END_ID)) > 1e-4
     # Insertions of A, AA, ... at one gap too.
     ins = [Edit(EditOp.INS, 40, (0,) * n) for n in range(1, 16)]
     assert _min_pairwise_distance(_embed(model, ins, DNA_END_ID)) > 1e-4
 
 
-def test_edit_actions_without_end_token_confuse_deletion_lengths():
+def test_edit_actions_without_end_token_confuse_deletion_lengths(dna_model):
     # The end token is what makes lengths visible: mean pooling alone maps DEL "A" and DEL "AA"
     # to one embedding.
     window = np.zeros(32, dtype=np.int64)
     dels = [Edit.deletion(window, 10, 1), Edit.deletion(window, 10, 2)]
-    model = _tiny_model().eval()
+    model = dna_model().eval()
     assert _min_pairwise_distance(_embed(model, dels, None)) < 1e-6
     assert _min_pairwise_distance(_embed(model, dels, DNA_END_ID)) > 1e-4
 
@@ -452,7 +449,7 @@ def test_free_edits_may_miss_the_cluster_and_keep_the_locus_inside():
         sample_trajectories(windows, 1, rng, sampler, radius, free_fraction=1.5)
 
 
-def test_reference_tokens_name_what_a_sub_replaces():
+def test_reference_tokens_name_what_a_sub_replaces(dna_model):
     window = _dna(WINDOW)  # ACGTTGCAAC
     edits = [
         [Edit(EditOp.SUB, 2, (3,)), Edit(EditOp.SUB, 5, (0, 1))],  # G>T, then GC>AC
@@ -475,7 +472,7 @@ def test_reference_tokens_name_what_a_sub_replaces():
     for key in ("action_ops", "action_positions", "action_mask"):
         assert torch.equal(coded[key], actions[key])
     # A model reading reference tokens tells apart substitutions of different references.
-    model = _tiny_model(action_vocab_size=2 * DNA_VOCAB_SIZE).eval()
+    model = dna_model(action_vocab_size=2 * DNA_VOCAB_SIZE).eval()
     same_alt = edits_to_actions([[Edit(EditOp.SUB, 4, (0,))], [Edit(EditOp.SUB, 4, (0,))]])
     refs = torch.tensor([[1], [2]])[..., None].expand(-1, -1, 10)  # C>A vs G>A at 4
     with torch.no_grad():
@@ -533,10 +530,10 @@ def test_edit_collator_pads_states_loci_and_actions():
         DataCollatorForLeWM()([{**rows[1], "locus": rows[1]["locus"][:2]}])
 
 
-def test_edit_collator_padded_steps_leave_loss_and_gradients_unchanged():
+def test_edit_collator_padded_steps_leave_loss_and_gradients_unchanged(dna_model):
     rows = _edit_rows(8, seed=1)
     batch = DataCollatorForLeWM()(rows)
-    model = _tiny_model().train()
+    model = dna_model().train()
     # AdaLN-zero and the zero last layer of the head make an untrained predictor ignore its
     # actions; give those weights random values so that every input reaches the loss.
     with torch.no_grad():
@@ -649,7 +646,7 @@ def test_edit_corpus_rows_are_region_split_trajectories(tmp_path):
     assert seen_k == {2, 3, 4}
 
 
-def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path):
+def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path, dna_model):
     fasta = tmp_path / "two.fa.gz"
     rng = np.random.default_rng(0)
     seqs = ["".join(rng.choice(list("ACGT"), size=n)) for n in (3000, 5000)]
@@ -667,7 +664,7 @@ def test_edit_corpus_from_fasta_path_and_row_caps(tmp_path):
     start = row["start"]
     assert row["input_ids"][0] == encode_dna(seqs[row["record"]][start : start + 48]).tolist()
     batch = DataCollatorForLeWM()([corpus["train"][i] for i in range(4)])
-    out = _tiny_model(history_length=3)(**batch)
+    out = dna_model(history_length=3)(**batch)
     assert torch.isfinite(out.loss)
 
 

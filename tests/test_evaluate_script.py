@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _builders import TINY_CORPUS
 
 from lewm_hf import LeWMConfig, LeWMModel
 from lewm_hf import metric_keys as K
@@ -19,20 +20,21 @@ TIMING = ("seconds", "per_second")
 
 def test_evaluate_script_reproduces_its_results(tmp_path):
     cache = tmp_path / "cache"
-    corpus = {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32}
     recipe = tmp_path / "wm.yaml"
     recipe.write_text(
         yaml.safe_dump(
             {
                 "task": "world_model",
                 "corpus_preset": "small",
-                "corpus": corpus,
+                "corpus": TINY_CORPUS,
                 "corpus_cache_dir": str(cache),
                 "history_length": 2,
             }
         )
     )
-    meta = load_walk_metadata(build_walk_corpus(WalkCorpusConfig.preset("small", **corpus), cache))
+    meta = load_walk_metadata(
+        build_walk_corpus(WalkCorpusConfig.preset("small", **TINY_CORPUS), cache)
+    )
     torch.manual_seed(0)
     model = LeWMModel(
         LeWMConfig(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _builders import ACTIONS, VOCAB, W
 from datasets import Dataset, concatenate_datasets
-from test_trainer import ACTIONS, VOCAB, W, clip_dataset, make_args, tiny_model
 
 from lewm_hf import LeWMTrainer
 from lewm_hf import metric_keys as K
@@ -19,9 +19,9 @@ from lewm_hf.trainer.feature_cache import (
 )
 
 
-def test_cached_batch_loss_and_gradients_equal_encoding(tmp_path):
-    model = tiny_model(encoder_mode="frozen", dropout=0.0)
-    data = clip_dataset(32)
+def test_cached_batch_loss_and_gradients_equal_encoding(tiny_lewm_model, tiny_clips):
+    model = tiny_lewm_model(encoder_mode="frozen", dropout=0.0)
+    data = tiny_clips(32)
     collator = DataCollatorForLeWM(window=W)
     cache, (indexed,) = FeatureCache.build(model, [data], collator, batch_size=7)
     model.train()
@@ -42,18 +42,20 @@ def test_cached_batch_loss_and_gradients_equal_encoding(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_short_run_with_cache_matches_run_without(tmp_path):
-    data, held_out = clip_dataset(64), clip_dataset(32, seed=1)
+def test_short_run_with_cache_matches_run_without(
+    tmp_path, tiny_lewm_model, tiny_clips, tiny_training_args
+):
+    data, held_out = tiny_clips(64), tiny_clips(32, seed=1)
     weights = []
     for cache in (True, False):
-        args = make_args(
-            tmp_path / str(cache),
+        args = tiny_training_args(
+            tmp_path / str(cache) / "out",
             max_steps=6,
             frozen_feature_cache=cache,
             eval_strategy="steps",
             eval_steps=6,
         )
-        model = tiny_model(encoder_mode="frozen", dropout=0.0)
+        model = tiny_lewm_model(encoder_mode="frozen", dropout=0.0)
         trainer = LeWMTrainer(model, args, train_dataset=data, eval_dataset=held_out, window=W)
         assert (trainer.feature_cache is not None) == cache
         trainer.train()
@@ -65,10 +67,10 @@ def test_short_run_with_cache_matches_run_without(tmp_path):
     assert eval_cached[K.EVAL_PRED_MSE] == pytest.approx(eval_plain[K.EVAL_PRED_MSE], rel=1e-4)
 
 
-def test_cache_for_other_weights_is_refused(tmp_path):
-    model = tiny_model(encoder_mode="frozen")
+def test_cache_for_other_weights_is_refused(tiny_lewm_model, tiny_clips, tiny_training_args):
+    model = tiny_lewm_model(encoder_mode="frozen")
     trainer = LeWMTrainer(
-        model, make_args(tmp_path, max_steps=1), train_dataset=clip_dataset(32), window=W
+        model, tiny_training_args(max_steps=1), train_dataset=tiny_clips(32), window=W
     )
     with torch.no_grad():
         next(model.encoder.parameters()).add_(1.0)
@@ -76,9 +78,9 @@ def test_cache_for_other_weights_is_refused(tmp_path):
         trainer.train()
 
 
-def test_cache_needs_a_frozen_encoder():
+def test_cache_needs_a_frozen_encoder(tiny_lewm_model, tiny_clips):
     with pytest.raises(LeWMConfigError, match="encoder_mode"):
-        FeatureCache.build(tiny_model(), [clip_dataset(8)], DataCollatorForLeWM(window=W))
+        FeatureCache.build(tiny_lewm_model(), [tiny_clips(8)], DataCollatorForLeWM(window=W))
 
 
 def _windows(dataset) -> np.ndarray:
@@ -87,9 +89,9 @@ def _windows(dataset) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(tokens, W, axis=1)
 
 
-def test_each_distinct_state_is_encoded_once():
-    model = tiny_model(encoder_mode="frozen")
-    data, other = clip_dataset(24), clip_dataset(8, seed=1)
+def test_each_distinct_state_is_encoded_once(tiny_lewm_model, tiny_clips):
+    model = tiny_lewm_model(encoder_mode="frozen")
+    data, other = tiny_clips(24), tiny_clips(8, seed=1)
     # Rows repeated within one dataset and across datasets, and clips sharing windows.
     train = concatenate_datasets([data, data.select(range(5)), other.select([2, 3])])
     held_out = concatenate_datasets([other, data.select([7])])
@@ -127,9 +129,9 @@ def test_each_distinct_state_is_encoded_once():
     assert len(set(slot_of.values())) == len(slot_of)
 
 
-def test_build_batch_size_does_not_change_features():
-    model = tiny_model(encoder_mode="frozen")
-    data = clip_dataset(20)
+def test_build_batch_size_does_not_change_features(tiny_lewm_model, tiny_clips):
+    model = tiny_lewm_model(encoder_mode="frozen")
+    data = tiny_clips(20)
     collator = DataCollatorForLeWM(window=W)
     one, (a,) = FeatureCache.build(model, [data], collator, batch_size=1)
     many, (b,) = FeatureCache.build(model, [data], collator, batch_size=64)
@@ -154,8 +156,8 @@ def _ragged_dataset(n: int = 12, seed: int = 0) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def test_ragged_trajectories_cache_real_states_and_keep_the_loss():
-    model = tiny_model(encoder_mode="frozen", dropout=0.0)
+def test_ragged_trajectories_cache_real_states_and_keep_the_loss(tiny_lewm_model):
+    model = tiny_lewm_model(encoder_mode="frozen", dropout=0.0)
     data = _ragged_dataset()
     collator = DataCollatorForLeWM()
     cache, (indexed,) = FeatureCache.build(model, [data], collator, batch_size=4)
@@ -177,8 +179,8 @@ def test_ragged_trajectories_cache_real_states_and_keep_the_loss():
     torch.testing.assert_close(out_cached.loss, out_plain.loss, rtol=1e-6, atol=1e-6)
 
 
-def test_centered_pooling_keys_states_by_locus():
-    model = tiny_model(encoder_mode="frozen", pooling="centered", pool_radius=1)
+def test_centered_pooling_keys_states_by_locus(tiny_lewm_model):
+    model = tiny_lewm_model(encoder_mode="frozen", pooling="centered", pool_radius=1)
     window = list(range(W))
     row = {
         "input_ids": [window, window],
@@ -201,9 +203,9 @@ def test_centered_pooling_keys_states_by_locus():
     torch.testing.assert_close(cache.features, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_empty_datasets_are_refused():
-    model = tiny_model(encoder_mode="frozen")
-    empty = clip_dataset(4).select([])
+def test_empty_datasets_are_refused(tiny_lewm_model, tiny_clips):
+    model = tiny_lewm_model(encoder_mode="frozen")
+    empty = tiny_clips(4).select([])
     with pytest.raises(LeWMInputError, match="datasets"):
         FeatureCache.build(model, [empty], DataCollatorForLeWM(window=W))
 

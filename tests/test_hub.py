@@ -19,45 +19,36 @@ import pytest
 import torch
 import transformers.trainer
 import yaml
+from _builders import TINY_PHASE_MODEL, held_out_batch, pretrained_like
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS
 from peft import AutoPeftModel
 from safetensors.torch import load_file
-from test_lora import pretrained_like
 from transformers import AutoModel
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
-from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf import LeWMModel
 from lewm_hf import metric_keys as K
-from lewm_hf.data.collators import DataCollatorForLeWM
-from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.determinism import run_seeds
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.hub import CopyBaselineWarning, write_model_card
 from lewm_hf.losses import prediction_loss
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
 
-CORPUS = {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32}
 TINY_WORLD_MODEL = {
     "name": "world_model",
     "task": "world_model",
     "encoder_path": None,
     "encoder_mode": "frozen",
     "dropout": 0.0,
-    "d_state": 16,
-    "d_model": 32,
-    "predictor_layers": 1,
-    "predictor_heads": 2,
-    "projector_hidden": 32,
+    **TINY_PHASE_MODEL,
     "num_clips": 256,
     "eval_clips": 64,
-    "history_length": 2,
     "max_steps": 40,
     "learning_rate": 1e-2,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
-    "sigreg_num_slices": 64,
     "save_strategy": "no",
     "logging_steps": 4,
     "run_evaluation": False,  # the evaluation suite's card rows: test_hub_card_*
@@ -127,41 +118,14 @@ def hub(tmp_path, monkeypatch) -> RecordingHfApi:
     return api
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("corpora"))
-
-
-def write_recipe(tmp_path: Path, cache_dir: str, phases: list[dict]) -> Path:
-    recipe = {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "disable_tqdm": True,
-        "corpus_preset": "small",
-        "corpus": CORPUS,
-        "corpus_cache_dir": cache_dir,
-        "phases": phases,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def files_in(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
-def held_out_batch(recipe: Path, cache_dir: str) -> dict[str, torch.Tensor]:
-    plan = validate_recipe(recipe)[-1]
-    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)["validation"]
-    return DataCollatorForLeWM(window=plan.args.domain.clips.corpus.context_window)(list(clips))
-
-
-def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
+def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub, write_walk_recipe):
     phase = {**TINY_WORLD_MODEL, "push_to_hub": True, "hub_model_id": "me/tiny-wm"}
     phase["hub_private_repo"] = True
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     with warnings.catch_warnings():
         warnings.simplefilter("error", CopyBaselineWarning)  # this one beats the copy baseline
         run_recipe(recipe)
@@ -220,7 +184,9 @@ def test_hub_push_file_set_card_and_bitwise_reload(tmp_path, cache_dir, hub):
     assert resolved["hub_model_id"] == "me/tiny-wm" and resolved["d_state"] == 16
 
 
-def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, hub):
+def test_hub_every_save_pushes_each_save_but_no_checkpoint(
+    tmp_path, cache_dir, hub, write_walk_recipe
+):
     phase = {
         **TINY_WORLD_MODEL,
         "max_steps": 4,
@@ -229,7 +195,7 @@ def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, 
         "push_to_hub": True,
         "hub_strategy": "every_save",
     }
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CopyBaselineWarning)
         run_recipe(recipe)
@@ -247,7 +213,7 @@ def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, 
 
     # hub_strategy: checkpoint also uploads the last checkpoint, as `last-checkpoint/`.
     phase.update(hub_strategy="checkpoint", hub_model_id="me/ckpt")
-    recipe = write_recipe(tmp_path / "second", cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path / "second", cache_dir, [phase])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CopyBaselineWarning)
         run_recipe(recipe)
@@ -256,11 +222,13 @@ def test_hub_every_save_pushes_each_save_but_no_checkpoint(tmp_path, cache_dir, 
     assert not any(f.startswith("checkpoint-") for f in pushed)
 
 
-def test_hub_warns_and_the_card_says_so_when_the_model_does_not_beat_copy(tmp_path, cache_dir, hub):
+def test_hub_warns_and_the_card_says_so_when_the_model_does_not_beat_copy(
+    tmp_path, cache_dir, hub, write_walk_recipe
+):
     # learning_rate 0: the untrained predictor returns z_t, exactly the copy baseline.
     phase = {**TINY_WORLD_MODEL, "max_steps": 2, "learning_rate": 0.0}
     phase.update(push_to_hub=True, hub_model_id="me/copy")
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     with pytest.warns(CopyBaselineWarning, match="does not beat the copy baseline"):
         run_recipe(recipe)
     result = json.loads((tmp_path / "run" / "world_model" / K.RESULT_FILE).read_text())
@@ -271,23 +239,19 @@ def test_hub_warns_and_the_card_says_so_when_the_model_does_not_beat_copy(tmp_pa
     assert "does not beat the copy baseline" in first_lines[1]
 
 
-def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(tmp_path, cache_dir, hub):
+def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(
+    tmp_path, cache_dir, hub, tiny_lewm_model, write_walk_recipe
+):
     # A saved world model (the LoRA recipe's starting point), adapted and pushed as adapters.
     base_dir = tmp_path / "base"
-    config = LeWMConfig(
+    model = tiny_lewm_model(
+        encoder_config=None,
         vocab_size=100,
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=2,
         history_length=2,
         action_vocab_size=47,
-        sigreg_num_slices=64,
         encoder_mode="frozen",
     )
-    torch.manual_seed(0)
-    pretrained_like(LeWMModel(config)).save_pretrained(base_dir)
+    pretrained_like(model).save_pretrained(base_dir)
     phase = {
         "name": "world_model",
         "task": "world_model",
@@ -304,7 +268,7 @@ def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(tmp_path, cac
         "push_to_hub": True,
         "hub_model_id": "me/tiny-lora",
     }
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CopyBaselineWarning)
         summary = run_recipe(recipe)["phases"]["world_model"]
@@ -341,13 +305,13 @@ def test_hub_lora_run_pushes_adapters_and_loads_with_autopeftmodel(tmp_path, cac
         )
 
 
-def test_hub_two_phases_cannot_share_a_repo(tmp_path, cache_dir):
+def test_hub_two_phases_cannot_share_a_repo(tmp_path, cache_dir, write_walk_recipe):
     phases = [
         {**TINY_WORLD_MODEL, "name": "a", "push_to_hub": True, "hub_model_id": "me/x"},
         {**TINY_WORLD_MODEL, "name": "b", "push_to_hub": True, "hub_model_id": "me/x"},
     ]
     with pytest.raises(LeWMConfigError, match="hub_model_id"):
-        validate_recipe(write_recipe(tmp_path, cache_dir, phases))
+        validate_recipe(write_walk_recipe(tmp_path, cache_dir, phases))
 
 
 def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from _builders import PREDICTOR_LORA, TINY_ENCODER, TINY_LEWM, W, pretrained_like
 from peft import AutoPeftModel, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from test_trainer import W, clip_dataset, make_args, tiny_encoder_config, tiny_model
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
@@ -18,26 +18,12 @@ from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.trainer.lewm_trainer import parameter_groups
 
-PREDICTOR_LORA = {"lora_targets": ["predictor", "action_encoder"]}
-
-
-def pretrained_like(model: LeWMModel, seed: int = 11) -> LeWMModel:
-    """Give the zero-initialised layers (AdaLN modulations, the delta head's last Linear)
-    small random weights, as training would: from an untrained predictor (whose delta head is
-    zero) no gradient reaches the predictor's adapters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if not param.any():
-                param.copy_(0.05 * torch.randn(param.shape, generator=g))
-    return model
-
 
 @pytest.fixture
-def base_dir(tmp_path):
+def base_dir(tmp_path, tiny_lewm_model):
     """A saved tiny world model: LoRA starts from `from_pretrained`, as the LoRA recipe does."""
     path = tmp_path / "base"
-    pretrained_like(tiny_model(seed=7)).save_pretrained(path)
+    pretrained_like(tiny_lewm_model(seed=7)).save_pretrained(path)
     return path
 
 
@@ -45,8 +31,10 @@ def load_base(path) -> LeWMModel:
     return LeWMModel.from_pretrained(path)
 
 
-def batch(n: int = 16, seed: int = 5) -> dict[str, torch.Tensor]:
-    return DataCollatorForLeWM(window=W)(list(clip_dataset(n, seed=seed)))
+@pytest.fixture
+def inputs(tiny_clips) -> dict[str, torch.Tensor]:
+    """A batch of 16 clips (seed 5) to compare predictions on."""
+    return DataCollatorForLeWM(window=W)(list(tiny_clips(16, seed=5)))
 
 
 def plain_name(name: str) -> str:
@@ -56,13 +44,13 @@ def plain_name(name: str) -> str:
     return name.replace(".original_module.", ".").replace(".base_layer.", ".")
 
 
-def test_lora_only_adapter_parameters_and_buffers_change(tmp_path, base_dir):
+def test_lora_only_adapter_parameters_and_buffers_change(base_dir, tiny_clips, tiny_training_args):
     # Train mode updates BatchNorm running statistics even for frozen parameters: the adapter
     # must carry the norms, and everything else must stay bitwise as loaded.
     model = load_base(base_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    args = make_args(tmp_path, max_steps=20, **PREDICTOR_LORA)
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(), window=W)
+    args = tiny_training_args(max_steps=20, **PREDICTOR_LORA)
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     state = trainer.model.get_base_model().state_dict()
     outside = {plain_name(k): v for k, v in state.items() if plain_name(k) is not None}
@@ -77,12 +65,12 @@ def test_lora_only_adapter_parameters_and_buffers_change(tmp_path, base_dir):
         assert not torch.equal(copy, before[f"{norm}.running_mean"]), norm
 
 
-def test_lora_trainable_count_and_fraction(tmp_path, base_dir):
+def test_lora_trainable_count_and_fraction(base_dir, tiny_clips, tiny_training_args):
     model = load_base(base_dir)
     total_base = sum(p.numel() for p in model.parameters())
     r = 4
-    args = make_args(tmp_path, max_steps=1, lora_r=r, **PREDICTOR_LORA)
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(), window=W)
+    args = tiny_training_args(max_steps=1, lora_r=r, **PREDICTOR_LORA)
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(), window=W)
     # Oracle: r (in + out) per adapted Linear, 2 x features per BatchNorm copy.
     modules = dict(load_base(base_dir).named_modules())
     adapted = [
@@ -104,14 +92,16 @@ def test_lora_trainable_count_and_fraction(tmp_path, base_dir):
     assert report[K.LORA]["modules_to_save"] == ["predictor.head.1", "projector.1"]
 
 
-def test_lora_parameter_groups_match_run_without_lora(tmp_path, base_dir):
+def test_lora_parameter_groups_match_run_without_lora(
+    tmp_path, base_dir, tiny_clips, tiny_training_args
+):
     multipliers = dict(
         encoder_lr_multiplier=0.25, predictor_lr_multiplier=2.0, action_encoder_lr_multiplier=0.5
     )
-    plain_args = make_args(tmp_path / "plain", **multipliers)
+    plain_args = tiny_training_args(tmp_path / "plain" / "out", **multipliers)
     plain = {g["name"]: g["lr"] for g in parameter_groups(load_base(base_dir), plain_args)}
-    args = make_args(tmp_path / "lora", **multipliers, **PREDICTOR_LORA)
-    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=clip_dataset(), window=W)
+    args = tiny_training_args(tmp_path / "lora" / "out", **multipliers, **PREDICTOR_LORA)
+    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=tiny_clips(), window=W)
     groups = parameter_groups(trainer.model, args)
     lora = {g["name"]: g["lr"] for g in groups}
     # Adapters of the predictor and action encoder, the projector's and head's norm copies.
@@ -130,9 +120,11 @@ def test_lora_parameter_groups_match_run_without_lora(tmp_path, base_dir):
     assert {g["lr"] for g in trainer.optimizer.param_groups} == set(lora.values())
 
 
-def test_lora_adapter_save_load_merge_and_autopeftmodel(tmp_path, base_dir):
-    args = make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=3, **PREDICTOR_LORA)
-    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=clip_dataset(), window=W)
+def test_lora_adapter_save_load_merge_and_autopeftmodel(
+    tmp_path, base_dir, inputs, tiny_clips, tiny_training_args
+):
+    args = tiny_training_args(max_steps=6, save_strategy="steps", save_steps=3, **PREDICTOR_LORA)
+    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     trainer.save_model()
     out = tmp_path / "out"
@@ -146,7 +138,6 @@ def test_lora_adapter_save_load_merge_and_autopeftmodel(tmp_path, base_dir):
     assert config["auto_mapping"]["base_model_class"] == "AutoModel"
     assert config["auto_mapping"]["parent_library"].startswith("transformers.")
 
-    inputs = batch()
     trained = trainer.model.eval()
     with torch.no_grad():
         expected = trained(**inputs).predictions
@@ -179,13 +170,15 @@ def test_lora_plain_peft_adapter_needs_the_allowlist(tmp_path, base_dir):
     assert isinstance(loaded.get_base_model(), LeWMModel)
 
 
-def test_lora_resume_with_adapters_matches_uninterrupted_run(tmp_path, base_dir):
+def test_lora_resume_with_adapters_matches_uninterrupted_run(
+    tmp_path, base_dir, tiny_clips, tiny_training_args
+):
     common = dict(max_steps=8, warmup_steps=2, save_strategy="steps", save_steps=4)
     common.update(PREDICTOR_LORA)
     full = LeWMTrainer(
         load_base(base_dir),
-        make_args(tmp_path / "full", **common),
-        train_dataset=clip_dataset(),
+        tiny_training_args(tmp_path / "full" / "out", **common),
+        train_dataset=tiny_clips(),
         window=W,
     )
     full.train()
@@ -198,8 +191,8 @@ def test_lora_resume_with_adapters_matches_uninterrupted_run(tmp_path, base_dir)
 
     first = LeWMTrainer(
         load_base(base_dir),
-        make_args(tmp_path / "resumed", **common),
-        train_dataset=clip_dataset(),
+        tiny_training_args(tmp_path / "resumed" / "out", **common),
+        train_dataset=tiny_clips(),
         window=W,
         callbacks=[Interrupt()],
     )
@@ -208,8 +201,8 @@ def test_lora_resume_with_adapters_matches_uninterrupted_run(tmp_path, base_dir)
     # Another adapter init: the checkpoint's adapters (and norm copies) must replace it.
     second = LeWMTrainer(
         load_base(base_dir),
-        make_args(tmp_path / "resumed", lora_seed=999, **common),
-        train_dataset=clip_dataset(),
+        tiny_training_args(tmp_path / "resumed" / "out", lora_seed=999, **common),
+        train_dataset=tiny_clips(),
         window=W,
     )
     second.train(resume_from_checkpoint=True)
@@ -221,48 +214,49 @@ def test_lora_resume_with_adapters_matches_uninterrupted_run(tmp_path, base_dir)
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def test_lora_typed_errors(tmp_path, base_dir):
-    data = clip_dataset(16)
+def test_lora_typed_errors(base_dir, tiny_lewm_model, tiny_clips, tiny_training_args):
+    data = tiny_clips(16)
     # Unknown target module: the error lists the Linear layers of the targeted parts.
-    args = make_args(tmp_path, lora_targets=["predictor"], lora_target_modules=["q_proj"])
+    args = tiny_training_args(lora_targets=["predictor"], lora_target_modules=["q_proj"])
     with pytest.raises(LeWMConfigError, match="q_proj") as err:
         LeWMTrainer(load_base(base_dir), args, train_dataset=data, window=W)
     for layer in ("qkv", "attn_out", "mlp.0", "adaLN_modulation.1", "in_proj", "out_proj"):
         assert layer in str(err.value), layer
     # A targeted part that no entry matches.
-    args = make_args(tmp_path, lora_targets=["encoder"])
+    args = tiny_training_args(lora_targets=["encoder"])
     with pytest.raises(LeWMConfigError, match="q_proj"):
         LeWMTrainer(load_base(base_dir), args, train_dataset=data, window=W)
     # A PeftModel together with a LoRA config.
     peft_model = get_peft_model(load_base(base_dir), LoraConfig(target_modules=["qkv"]))
-    args = make_args(tmp_path, **PREDICTOR_LORA)
+    args = tiny_training_args(**PREDICTOR_LORA)
     with pytest.raises(LeWMConfigError, match="already a PeftModel"):
         LeWMTrainer(peft_model, args, train_dataset=data, window=W)
     # LoRA on a frozen encoder gets no gradient.
-    frozen = tiny_model(encoder_mode="frozen")
-    args = make_args(tmp_path, lora_targets=["encoder"], lora_target_modules=["q_proj"])
+    frozen = tiny_lewm_model(encoder_mode="frozen")
+    args = tiny_training_args(lora_targets=["encoder"], lora_target_modules=["q_proj"])
     with pytest.raises(LeWMConfigError, match="frozen"):
         LeWMTrainer(frozen, args, train_dataset=data, window=W)
     # peft matches modules_to_save by suffix: `encoder` would take `action_encoder` too.
-    args = make_args(tmp_path, lora_targets=["predictor"], lora_modules_to_save=["encoder"])
+    args = tiny_training_args(lora_targets=["predictor"], lora_modules_to_save=["encoder"])
     with pytest.raises(LeWMConfigError, match="action_encoder"):
         LeWMTrainer(load_base(base_dir), args, train_dataset=data, window=W)
     with pytest.raises(LeWMConfigError, match="lora_targets"):
-        make_args(tmp_path, lora_targets=["decoder"])
+        tiny_training_args(lora_targets=["decoder"])
 
 
-def test_lora_with_reentrant_activation_checkpointing_trains_the_adapters(tmp_path, base_dir):
+def test_lora_with_reentrant_activation_checkpointing_trains_the_adapters(
+    base_dir, tiny_clips, tiny_training_args
+):
     # Reentrant checkpointing passes no gradient into a layer whose inputs do not require one;
     # under LoRA the encoder's embeddings are frozen, so they must be made to require one.
-    args = make_args(
-        tmp_path,
+    args = tiny_training_args(
         max_steps=3,
         activation_checkpointing=True,
         activation_checkpointing_kwargs={"use_reentrant": True},
         lora_targets=["encoder", "predictor"],
         lora_target_modules=["q_proj", "v_proj", "qkv"],
     )
-    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=clip_dataset(), window=W)
+    trainer = LeWMTrainer(load_base(base_dir), args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     base = trainer.model.get_base_model()
     assert all(layer.gradient_checkpointing for layer in base.encoder.layers)
@@ -273,32 +267,21 @@ def test_lora_with_reentrant_activation_checkpointing_trains_the_adapters(tmp_pa
     assert untrained == [], "adapters got no gradient"
 
 
-def test_lora_on_an_encoder_phase_encoder(tmp_path):
+def test_lora_on_an_encoder_phase_encoder(tmp_path, inputs, tiny_clips, tiny_training_args):
     # The encoder from the encoder phase (a causal LM), adapted by LoRA; the rest of the world
     # model is new and trains in full, saved in the adapter. The base was never saved, so the
     # trainer saves it beside the adapters for AutoPeftModel.
-    lm_config = {k: v for k, v in tiny_encoder_config().items() if k != "model_type"}
+    lm_config = {k: v for k, v in TINY_ENCODER.items() if k != "model_type"}
     LlamaForCausalLM(LlamaConfig(**lm_config)).save_pretrained(tmp_path / "encoder")
-    model = LeWMModel.from_encoder_pretrained(
-        tmp_path / "encoder",
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=2,
-        history_length=3,
-        action_vocab_size=4,
-        sigreg_num_slices=64,
-    )
+    model = LeWMModel.from_encoder_pretrained(tmp_path / "encoder", **TINY_LEWM)
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    args = make_args(
-        tmp_path,
+    args = tiny_training_args(
         max_steps=4,
         lora_targets=["encoder"],
         lora_target_modules=["q_proj", "v_proj"],
         lora_modules_to_save=["projector", "action_encoder", "predictor"],
     )
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(), window=W)
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     trainer.save_model()
     base = trainer.model.get_base_model()
@@ -308,7 +291,6 @@ def test_lora_on_an_encoder_phase_encoder(tmp_path):
     out = tmp_path / "out"
     config = json.loads((out / K.ADAPTER_CONFIG_FILE).read_text())
     assert config["base_model_name_or_path"] == str((out / "base_model").resolve())
-    inputs = batch()
     with torch.no_grad():
         expected = trainer.model.eval()(**inputs).predictions
         loaded = AutoPeftModel.from_pretrained(out).eval()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import typing
 
 import pytest
 import torch
+from _builders import TINY_ENCODER
 from transformers import AutoConfig, AutoModel, LlamaConfig, LlamaForCausalLM
 
 from lewm_hf import metric_keys as K
@@ -19,34 +21,28 @@ VOCAB = 40
 B, T, L = 6, 3, 8
 
 
-def tiny_config(**overrides) -> LeWMConfig:
-    kwargs = {
-        "encoder_config": {
-            "model_type": "llama",
-            "vocab_size": VOCAB,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 64,
-        },
-        "d_state": 16,
-        "projector_hidden": 32,
-        "d_model": 32,
-        "predictor_layers": 2,
-        "predictor_heads": 4,
-        "history_length": 3,
-        "action_vocab_size": 8,
-        "action_hidden": 16,
-        "sigreg_num_slices": 32,
-    }
-    kwargs.update(overrides)
-    return LeWMConfig(**kwargs)
+# This file's tiny model: the shared one with four attention heads, two predictor layers and eight
+# actions.
+MODEL = {
+    "encoder_config": {
+        **TINY_ENCODER,
+        "vocab_size": VOCAB,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+    },
+    "predictor_layers": 2,
+    "predictor_heads": 4,
+    "history_length": 3,
+    "action_vocab_size": 8,
+    "action_hidden": 16,
+    "sigreg_num_slices": 32,
+}
 
 
-def tiny_model(seed: int = 0, **overrides) -> LeWMModel:
-    torch.manual_seed(seed)
-    return LeWMModel(tiny_config(**overrides))
+@pytest.fixture
+def tiny_model(tiny_lewm_model):
+    """`tiny_model(seed=0, **overrides)`: the shared tiny model with `MODEL`'s keys."""
+    return functools.partial(tiny_lewm_model, **MODEL)
 
 
 def make_batch(seed: int = 1, steps: int = T) -> dict[str, torch.Tensor]:
@@ -79,7 +75,7 @@ def zero_init_params(model: LeWMModel) -> list[torch.nn.Parameter]:
 # Forward and loss
 
 
-def test_forward_shapes_and_fields():
+def test_forward_shapes_and_fields(tiny_model):
     model = tiny_model()
     out = model(**make_batch())
     assert isinstance(out, LeWMOutput)
@@ -96,7 +92,7 @@ def test_forward_shapes_and_fields():
     assert isinstance(model(**make_batch(), return_dict=False), tuple)
 
 
-def test_variable_clip_length_up_to_history():
+def test_variable_clip_length_up_to_history(tiny_model):
     model = tiny_model()
     assert model(**make_batch(steps=1)).predictions.shape == (B, 1, 16)
     with pytest.raises(LeWMInputError) as err:
@@ -105,7 +101,7 @@ def test_variable_clip_length_up_to_history():
 
 
 @pytest.mark.parametrize("phase", ["phase1", "phase2"])
-def test_loss_combines_prediction_and_regularizer(phase):
+def test_loss_combines_prediction_and_regularizer(phase, tiny_model):
     model = tiny_model(loss_phase=phase, reg_weight=0.25)
     out = model(**make_batch())
     expected = out.pred_loss + 0.25 * out.reg_loss if phase == "phase2" else out.pred_loss
@@ -114,7 +110,7 @@ def test_loss_combines_prediction_and_regularizer(phase):
 
 
 @pytest.mark.parametrize("regularizer", ["kl", "none"])
-def test_other_regularizers(regularizer):
+def test_other_regularizers(regularizer, tiny_model):
     out = tiny_model(regularizer=regularizer)(**make_batch())
     assert torch.isfinite(out.loss)
     if regularizer == "none":
@@ -122,7 +118,7 @@ def test_other_regularizers(regularizer):
         torch.testing.assert_close(out.loss, out.pred_loss)
 
 
-def test_sigreg_depends_on_step_only_through_projections():
+def test_sigreg_depends_on_step_only_through_projections(tiny_model):
     model = tiny_model().eval()
     batch = make_batch()
     with torch.no_grad():
@@ -137,7 +133,7 @@ def test_sigreg_depends_on_step_only_through_projections():
 # Predictor
 
 
-def test_zero_init_survives_post_init_and_reinit():
+def test_zero_init_survives_post_init_and_reinit(tiny_model):
     model = tiny_model()
     params = zero_init_params(model)
     assert len(params) == 2 * 2 + 2  # two AdaLN blocks (weight, bias) + delta head
@@ -152,7 +148,7 @@ def test_zero_init_survives_post_init_and_reinit():
     assert torch.count_nonzero(model.predictor.blocks[0].qkv.weight) > 0
 
 
-def test_untrained_predictor_returns_its_input():
+def test_untrained_predictor_returns_its_input(tiny_model):
     model = tiny_model().eval()
     z = torch.randn(B, T, 16)
     actions = torch.randint(0, 8, (B, T))
@@ -162,7 +158,7 @@ def test_untrained_predictor_returns_its_input():
     assert torch.equal(out.predictions, out.latents[:, :-1])
 
 
-def test_predictor_is_causal_over_steps():
+def test_predictor_is_causal_over_steps(tiny_model):
     model = tiny_model().eval()
     perturb_model(model)
     z = torch.randn(B, T, 16)
@@ -180,7 +176,7 @@ def test_predictor_is_causal_over_steps():
     assert not torch.allclose(changed_action[:, -1], base[:, -1])  # the action is used
 
 
-def test_action_inputs_ops_positions_tokens():
+def test_action_inputs_ops_positions_tokens(tiny_model):
     model = tiny_model(num_action_ops=3, max_action_position=32).eval()
     perturb_model(model)
     z = torch.randn(B, T, 16)
@@ -214,7 +210,7 @@ def test_action_inputs_ops_positions_tokens():
 
 
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_padded_actions_and_states_do_not_change_the_loss(train_mode):
+def test_padded_actions_and_states_do_not_change_the_loss(train_mode, tiny_model):
     """Padded states are not encoded and padded steps are kept out of every BatchNorm, the
     prediction loss and SIGReg, so this holds in training mode (batch statistics) too."""
     model = tiny_model(dropout=0.0)
@@ -237,7 +233,7 @@ def test_padded_actions_and_states_do_not_change_the_loss(train_mode):
     torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-6)
 
 
-def test_action_mask_must_be_trailing():
+def test_action_mask_must_be_trailing(tiny_model):
     batch = make_batch()
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[0, 0] = False
@@ -250,7 +246,7 @@ def test_action_mask_must_be_trailing():
 # Encoder
 
 
-def test_frozen_encoder_gets_no_grads_projector_does():
+def test_frozen_encoder_gets_no_grads_projector_does(tiny_model):
     model = tiny_model(encoder_mode="frozen")
     model.train()
     assert not model.encoder.training and model.projector.training
@@ -262,7 +258,7 @@ def test_frozen_encoder_gets_no_grads_projector_does():
     assert model.action_encoder.mlp[0].weight.grad is not None
 
 
-def test_centered_pooling_uses_locus():
+def test_centered_pooling_uses_locus(tiny_model):
     model = tiny_model(pooling="centered", pool_radius=1).eval()
     ids = torch.randint(0, VOCAB, (4, L))
     with torch.no_grad():
@@ -286,7 +282,7 @@ def test_centered_pooling_uses_locus():
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_pooling_ignores_padding(pooling):
+def test_pooling_ignores_padding(pooling, tiny_model):
     model = tiny_model(pooling=pooling).eval()
     ids = torch.randint(0, VOCAB, (4, L))
     mask = torch.ones(4, L, dtype=torch.long)
@@ -305,7 +301,7 @@ def test_pooling_ignores_padding(pooling):
 # Save / load / Auto classes
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_save_and_load_round_trip(tmp_path, tiny_model):
     model = tiny_model(encoder_mode="frozen")
     perturb_model(model)
     model.train()
@@ -331,14 +327,14 @@ def test_save_and_load_round_trip(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), LeWMConfig)
 
 
-def test_no_split_modules_and_input_embeddings():
+def test_no_split_modules_and_input_embeddings(tiny_model):
     model = tiny_model()
     assert {"AdaLNBlock", "LlamaDecoderLayer"} <= set(model._no_split_modules)
     assert model.get_input_embeddings() is model.encoder.embed_tokens
     assert isinstance(model.predictor.blocks[0], AdaLNBlock)
 
 
-def test_gradient_checkpointing_matches():
+def test_gradient_checkpointing_matches(tiny_model):
     model = tiny_model(dropout=0.0)
     perturb_model(model)
     batch = make_batch()
@@ -425,7 +421,7 @@ def test_config_errors_name_the_field(kwargs, field):
     assert field in str(err.value)
 
 
-def test_sigreg_with_full_action_mask_equals_unmasked():
+def test_sigreg_with_full_action_mask_equals_unmasked(tiny_model):
     model = tiny_model().eval()
     batch = make_batch()
     with torch.no_grad():
@@ -435,7 +431,7 @@ def test_sigreg_with_full_action_mask_equals_unmasked():
     torch.testing.assert_close(masked.loss, plain.loss)
 
 
-def test_sigreg_on_ragged_clips_is_per_step_over_valid_states():
+def test_sigreg_on_ragged_clips_is_per_step_over_valid_states(tiny_model):
     from lewm_hf.losses import sigreg, sigreg_generator
 
     model = tiny_model().eval()

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from _builders import TINY_PHASE_MODEL, held_out_batch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
 from lewm_hf import metric_keys as K
-from lewm_hf.data.collators import DataCollatorForLeWM
-from lewm_hf.data.walks import build_move_trajectories
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.losses import prediction_loss
 from lewm_hf.reporting import format_summary
@@ -35,12 +33,6 @@ TRAIN_SCRIPT = REPO / "recipes" / "train.py"
 # A gate that any model passes at its first evaluation, and one that no model passes.
 EASY_GATE = {"gate_edge_threshold": 0.0, "gate_rule_threshold": 0.0, "gate_min_rule_checks": 0}
 HARD_GATE = {"gate_min_rule_checks": 10**9}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    """One corpus cache for the whole module (every recipe uses the same tiny corpus)."""
-    return str(tmp_path_factory.mktemp("corpora"))
 
 
 def lm_phase(**overrides) -> dict:
@@ -67,22 +59,6 @@ def lm_phase(**overrides) -> dict:
     return {**phase, **overrides}
 
 
-def write_recipe(tmp_path: Path, cache_dir: str, phases: list[dict]) -> Path:
-    recipe = {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "disable_tqdm": True,
-        "corpus_preset": "small",
-        "corpus": {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32},
-        "corpus_cache_dir": cache_dir,
-        "phases": phases,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -94,14 +70,14 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def gate_run(tmp_path_factory, cache_dir) -> tuple[Path, dict]:
+def gate_run(tmp_path_factory, cache_dir, write_walk_recipe) -> tuple[Path, dict]:
     """An encoder phase whose gate passes at its first evaluation (step 2), saving every step
     with `save_total_limit=1`. Returns the recipe and the summary."""
     tmp_path = tmp_path_factory.mktemp("gate")
     phase = lm_phase(
         **EASY_GATE, max_steps=20, save_strategy="steps", save_steps=1, save_total_limit=1
     )
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     return recipe, run_recipe(recipe)
 
 
@@ -142,8 +118,8 @@ def test_resume_after_gate_pass_keeps_gate_checkpoint(gate_run, tmp_path):
     assert same_weights(gate_before, root / "encoder" / K.GATE_CHECKPOINT / K.SAFE_WEIGHTS_FILE)
 
 
-def test_failed_gate_writes_failure_metadata(tmp_path, cache_dir):
-    run_recipe(write_recipe(tmp_path, cache_dir, [lm_phase(**HARD_GATE, max_steps=4)]))
+def test_failed_gate_writes_failure_metadata(tmp_path, cache_dir, write_walk_recipe):
+    run_recipe(write_walk_recipe(tmp_path, cache_dir, [lm_phase(**HARD_GATE, max_steps=4)]))
 
     out = tmp_path / "run" / "encoder"
     result = read_json(out / K.RESULT_FILE)
@@ -175,10 +151,10 @@ run_recipe(sys.argv[1])
 """
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, cache_dir, write_walk_recipe):
     phase = lm_phase(**HARD_GATE, max_steps=6, eval_steps=3, save_strategy="steps", save_steps=3)
-    full = write_recipe(tmp_path / "full", cache_dir, [phase])
-    killed = write_recipe(tmp_path / "killed", cache_dir, [phase])
+    full = write_walk_recipe(tmp_path / "full", cache_dir, [phase])
+    killed = write_walk_recipe(tmp_path / "killed", cache_dir, [phase])
     script = tmp_path / "kill_at_step_3.py"
     script.write_text(KILL_AT_STEP_3)
 
@@ -209,18 +185,12 @@ WORLD_MODEL_PHASE = {
     "task": "world_model",
     "encoder_path": "previous",
     "encoder_mode": "frozen",
-    "d_state": 16,
-    "d_model": 32,
-    "predictor_layers": 1,
-    "predictor_heads": 2,
-    "projector_hidden": 32,
+    **TINY_PHASE_MODEL,
     "num_clips": 128,
     "eval_clips": 32,
-    "history_length": 2,
     "max_steps": 4,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
-    "sigreg_num_slices": 64,
     "save_strategy": "no",
     "run_evaluation": False,
 }
@@ -229,9 +199,7 @@ WORLD_MODEL_PHASE = {
 def held_out_mse(model_dir: Path, recipe: Path, cache_dir: str) -> tuple[float, float]:
     """Independent re-evaluation of a saved world model: pred and copy MSE on the held-out clips
     (one batch of 32, as the trainer's evaluation)."""
-    plan = validate_recipe(recipe)[-1]
-    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)["validation"]
-    batch = DataCollatorForLeWM(window=plan.args.domain.clips.corpus.context_window)(list(clips))
+    batch = held_out_batch(recipe, cache_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     with torch.no_grad():
         out = model(**batch)
@@ -240,10 +208,10 @@ def held_out_mse(model_dir: Path, recipe: Path, cache_dir: str) -> tuple[float, 
     return pred, copy
 
 
-def test_two_phase_recipe_cli(tmp_path, cache_dir):
+def test_two_phase_recipe_cli(tmp_path, cache_dir, write_walk_recipe):
     world_model = dict(WORLD_MODEL_PHASE)
     encoder = lm_phase(**EASY_GATE, max_steps=10)
-    recipe = write_recipe(tmp_path, cache_dir, [encoder, world_model])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [encoder, world_model])
 
     # An unprefixed flag reaches the phases whose task has the key (here the world model).
     proc = subprocess.run(
@@ -325,8 +293,8 @@ def test_shipped_recipes_validate(config, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())  # validating creates nothing
 
 
-def test_bad_corpus_field_fails_before_training(tmp_path, cache_dir):
-    recipe = write_recipe(tmp_path, cache_dir, [lm_phase(corpus={"num_blocks": 3})])
+def test_bad_corpus_field_fails_before_training(tmp_path, cache_dir, write_walk_recipe):
+    recipe = write_walk_recipe(tmp_path, cache_dir, [lm_phase(corpus={"num_blocks": 3})])
     with pytest.raises(LeWMConfigError, match="num_blocks"):
         run_recipe(recipe)
     assert not (tmp_path / "run").exists()
@@ -385,10 +353,12 @@ def test_format_summary_rows():
     assert lines[-1] == "total wall time 12.3s; outputs in out"
 
 
-def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_path, cache_dir):
+def test_world_model_encoder_from_scratch_and_from_a_local_path(
+    gate_run, tmp_path, cache_dir, write_walk_recipe
+):
     recipe_gate, _ = gate_run
     gate_dir = recipe_gate.parent / "run" / "encoder" / K.GATE_CHECKPOINT
-    fresh = write_recipe(
+    fresh = write_walk_recipe(
         tmp_path / "fresh", cache_dir, [{**WORLD_MODEL_PHASE, "encoder_path": None, "max_steps": 2}]
     )
     summary = run_recipe(fresh)["phases"]["world_model"]
@@ -398,7 +368,7 @@ def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_pa
     assert config["encoder_config"]["vocab_size"] == 100
     assert config["encoder_config"]["hidden_size"] == 64
 
-    local = write_recipe(
+    local = write_walk_recipe(
         tmp_path / "local",
         cache_dir,
         [{**WORLD_MODEL_PHASE, "encoder_path": str(gate_dir), "max_steps": 2}],
@@ -412,9 +382,9 @@ def test_world_model_encoder_from_scratch_and_from_a_local_path(gate_run, tmp_pa
             assert torch.equal(saved["encoder." + key.removeprefix("model.")], value), key
 
 
-def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir):
+def test_greedy_gate_with_sampled_logging(tmp_path, cache_dir, write_walk_recipe):
     phase = lm_phase(**EASY_GATE, max_steps=2, gate_decoding="greedy", gate_log_other_decoding=True)
-    recipe = write_recipe(tmp_path, cache_dir, [phase])
+    recipe = write_walk_recipe(tmp_path, cache_dir, [phase])
     enc = run_recipe(recipe)["phases"]["encoder"]
     out = tmp_path / "run" / "encoder"
     result = read_json(out / K.RESULT_FILE)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from _builders import TINY_PHASE_MODEL
 from safetensors.torch import load_file
 
 from lewm_hf import metric_keys as K
@@ -45,16 +45,10 @@ PHASE = {
     "task": "world_model",
     "encoder_path": None,
     "encoder_mode": "train",
-    "d_state": 16,
-    "d_model": 32,
-    "predictor_layers": 1,
-    "predictor_heads": 2,
-    "projector_hidden": 32,
+    **TINY_PHASE_MODEL,
     "dropout": 0.1,
     "num_clips": 160,
     "eval_clips": 32,
-    "history_length": 2,
-    "sigreg_num_slices": 64,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
     # 6 steps, not a whole number of epochs: resuming the final checkpoint is where
@@ -75,28 +69,7 @@ PHASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_recipe(root: Path, cache_dir: Path) -> Path:
-    recipe = {
-        "output_dir": str(root / "run"),
-        "seed": 0,
-        "disable_tqdm": True,
-        "corpus_preset": "small",
-        "corpus": {"corpus_size": 300, "eval_size": 64, "context_window": 8, "walk_length": 32},
-        "corpus_cache_dir": str(cache_dir),
-        "phases": [PHASE],
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_json(path: Path) -> dict:
@@ -110,10 +83,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(ta[key], tb[key]), key
 
 
-def test_killed_world_model_run_resumes_bitwise(tmp_path):
+def test_killed_world_model_run_resumes_bitwise(tmp_path, write_walk_recipe):
     cache = tmp_path / "corpora"
-    killed = write_recipe(tmp_path / "killed", cache)
-    full = write_recipe(tmp_path / "full", cache)
+    killed = write_walk_recipe(tmp_path / "killed", cache, [PHASE])
+    full = write_walk_recipe(tmp_path / "full", cache, [PHASE])
     script = tmp_path / "kill_after_step_3.py"
     script.write_text(KILL_AFTER_STEP_3)
 

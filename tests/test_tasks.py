@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _builders import TINY_CORPUS as CORPUS
+from _builders import write_walk_recipe as write_recipe
 from huggingface_hub import ModelCard
 from test_dna_tasks import RECIPE as DNA_RECIPE
-from test_hub import CORPUS, TINY_WORLD_MODEL, files_in, hub, write_recipe  # noqa: F401
+from test_hub import TINY_WORLD_MODEL, files_in, hub  # noqa: F401
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
@@ -46,11 +48,6 @@ CARD_WORDS = {
     "dna_lm": "genome windows",
     "edit_world_model": "DNA edits",
 }
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("corpora"))
 
 
 def dna_recipe(tmp_path: Path, cache_dir: str) -> Path:

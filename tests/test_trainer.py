@@ -9,84 +9,23 @@ import traceback
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from _builders import ACTIONS, W
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from lewm_hf import LeWMConfig, LeWMModel, LeWMTrainer, LeWMTrainingArguments
+from lewm_hf import LeWMModel, LeWMTrainer
 from lewm_hf import metric_keys as K
 from lewm_hf.errors import LeWMConfigError, LeWMInputError, LeWMNonFiniteLossError
 from lewm_hf.trainer.schedules import wsd_lr_multiplier
 
-W, H, VOCAB, ACTIONS = 8, 3, 12, 4
 
-
-def tiny_encoder_config() -> dict:
-    return {
-        "model_type": "llama",
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 32,
-    }
-
-
-def tiny_model(seed: int = 0, **kwargs) -> LeWMModel:
-    torch.manual_seed(seed)
-    config = LeWMConfig(
-        encoder_config=tiny_encoder_config(),
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=2,
-        history_length=H,
-        action_vocab_size=ACTIONS,
-        sigreg_num_slices=64,
-        **kwargs,
-    )
-    return LeWMModel(config)
-
-
-def clip_dataset(n: int = 64, seed: int = 0) -> Dataset:
-    """Clips of a deterministic toy system: the next token is (last + action + 1) mod VOCAB."""
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((n, W + H), dtype=np.int64)
-    tokens[:, :W] = rng.integers(0, VOCAB, size=(n, W))
-    actions = rng.integers(0, ACTIONS, size=(n, H))
-    for k in range(H):
-        tokens[:, W + k] = (tokens[:, W + k - 1] + actions[:, k] + 1) % VOCAB
-    return Dataset.from_dict({"tokens": tokens.tolist(), "actions": actions.tolist()})
-
-
-def make_args(tmp_path, **kwargs) -> LeWMTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=32,
-        learning_rate=3e-3,
-        max_steps=8,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        data_seed=0,
-        collapse_monitor_steps=0,
-        use_cpu=True,
-        dataloader_num_workers=0,
-    )
-    defaults.update(kwargs)
-    return LeWMTrainingArguments(**defaults)
-
-
-def test_trains_logs_components_and_updates_every_trainable_parameter(tmp_path):
+def test_trains_logs_components_and_updates_every_trainable_parameter(
+    tiny_lewm_model, tiny_clips, tiny_training_args
+):
     # A weight that is no default anywhere: the trainer must use the config's value as is.
-    model = tiny_model(encoder_mode="frozen", reg_weight=0.37)
+    model = tiny_lewm_model(encoder_mode="frozen", reg_weight=0.37)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = LeWMTrainer(model, make_args(tmp_path), train_dataset=clip_dataset(), window=W)
+    trainer = LeWMTrainer(model, tiny_training_args(), train_dataset=tiny_clips(), window=W)
     trainer.train()
     assert model.config.reg_weight == 0.37
     logs = [e for e in trainer.state.log_history if K.LOSS in e]
@@ -105,9 +44,9 @@ def test_trains_logs_components_and_updates_every_trainable_parameter(tmp_path):
             assert changed, f"trainable {name} did not change"
 
 
-def test_wsd_schedule_applied_at_every_step(tmp_path):
-    args = make_args(tmp_path, max_steps=20, warmup_steps=4, learning_rate=1e-2)
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+def test_wsd_schedule_applied_at_every_step(tiny_lewm_model, tiny_clips, tiny_training_args):
+    args = tiny_training_args(max_steps=20, warmup_steps=4, learning_rate=1e-2)
+    trainer = LeWMTrainer(tiny_lewm_model(), args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     logs = [e for e in trainer.state.log_history if K.LOSS in e]
     for e in logs:
@@ -117,11 +56,11 @@ def test_wsd_schedule_applied_at_every_step(tmp_path):
         assert e[K.LR_MULTIPLIER] == pytest.approx(wsd_lr_multiplier(step, 20, 4))
 
 
-def test_per_group_learning_rates_keep_ratios(tmp_path):
-    args = make_args(
-        tmp_path, max_steps=6, predictor_lr_multiplier=2.0, action_encoder_lr_multiplier=0.5
+def test_per_group_learning_rates_keep_ratios(tiny_lewm_model, tiny_clips, tiny_training_args):
+    args = tiny_training_args(
+        max_steps=6, predictor_lr_multiplier=2.0, action_encoder_lr_multiplier=0.5
     )
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+    trainer = LeWMTrainer(tiny_lewm_model(), args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     lrs = {}
     for group in trainer.optimizer.param_groups:
@@ -150,14 +89,13 @@ class RecordingTrainer(LeWMTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def test_gradient_accumulation_keeps_loss_scale(tmp_path):
+def test_gradient_accumulation_keeps_loss_scale(tiny_lewm_model, tiny_clips, tiny_training_args):
     # One SGD step over 4 micro-batches of 4: the logged loss must be the mean of the four
     # micro-batch losses and the update must be -lr x the gradient of that mean (a loss summed
     # over micro-batches, or divided twice, is 4x off in both). SGD without clipping keeps the
     # update proportional to the gradient, which Adam's first step is not.
     lr = 0.05
-    args = make_args(
-        tmp_path,
+    args = tiny_training_args(
         max_steps=1,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=4,
@@ -169,11 +107,11 @@ def test_gradient_accumulation_keeps_loss_scale(tmp_path):
         lr_schedule="constant",
     )
     trainer = RecordingTrainer(
-        tiny_model(dropout=0.0), args, train_dataset=clip_dataset(16), window=W
+        tiny_lewm_model(dropout=0.0), args, train_dataset=tiny_clips(16), window=W
     )
     trainer.train()
     assert len(trainer.batches) == 4
-    reference = tiny_model(dropout=0.0)
+    reference = tiny_lewm_model(dropout=0.0)
     reference.train()
     losses = [reference(**batch, step=0).loss / 4 for batch in trainer.batches]
     total = torch.stack(losses).sum()
@@ -188,16 +126,17 @@ def test_gradient_accumulation_keeps_loss_scale(tmp_path):
         torch.testing.assert_close(trained.detach(), param.detach() - lr * param.grad, msg=name)
 
 
-def test_remove_unused_columns_keeps_action_fields(tmp_path):
-    args = make_args(tmp_path, max_steps=2, remove_unused_columns=True)
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(), window=W)
+def test_remove_unused_columns_keeps_action_fields(tiny_lewm_model, tiny_clips, tiny_training_args):
+    args = tiny_training_args(max_steps=2, remove_unused_columns=True)
+    trainer = LeWMTrainer(tiny_lewm_model(), args, train_dataset=tiny_clips(), window=W)
     trainer.train()
     assert trainer.state.global_step == 2
 
 
-def test_eval_metrics_and_best_model_on_custom_metric(tmp_path):
-    args = make_args(
-        tmp_path,
+def test_eval_metrics_and_best_model_on_custom_metric(
+    tiny_lewm_model, tiny_clips, tiny_training_args
+):
+    args = tiny_training_args(
         max_steps=6,
         eval_strategy="steps",
         eval_steps=2,
@@ -208,10 +147,10 @@ def test_eval_metrics_and_best_model_on_custom_metric(tmp_path):
         greater_is_better=False,
     )
     trainer = LeWMTrainer(
-        tiny_model(),
+        tiny_lewm_model(),
         args,
-        train_dataset=clip_dataset(),
-        eval_dataset=clip_dataset(32, seed=1),
+        train_dataset=tiny_clips(),
+        eval_dataset=tiny_clips(32, seed=1),
         window=W,
     )
     trainer.train()
@@ -229,10 +168,15 @@ def _final_weights(path) -> dict[str, torch.Tensor]:
     return load_file(str(path / K.SAFE_WEIGHTS_FILE))
 
 
-def test_resume_mid_run_same_schedule_and_weights(tmp_path):
+def test_resume_mid_run_same_schedule_and_weights(
+    tmp_path, tiny_lewm_model, tiny_clips, tiny_training_args
+):
     common = dict(max_steps=8, warmup_steps=2, save_strategy="steps", save_steps=4)
     full = LeWMTrainer(
-        tiny_model(), make_args(tmp_path / "full", **common), train_dataset=clip_dataset(), window=W
+        tiny_lewm_model(),
+        tiny_training_args(tmp_path / "full" / "out", **common),
+        train_dataset=tiny_clips(),
+        window=W,
     )
     full.train()
     full.save_model()
@@ -243,18 +187,18 @@ def test_resume_mid_run_same_schedule_and_weights(tmp_path):
                 control.should_training_stop = True
 
     first = LeWMTrainer(
-        tiny_model(),
-        make_args(tmp_path / "resumed", **common),
-        train_dataset=clip_dataset(),
+        tiny_lewm_model(),
+        tiny_training_args(tmp_path / "resumed" / "out", **common),
+        train_dataset=tiny_clips(),
         window=W,
         callbacks=[Interrupt()],
     )
     first.train()
     assert first.state.global_step == 4
     second = LeWMTrainer(
-        tiny_model(seed=123),  # different init: the checkpoint must restore everything
-        make_args(tmp_path / "resumed", **common),
-        train_dataset=clip_dataset(),
+        tiny_lewm_model(seed=123),  # different init: the checkpoint must restore everything
+        tiny_training_args(tmp_path / "resumed" / "out", **common),
+        train_dataset=tiny_clips(),
         window=W,
     )
     second.train(resume_from_checkpoint=True)
@@ -269,17 +213,18 @@ def test_resume_mid_run_same_schedule_and_weights(tmp_path):
     assert lr_full == lr_resumed
 
 
-def test_collapse_monitor_alerts_without_regulariser(tmp_path):
-    args = make_args(
-        tmp_path,
+def test_collapse_monitor_alerts_without_regulariser(
+    tiny_lewm_model, tiny_clips, tiny_training_args
+):
+    args = tiny_training_args(
         max_steps=60,
         learning_rate=1e-2,
         warmup_steps=0,
         collapse_monitor_steps=10,
         lr_schedule="constant",
     )
-    model = tiny_model(regularizer="none")
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_lewm_model(regularizer="none")
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(256), window=W)
     trainer.train()
     alerts = trainer.collapse_monitor.alerts
     assert alerts, "a collapsing run raised no alert"
@@ -288,22 +233,20 @@ def test_collapse_monitor_alerts_without_regulariser(tmp_path):
     assert len(logged) == 6
 
 
-def test_collapse_monitor_quiet_on_healthy_run(tmp_path):
-    args = make_args(
-        tmp_path,
+def test_collapse_monitor_quiet_on_healthy_run(tiny_lewm_model, tiny_clips, tiny_training_args):
+    args = tiny_training_args(
         max_steps=60,
         learning_rate=1e-3,
         collapse_monitor_steps=10,
     )
-    model = tiny_model(regularizer="sigreg", reg_weight=1.0)
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_lewm_model(regularizer="sigreg", reg_weight=1.0)
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(256), window=W)
     trainer.train()
     assert trainer.collapse_monitor.alerts == []
 
 
-def test_collapse_action_stop(tmp_path):
-    args = make_args(
-        tmp_path,
+def test_collapse_action_stop(tiny_lewm_model, tiny_clips, tiny_training_args):
+    args = tiny_training_args(
         max_steps=60,
         learning_rate=1e-2,
         collapse_monitor_steps=10,
@@ -311,14 +254,14 @@ def test_collapse_action_stop(tmp_path):
         lr_schedule="constant",
         warmup_steps=0,
     )
-    model = tiny_model(regularizer="none")
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
+    model = tiny_lewm_model(regularizer="none")
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(256), window=W)
     trainer.train()
     assert trainer.state.global_step < 60
     assert trainer.collapse_monitor.result(trainer.state)["collapse_stopped"]
 
 
-def test_bad_arguments_are_typed_errors(tmp_path):
+def test_bad_arguments_are_typed_errors(tiny_training_args):
     from lewm_hf.errors import LeWMConfigError
 
     for field, value in [
@@ -329,13 +272,15 @@ def test_bad_arguments_are_typed_errors(tmp_path):
         ("encoder_lr_multiplier", -1.0),
     ]:
         with pytest.raises(LeWMConfigError, match=field):
-            make_args(tmp_path, **{field: value})
+            tiny_training_args(**{field: value})
 
 
-def test_final_metrics_reuse_the_evaluation_at_the_final_step(tmp_path, monkeypatch):
-    data = clip_dataset(64)
-    args = make_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2)
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
+def test_final_metrics_reuse_the_evaluation_at_the_final_step(
+    monkeypatch, tiny_lewm_model, tiny_clips, tiny_training_args
+):
+    data = tiny_clips(64)
+    args = tiny_training_args(max_steps=4, eval_strategy="steps", eval_steps=2)
+    trainer = LeWMTrainer(tiny_lewm_model(), args, train_dataset=data, eval_dataset=data, window=W)
     trainer.train()
     logged = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e][-1]
     assert logged["step"] == 4
@@ -347,11 +292,12 @@ def test_final_metrics_reuse_the_evaluation_at_the_final_step(tmp_path, monkeypa
     assert trainer.final_metrics() is logged
 
 
-def test_final_metrics_evaluate_the_reloaded_best_model(tmp_path):
+def test_final_metrics_evaluate_the_reloaded_best_model(
+    tiny_lewm_model, tiny_clips, tiny_training_args
+):
     # With `load_best_model_at_end` the final weights are not those of the last evaluation.
-    data = clip_dataset(64)
-    args = make_args(
-        tmp_path,
+    data = tiny_clips(64)
+    args = tiny_training_args(
         max_steps=4,
         eval_strategy="steps",
         eval_steps=2,
@@ -361,7 +307,7 @@ def test_final_metrics_evaluate_the_reloaded_best_model(tmp_path):
         metric_for_best_model=K.EVAL_COPY_MSE,
         greater_is_better=True,
     )
-    trainer = LeWMTrainer(tiny_model(), args, train_dataset=data, eval_dataset=data, window=W)
+    trainer = LeWMTrainer(tiny_lewm_model(), args, train_dataset=data, eval_dataset=data, window=W)
     trainer.train()
     evals = [e for e in trainer.state.log_history if K.EVAL_PRED_MSE in e]
     assert [e["step"] for e in evals] == [2, 4]
@@ -413,17 +359,19 @@ def count_host_reads(monkeypatch, window: _StepWindow) -> list[str]:
 
 
 @pytest.mark.parametrize("optim", ["adamw_torch_fused", "sgd"])
-def test_a_step_that_does_not_log_never_synchronises_the_host(tmp_path, monkeypatch, optim):
+def test_a_step_that_does_not_log_never_synchronises_the_host(
+    monkeypatch, optim, tiny_lewm_model, tiny_clips, tiny_training_args
+):
     """Metrics stay on the device until a log reads them, the non-finite check skips a step on
     the device (the fused optimizer's `found_inf`), the action ids are checked on the host
     batch; the collapse monitor is on but not due. The control: an optimizer that cannot skip
     on the device (SGD, not fused) makes the check read its flag once per step, and the same
     counter sees exactly that."""
     window = _StepWindow()
-    args = make_args(tmp_path, max_steps=5, logging_steps=1000, optim=optim)
+    args = tiny_training_args(max_steps=5, logging_steps=1000, optim=optim)
     args.collapse_monitor_steps = 1000
     trainer = LeWMTrainer(
-        tiny_model(), args, train_dataset=clip_dataset(128), window=W, callbacks=[window]
+        tiny_lewm_model(), args, train_dataset=tiny_clips(128), window=W, callbacks=[window]
     )
     calls = count_host_reads(monkeypatch, window)
     trainer.train()
@@ -434,14 +382,14 @@ def test_a_step_that_does_not_log_never_synchronises_the_host(tmp_path, monkeypa
         assert len(calls) == 4 and all("lewm_trainer.py" in c for c in calls), calls
 
 
-def test_action_ids_are_checked_on_the_host_batch(tmp_path):
+def test_action_ids_are_checked_on_the_host_batch(tiny_lewm_model, tiny_clips, tiny_training_args):
     """The model skips its value checks under the trainer (`check_values=False`), so the
     trainer's collator must raise the typed error the forward would have."""
-    data = clip_dataset(64)
+    data = tiny_clips(64)
     actions = [list(row) for row in data["actions"]]
     actions[5] = [ACTIONS, 0, 0]  # one id past the action vocabulary
     data = data.remove_columns("actions").add_column("actions", actions)
-    trainer = LeWMTrainer(tiny_model(), make_args(tmp_path), train_dataset=data, window=W)
+    trainer = LeWMTrainer(tiny_lewm_model(), tiny_training_args(), train_dataset=data, window=W)
     with pytest.raises(LeWMInputError) as info:
         trainer.train()
     assert info.value.field == "action_ids"
@@ -471,13 +419,13 @@ def poison_steps(trainer: LeWMTrainer, model: LeWMModel, first: int, last: int |
     model.register_forward_hook(hook)
 
 
-def test_a_nonfinite_step_is_skipped_on_the_device(tmp_path):
+def test_a_nonfinite_step_is_skipped_on_the_device(tiny_lewm_model, tiny_clips, tiny_training_args):
     """Fused AdamW (the default): step 3's NaN loss leaves the weights, the optimizer state and
     the running statistics as step 2 left them; it is counted at the next log, and the logged
     loss and metrics of its window leave it out."""
-    model = tiny_model()
+    model = tiny_lewm_model()
     trainer = LeWMTrainer(
-        model, make_args(tmp_path, max_steps=5), train_dataset=clip_dataset(128), window=W
+        model, tiny_training_args(max_steps=5), train_dataset=tiny_clips(128), window=W
     )
     weights = _Weights(model)
     trainer.add_callback(weights)
@@ -494,19 +442,20 @@ def test_a_nonfinite_step_is_skipped_on_the_device(tmp_path):
     assert steps == {4.0}  # 5 steps, one skipped
 
 
-def test_consecutive_nonfinite_steps_on_the_device_stop_before_the_next_checkpoint(tmp_path):
+def test_consecutive_nonfinite_steps_on_the_device_stop_before_the_next_checkpoint(
+    tmp_path, tiny_lewm_model, tiny_clips, tiny_training_args
+):
     """Counted at each checkpoint (no log is due): steps 3 and 4 at checkpoint-4, then 5 and 6
     at step 6, where the third in a row raises before checkpoint-6 is written."""
-    model = tiny_model()
-    args = make_args(
-        tmp_path,
+    model = tiny_lewm_model()
+    args = tiny_training_args(
         max_steps=10,
         logging_steps=1000,
         save_strategy="steps",
         save_steps=2,
         max_nonfinite_steps=3,
     )
-    trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(128), window=W)
+    trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(128), window=W)
     poison_steps(trainer, model, 3)
     with pytest.raises(LeWMNonFiniteLossError, match="max_nonfinite_steps=3"):
         trainer.train()
@@ -534,12 +483,14 @@ COMPILE_WEIGHT_ATOL = 1e-4
 
 @pytest.mark.slow  # inductor compiles for about 15 s with a warm cache, minutes without one;
 # benchmarks/torch_compile.py measures the same option on the default world model.
-def test_torch_compile_matches_eager_within_tolerance(tmp_path):
+def test_torch_compile_matches_eager_within_tolerance(
+    tmp_path, tiny_lewm_model, tiny_clips, tiny_training_args
+):
     runs = {}
     for compiled in (False, True):
-        model = tiny_model()
-        args = make_args(
-            tmp_path / str(compiled),
+        model = tiny_lewm_model()
+        args = tiny_training_args(
+            tmp_path / str(compiled) / "out",
             max_steps=6,
             torch_compile=compiled,
             optim="sgd",
@@ -547,7 +498,7 @@ def test_torch_compile_matches_eager_within_tolerance(tmp_path):
             lr_schedule="constant",
             warmup_steps=0,
         )
-        trainer = LeWMTrainer(model, args, train_dataset=clip_dataset(256), window=W)
+        trainer = LeWMTrainer(model, args, train_dataset=tiny_clips(256), window=W)
         trainer.train()
         losses = [e[K.LOSS] for e in trainer.state.log_history if K.LOSS in e]
         runs[compiled] = (losses, model.state_dict())
@@ -560,9 +511,11 @@ def test_torch_compile_matches_eager_within_tolerance(tmp_path):
         )
 
 
-def test_torch_compile_without_a_cxx_compiler_is_a_typed_error(tmp_path, monkeypatch):
+def test_torch_compile_without_a_cxx_compiler_is_a_typed_error(
+    monkeypatch, tiny_lewm_model, tiny_clips, tiny_training_args
+):
     monkeypatch.setenv("CXX", "no-such-c++-compiler")
-    args = make_args(tmp_path, torch_compile=True)
+    args = tiny_training_args(torch_compile=True)
     with pytest.raises(LeWMConfigError) as info:
-        LeWMTrainer(tiny_model(), args, train_dataset=clip_dataset(16), window=W)
+        LeWMTrainer(tiny_lewm_model(), args, train_dataset=tiny_clips(16), window=W)
     assert info.value.field == "torch_compile" and "no-such-c++-compiler" in str(info.value)

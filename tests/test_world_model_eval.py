@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _builders import TINY_ENCODER
 from torch import nn
 
 from lewm_hf import metric_keys as K
-from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.data.graphs import Graph, make_dcsbm_graph
 from lewm_hf.data.walks import WalkCorpusConfig, WalkMetadata, generate_walks
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
@@ -36,7 +36,6 @@ from lewm_hf.evaluation.world_model import (
     surprise,
     teleport_vertices,
 )
-from lewm_hf.modeling_lewm import LeWMModel
 from lewm_hf.testing_utils import MoveOracle
 
 W, H = 5, 3
@@ -96,31 +95,6 @@ class HistoryModel(nn.Module):
         counts = torch.arange(1, steps + 1, dtype=z_hist.dtype).view(1, -1, 1)
         means = z_hist.cumsum(1) / counts
         return 0.5 * means + 0.25 * z_hist[:, :1] + (action_ids.unsqueeze(-1) + 1.0)
-
-
-def tiny_lewm(vocab: int, seed: int = 0) -> LeWMModel:
-    torch.manual_seed(seed)
-    config = LeWMConfig(
-        encoder_config={
-            "model_type": "llama",
-            "vocab_size": vocab,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 32,
-        },
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=4,
-        history_length=H,
-        action_vocab_size=32,
-        action_hidden=16,
-        sigreg_num_slices=32,
-    )
-    return LeWMModel(config)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -454,8 +428,15 @@ def test_teleports_in_the_evaluation_leave_the_neighbourhood(graph, walks):
     assert out[K.EVAL_SURPRISE_AUROC] == 1.0
 
 
-def test_tiny_lewm_untrained_equals_copy(graph, walks):
-    model = tiny_lewm(graph.num_vertices)
+def test_tiny_lewm_untrained_equals_copy(graph, walks, tiny_lewm_model):
+    model = tiny_lewm_model(
+        encoder_config={**TINY_ENCODER, "vocab_size": graph.num_vertices, "num_attention_heads": 4},
+        predictor_heads=4,
+        history_length=H,
+        action_vocab_size=32,
+        action_hidden=16,
+        sigreg_num_slices=32,
+    )
     model.train()
     settings = WorldModelEvalConfig(num_items=64, num_rollouts=16, max_horizon=5, batch_size=128)
     out = evaluate_world_model(model, HeldOutWalks(graph, walks, W), settings)

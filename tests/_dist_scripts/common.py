@@ -1,6 +1,7 @@
-"""What the distributed tests and the scripts they launch share: a tiny world model, clips of a
-toy system, training arguments, a collator that records which samples each step saw, and the
-one-process and FSDP2 training loops.
+"""What the distributed tests and the scripts they launch share: the tiny world model, clips of a
+toy system and training arguments of `tests/_builders.py` with this folder's defaults, a
+collator that records which samples each step saw, and the one-process and FSDP2 training
+loops.
 
 Imported by `tests/test_distributed.py` (as `_dist_scripts.common`) and by the scripts of this
 folder run under torchrun (as `common`, their own folder being first on `sys.path`).
@@ -9,89 +10,59 @@ folder run under torchrun (as `common`, their own folder being first on `sys.pat
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import Dataset
 
-from lewm_hf import DataCollatorForLeWM, LeWMConfig, LeWMModel, LeWMTrainingArguments
+from lewm_hf import DataCollatorForLeWM, LeWMModel, LeWMTrainingArguments
 from lewm_hf import metric_keys as K
 
-W, H, VOCAB, ACTIONS = 8, 3, 12, 4
+# Under torchrun only this folder is on `sys.path`; the shared builders live one folder up.
+TESTS = str(Path(__file__).resolve().parents[1])
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from _builders import W, tiny_clips, tiny_lewm_model, tiny_training_args  # noqa: E402
+
 STEPS = 5
 GLOBAL_BATCH = 16
 
+# The distributed runs' training arguments (over `_builders.TINY_TRAINING_ARGS`).
+DISTRIBUTED_ARGS: dict[str, Any] = {
+    "per_device_train_batch_size": GLOBAL_BATCH,
+    "per_device_eval_batch_size": GLOBAL_BATCH,
+    # SGD, not AdamW: the biases of the Linear layers just before a BatchNorm (and so the
+    # running means after them) get a gradient that is zero up to rounding, which Adam
+    # normalises into lr-sized steps of random sign. Under AdamW the losses of one and two
+    # processes still agree to 2e-6 but those biases differ by 2.5e-3 after 5 steps.
+    "optim": "sgd",
+    "learning_rate": 0.05,
+    "weight_decay": 0.0,
+    "max_steps": STEPS,
+    "warmup_steps": 0,
+    "lr_schedule": "constant",
+    "max_grad_norm": 1.0,
+    "collapse_monitor_steps": 1,
+    "dataloader_pin_memory": False,
+}
+
 
 def tiny_model(seed: int = 0, **kwargs: Any) -> LeWMModel:
-    """A trained-end-to-end tiny LeWM (one-layer Llama encoder), dropout 0 unless given."""
-    torch.manual_seed(seed)
-    config = LeWMConfig(
-        encoder_config={
-            "model_type": "llama",
-            "vocab_size": VOCAB,
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "max_position_embeddings": 32,
-        },
-        d_state=16,
-        projector_hidden=32,
-        d_model=32,
-        predictor_layers=1,
-        predictor_heads=2,
-        history_length=H,
-        action_vocab_size=ACTIONS,
-        sigreg_num_slices=64,
-        **{"dropout": 0.0, **kwargs},
-    )
-    return LeWMModel(config)
+    """The shared tiny LeWM (one-layer Llama encoder), dropout 0 unless given."""
+    return tiny_lewm_model(seed, **{"dropout": 0.0, **kwargs})
 
 
 def clip_dataset(n: int = 128, seed: int = 0) -> Dataset:
-    """Clips of a toy system (next token = last + action + 1 mod VOCAB) with a row `idx`."""
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((n, W + H), dtype=np.int64)
-    tokens[:, :W] = rng.integers(0, VOCAB, size=(n, W))
-    actions = rng.integers(0, ACTIONS, size=(n, H))
-    for k in range(H):
-        tokens[:, W + k] = (tokens[:, W + k - 1] + actions[:, k] + 1) % VOCAB
-    return Dataset.from_dict(
-        {"tokens": tokens.tolist(), "actions": actions.tolist(), "idx": list(range(n))}
-    )
+    """The shared toy-system clips (next token = last + action + 1 mod VOCAB) with a row `idx`."""
+    return tiny_clips(n, seed, idx=True)
 
 
 def make_args(output_dir: str | Path, **kwargs: Any) -> LeWMTrainingArguments:
-    defaults = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=GLOBAL_BATCH,
-        per_device_eval_batch_size=GLOBAL_BATCH,
-        # SGD, not AdamW: the biases of the Linear layers just before a BatchNorm (and so the
-        # running means after them) get a gradient that is zero up to rounding, which Adam
-        # normalises into lr-sized steps of random sign. Under AdamW the losses of one and two
-        # processes still agree to 2e-6 but those biases differ by 2.5e-3 after 5 steps.
-        optim="sgd",
-        learning_rate=0.05,
-        weight_decay=0.0,
-        max_steps=STEPS,
-        warmup_steps=0,
-        lr_schedule="constant",
-        max_grad_norm=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        data_seed=0,
-        collapse_monitor_steps=1,
-        use_cpu=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-    )
-    defaults.update(kwargs)
-    return LeWMTrainingArguments(**defaults)
+    """The shared tiny training arguments with `DISTRIBUTED_ARGS` and `kwargs`."""
+    return tiny_training_args(output_dir, **{**DISTRIBUTED_ARGS, **kwargs})
 
 
 class RecordingCollator(DataCollatorForLeWM):
