@@ -31,11 +31,12 @@ from .errors import LeWMInputError
 from .losses import combine_losses, gaussian_kl, prediction_loss, sigreg, sigreg_generator
 from .modeling_actions import (
     _UNIT_INIT,
+    ActionInputs,
     LeWMActionEncoder,
-    _bool_mask,
     _check_shape,
     _check_trailing_padding,
     check_input_values,
+    require_actions,
     sinusoidal_embedding,
 )
 
@@ -230,7 +231,7 @@ class LeWMPredictor(nn.Module):
             x = block(x, c)
         delta_in = self.out_proj(x).reshape(batch * steps, -1)  # (B*T, D)
         valid = None if step_mask is None else step_mask.reshape(-1)
-        delta = _apply_rows(self.head, delta_in, valid, "action_mask")
+        delta = _apply_rows(self.head, delta_in, valid, "actions.mask")
         return z_hist + delta.view(batch, steps, -1).to(z_hist.dtype)
 
 
@@ -276,9 +277,9 @@ class LeWMModel(LeWMPreTrainedModel):
     Training is teacher-forced and end to end: the targets `z_{t+1}` are the encoder's own
     latents, not detached (LeWM has no stop-gradient or EMA target; SIGReg prevents collapse).
 
-    Padding: with `action_mask`, state `k >= 1` is valid when action `k - 1` is, and padding must
-    be trailing. Padded states are not encoded (their latents are zero), and padded states and
-    steps are left out of every BatchNorm, of the prediction loss and of the regulariser, so
+    Padding: with `actions.mask`, state `k >= 1` is valid when action `k - 1` is, and padding
+    must be trailing. Padded states are not encoded (their latents are zero), and padded states
+    and steps are left out of every BatchNorm, of the prediction loss and of the regulariser, so
     neither their content nor their padded action values change any output at valid positions,
     in training and in eval mode.
 
@@ -495,47 +496,26 @@ class LeWMModel(LeWMPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Predictor
 
-    def encode_actions(
-        self,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
-        check_values: bool = True,
-    ) -> torch.FloatTensor:
+    def encode_actions(self, actions: ActionInputs, check_values: bool = True) -> torch.FloatTensor:
         """Embed actions `(B, T)` to `(B, T, d_model)`; see [`LeWMActionEncoder.forward`]."""
-        return self.action_encoder(
-            action_ids=action_ids,
-            action_mask=action_mask,
-            action_ops=action_ops,
-            action_positions=action_positions,
-            action_tokens=action_tokens,
-            action_token_mask=action_token_mask,
-            check_values=check_values,
-        )
+        return self.action_encoder(actions, check_values=check_values)
 
     def predict(
         self,
         z_hist: torch.Tensor,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
+        actions: ActionInputs | None = None,
         action_emb: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         """Teacher-forced next-latent prediction.
 
         Args:
             z_hist (`torch.Tensor` of shape `(B, T, d_state)`): Latents `z_0 .. z_{T-1}`, `T <= H`.
-            action_ids, action_ops, action_positions, action_tokens, action_token_mask:
-                Raw actions `a_0 .. a_{T-1}`, see [`LeWMActionEncoder.forward`].
-            action_mask (`torch.Tensor` of shape `(B, T)`, *optional*): Valid (trailing-padded) steps.
+            actions ([`ActionInputs`], *optional*):
+                Actions `a_0 .. a_{T-1}`, `(B, T)`; their `mask` marks the valid steps (padded
+                steps return `z_t` unchanged). Required unless `action_emb` is given.
             action_emb (`torch.Tensor` of shape `(B, T, d_model)`, *optional*):
-                Precomputed action embeddings, instead of raw actions.
+                Precomputed action embeddings (`encode_actions`), instead of encoding `actions`;
+                of `actions`, if also given, only the `mask` is then read.
 
         Returns:
             `torch.FloatTensor` of shape `(B, T, d_state)`: `[:, t]` predicts `z_{t+1}` from
@@ -555,12 +535,15 @@ class LeWMModel(LeWMPreTrainedModel):
                 f"needs 1 to history_length={self.config.history_length} steps",
             )
         mask = None
-        if action_mask is not None:
-            mask = _bool_mask(action_mask, (batch, steps), "action_mask", z_hist.device)
+        if actions is not None or action_emb is None:
+            if require_actions(actions).shape != (batch, steps):
+                raise LeWMInputError(
+                    "actions", actions.shape, f"must match z_hist steps ({batch}, {steps})"
+                )
+            if actions.mask is not None:
+                mask = actions.mask.to(device=z_hist.device, dtype=torch.bool)
         if action_emb is None:
-            action_emb = self.encode_actions(
-                action_ids, mask, action_ops, action_positions, action_tokens, action_token_mask
-            )
+            action_emb = self.encode_actions(actions)
         elif action_emb.shape != (batch, steps, self.config.d_model):
             raise LeWMInputError(
                 "action_emb",
@@ -569,12 +552,6 @@ class LeWMModel(LeWMPreTrainedModel):
             )
         elif mask is not None:
             action_emb = action_emb * mask.unsqueeze(-1).to(action_emb.dtype)
-        if action_emb.shape[:2] != (batch, steps):
-            raise LeWMInputError(
-                "action_ids",
-                tuple(action_emb.shape[:2]),
-                f"must match z_hist steps ({batch}, {steps})",
-            )
         return self.predictor(z_hist, action_emb, mask)
 
     # ----------------------------------------------------------------------------------------
@@ -584,12 +561,7 @@ class LeWMModel(LeWMPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
+        actions: ActionInputs | None = None,
         locus: torch.LongTensor | None = None,
         state_features: torch.FloatTensor | None = None,
         step: int = 0,
@@ -601,17 +573,9 @@ class LeWMModel(LeWMPreTrainedModel):
         Args:
             input_ids (`torch.LongTensor` of shape `(B, T + 1, L)`): States `s_0 .. s_T`.
             attention_mask (`torch.Tensor` of shape `(B, T + 1, L)`, *optional*): 1 for real tokens.
-            action_ids (`torch.LongTensor` of shape `(B, T)`, *optional*):
-                One token per action (graph moves: neighbour rank). Required unless
-                `action_tokens` is given.
-            action_mask (`torch.Tensor` of shape `(B, T)`, *optional*):
-                Real actions (True) and trailing padding (False). Defaults to all True.
-            action_ops (`torch.LongTensor` of shape `(B, T)`, *optional*): Operation ids.
-            action_positions (`torch.LongTensor` of shape `(B, T)`, *optional*): Action positions.
-            action_tokens (`torch.LongTensor` of shape `(B, T, L_a)`, *optional*):
-                Several tokens per action, instead of `action_ids`.
-            action_token_mask (`torch.Tensor` of shape `(B, T, L_a)`, *optional*):
-                Valid entries of `action_tokens`.
+            actions ([`ActionInputs`]):
+                The actions `a_0 .. a_{T-1}`, `(B, T)`; their `mask` marks real actions (True)
+                and trailing padding (False), and defaults to all True.
             locus (`torch.LongTensor` of shape `(B, T + 1)`, *optional*):
                 Centre token of each state for `pooling="centered"`.
             state_features (`torch.FloatTensor` of shape `(B, T + 1, E)`, *optional*):
@@ -660,11 +624,16 @@ class LeWMModel(LeWMPreTrainedModel):
             _check_shape(locus, (batch, num_states), "locus")
         device = (input_ids if state_features is None else state_features).device
 
+        if require_actions(actions).shape != (batch, steps):
+            raise LeWMInputError(
+                "actions", actions.shape, f"must have shape ({batch}, {steps}): one per step"
+            )
+
         # State k >= 1 exists when action k - 1 does; padding must be trailing.
         state_mask = None
         mask = None
-        if action_mask is not None:
-            mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
+        if actions.mask is not None:
+            mask = actions.mask.to(device=device, dtype=torch.bool)
             if check_values:
                 _check_trailing_padding(mask)
             state_mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)  # (B, T + 1)
@@ -685,20 +654,8 @@ class LeWMModel(LeWMPreTrainedModel):
                 flat_valid,
             ).view(batch, num_states, -1)  # (B, T + 1, D)
 
-        action_emb = self.encode_actions(
-            action_ids,
-            mask,
-            action_ops,
-            action_positions,
-            action_tokens,
-            action_token_mask,
-            check_values=check_values,
-        )
-        if action_emb.shape[:2] != (batch, steps):
-            raise LeWMInputError(
-                "action_ids", tuple(action_emb.shape[:2]), f"must have shape ({batch}, {steps})"
-            )
-        predictions = self.predict(latents[:, :-1], action_mask=mask, action_emb=action_emb)
+        action_emb = self.encode_actions(actions, check_values=check_values)
+        predictions = self.predict(latents[:, :-1], actions, action_emb=action_emb)
         targets = latents[:, 1:]  # no stop-gradient: LeWM trains end to end
 
         pred_loss = prediction_loss(predictions, targets, mask, kind=self.config.pred_loss)
@@ -777,6 +734,7 @@ def _encoder_hidden_size(encoder_config) -> int:
 AutoModel.register(LeWMConfig, LeWMModel, exist_ok=True)
 
 __all__ = [
+    "ActionInputs",
     "AdaLNBlock",
     "LeWMActionEncoder",
     "LeWMModel",

@@ -3,6 +3,7 @@ collapse monitor, best-model selection."""
 
 from __future__ import annotations
 
+import copy
 import math
 import traceback
 
@@ -145,7 +146,7 @@ class RecordingTrainer(LeWMTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.batches.append({k: v.clone() for k, v in inputs.items()})
+            self.batches.append(copy.deepcopy(inputs))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -443,7 +444,7 @@ def test_action_ids_are_checked_on_the_host_batch(tmp_path):
     trainer = LeWMTrainer(tiny_model(), make_args(tmp_path), train_dataset=data, window=W)
     with pytest.raises(LeWMInputError) as info:
         trainer.train()
-    assert info.value.field == "action_ids"
+    assert info.value.field == "actions.ids"
 
 
 class _Weights(TrainerCallback):

@@ -44,6 +44,7 @@ from ..evaluation.edits import (
     evaluate_edit_model,
 )
 from ..fields import option, validate_fields
+from ..modeling_actions import ActionInputs
 from ..modeling_lewm import LeWMModel
 from ..trainer.lewm_config import LeWMTrainingArguments
 from ..trainer.lewm_trainer import LeWMTrainer
@@ -95,16 +96,15 @@ class EditActionCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
-        actions = {k: v for k, v in batch.items() if k.startswith("action_")}
         coded = code_edit_actions(
-            actions,
+            batch["actions"].to_batch(),
             batch["input_ids"][:, :-1],  # (B, K, L)
             batch["locus"][:, :-1],  # (B, K)
             self.position_origin,
             self.reference_offset,
             self.collator.edit_end_token,
         )
-        return {**batch, **coded}
+        return {**batch, "actions": ActionInputs.from_batch(coded)}
 
 
 # Recipe targets: each key belongs to exactly one of them.
