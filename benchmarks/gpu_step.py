@@ -32,12 +32,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from typing import Any
 
 import torch
 from _timing import MIN_ROUNDS, interleave, set_threads
 from torch import nn
 
-from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf import ActionInputs, LeWMConfig, LeWMModel
 
 
 def build_model(opts: argparse.Namespace) -> LeWMModel:
@@ -65,15 +66,15 @@ def build_model(opts: argparse.Namespace) -> LeWMModel:
     return LeWMModel(config)
 
 
-def random_batch(opts: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+def random_batch(opts: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     shape = (opts.batch, opts.history + 1, opts.window)
     input_ids = torch.randint(0, opts.vocab, shape, generator=generator)
     action_ids = torch.randint(0, opts.actions, (opts.batch, opts.history), generator=generator)
-    return {"input_ids": input_ids.to(device), "action_ids": action_ids.to(device)}
+    return {"input_ids": input_ids.to(device), "actions": ActionInputs(ids=action_ids.to(device))}
 
 
-def matmul_flops(model: LeWMModel, batch: dict[str, torch.Tensor], opts) -> dict[str, float]:
+def matmul_flops(model: LeWMModel, batch: dict[str, Any], opts) -> dict[str, float]:
     """Forward matmul FLOPs of one step, split into the encoder's and the rest's.
 
     Every `nn.Linear` is counted from one hooked forward pass (`2 * rows * in * out`); the

@@ -29,6 +29,7 @@ import argparse
 import copy
 import os
 import time
+from typing import Any
 
 import torch
 import torch._inductor.config
@@ -41,7 +42,7 @@ from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.walks import MoveTrajectoryConfig, WalkCorpusConfig, build_move_trajectories
 
 
-def training_batch(model: LeWMModel, batch_size: int, encoder: bool) -> dict[str, torch.Tensor]:
+def training_batch(model: LeWMModel, batch_size: int, encoder: bool) -> dict[str, Any]:
     """A batch of move clips of the `small` preset, as the trainer feeds the model."""
     corpus = WalkCorpusConfig.preset("small")
     clips = build_move_trajectories(MoveTrajectoryConfig(corpus=corpus, num_clips=4 * batch_size))
@@ -54,7 +55,7 @@ def training_batch(model: LeWMModel, batch_size: int, encoder: bool) -> dict[str
         features = model.pooled_features(batch["input_ids"].flatten(0, 1))
     return {
         "state_features": features.view(batch_size, states, -1),
-        "action_ids": batch["action_ids"],
+        "actions": batch["actions"],
     }
 
 

@@ -135,7 +135,7 @@ def share_timings(dataset, collator, batch_size: int, rounds: int, calls: int) -
         num_states = batch["input_ids"].shape[1]
         features = model.pooled_features(batch["input_ids"].flatten(0, 1))
     cached = {"state_features": features.view(batch_size, num_states, -1)}
-    cached["action_ids"] = batch["action_ids"]
+    cached["actions"] = batch["actions"]
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True
     )

@@ -20,6 +20,7 @@ from .errors import (
     LeWMInputError,
     LeWMNonFiniteLossError,
 )
+from .modeling_actions import ActionInputs
 from .modeling_lewm import LeWMModel, LeWMOutput
 from .trainer.lewm_config import LeWMTrainingArguments, WalkLMTrainingArguments
 from .trainer.lewm_trainer import LeWMTrainer, WalkLMTrainer
@@ -27,6 +28,7 @@ from .trainer.lewm_trainer import LeWMTrainer, WalkLMTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionInputs",
     "DataCollatorForLeWM",
     "DataCollatorForWalkLM",
     "LeWMCollapseError",

@@ -12,11 +12,10 @@ Shapes: `B` batch, `T` number of actions (so `T + 1` states), `L` tokens per sta
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +29,19 @@ from .checkpoints import check_model_dir
 from .configuration_lewm import LeWMConfig
 from .errors import LeWMInputError
 from .losses import combine_losses, gaussian_kl, prediction_loss, sigreg, sigreg_generator
+from .modeling_actions import (
+    _UNIT_INIT,
+    ActionInputs,
+    LeWMActionEncoder,
+    _check_shape,
+    _check_trailing_padding,
+    check_input_values,
+    require_actions,
+    sinusoidal_embedding,
+)
 
 # Attribute that marks a Linear whose weight and bias start at zero (AdaLN-zero, delta head).
 _ZERO_INIT = "_lewm_zero_init"
-# Attribute that marks an Embedding initialised N(0, 1), on the scale of a sinusoidal embedding.
-_UNIT_INIT = "_lewm_unit_init"
 # Attribute that marks a Linear initialised N(0, 1 / fan_in) (LeCun), so that the encoder
 # projector emits latents of order one, the scale SIGReg pulls them to, rather than ~0.05.
 _LECUN_INIT = "_lewm_lecun_init"
@@ -116,162 +123,6 @@ def _apply_rows(module: nn.Module, x: torch.Tensor, valid: torch.Tensor | None, 
     full = out.new_zeros(x.shape[0], out.shape[-1])
     full[valid] = out
     return full
-
-
-def sinusoidal_embedding(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
-    """Transformer sinusoidal embedding: `[sin(p w_i), cos(p w_i)]`, `w_i = base^(-2i/dim)`.
-
-    Args:
-        positions (`torch.Tensor`): Integer or float positions, any shape `S`.
-        dim (`int`): Embedding size (even).
-        base (`float`, *optional*, defaults to 10000.0): Longest wavelength scale.
-
-    Returns:
-        `torch.FloatTensor` of shape `(*S, dim)`.
-    """
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(base) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
-    )
-    angles = positions.float().unsqueeze(-1) * freqs  # (*S, half)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-def _masked_action_inputs(
-    action_ids: torch.Tensor | None,
-    action_mask: torch.Tensor | None,
-    action_ops: torch.Tensor | None,
-    action_positions: torch.Tensor | None,
-    action_tokens: torch.Tensor | None,
-    action_token_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """Validate the shapes of raw actions and replace padded entries by 0.
-
-    Returns:
-        `tuple`: `(mask (B, T), token_mask (B, T, L_a), tokens, ops, positions, token_field)`,
-        `token_field` naming the argument the tokens came from.
-    """
-    if action_tokens is None:
-        if action_ids is None:
-            raise LeWMInputError("action_ids", None, "give action_ids or action_tokens")
-        if action_ids.dim() != 2:
-            raise LeWMInputError("action_ids", tuple(action_ids.shape), "must have shape (B, T)")
-        action_tokens = action_ids.unsqueeze(-1)
-        token_field = "action_ids"
-    else:
-        if action_tokens.dim() != 3:
-            raise LeWMInputError(
-                "action_tokens", tuple(action_tokens.shape), "must have shape (B, T, L_a)"
-            )
-        token_field = "action_tokens"
-    batch, steps = action_tokens.shape[:2]
-    device = action_tokens.device
-    mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
-    token_mask = mask.unsqueeze(-1).expand_as(action_tokens)
-    if action_token_mask is not None:
-        token_mask = token_mask & _bool_mask(
-            action_token_mask, tuple(action_tokens.shape), "action_token_mask", device
-        )
-    ops = _long_or_zeros(action_ops, (batch, steps), "action_ops", device)
-    positions = _long_or_zeros(action_positions, (batch, steps), "action_positions", device)
-
-    # Padded entries are replaced by 0 before any lookup (and before the range check).
-    tokens = torch.where(token_mask, action_tokens, 0)
-    ops = torch.where(mask, ops, 0)
-    positions = torch.where(mask, positions, 0)
-    return mask, token_mask, tokens, ops, positions, token_field
-
-
-def _action_ranges(
-    config: LeWMConfig,
-    token_field: str,
-    tokens: torch.Tensor,
-    ops: torch.Tensor,
-    positions: torch.Tensor,
-) -> list[tuple[str, torch.Tensor, int]]:
-    """The `(field, tensor, upper bound)` checks of masked action inputs."""
-    return [
-        (token_field, tokens, config.action_vocab_size),
-        ("action_ops", ops, config.num_action_ops),
-        ("action_positions", positions, config.max_action_position),
-    ]
-
-
-class LeWMActionEncoder(nn.Module):
-    """Embeds actions `(op, position, tokens)` into the predictor's conditioning space.
-
-    `e = MLP(op_embedding(op) + sinusoidal(position) + mean_l token_embedding(token_l))`, with
-    MLP = Linear(action_hidden, d_model) -> GELU -> Linear(d_model, d_model). Padded actions
-    (`action_mask` False) come out as exact zeros and their values are never looked up, so any
-    padding value (e.g. -100) is accepted.
-
-    Args:
-        config ([`LeWMConfig`]): Model configuration.
-    """
-
-    def __init__(self, config: LeWMConfig):
-        super().__init__()
-        self.config = config
-        self.op_embedding = nn.Embedding(config.num_action_ops, config.action_hidden)
-        self.token_embedding = nn.Embedding(config.action_vocab_size, config.action_hidden)
-        # N(0, 1) rather than N(0, initializer_range): op and token then weigh as much as the
-        # O(1) sinusoidal position at init, instead of being drowned by it.
-        for embedding in (self.op_embedding, self.token_embedding):
-            setattr(embedding, _UNIT_INIT, True)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.action_hidden, config.d_model),
-            nn.GELU(),
-            nn.Linear(config.d_model, config.d_model),
-        )
-
-    def forward(
-        self,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
-        check_values: bool = True,
-    ) -> torch.FloatTensor:
-        """
-        Args:
-            action_ids (`torch.LongTensor` of shape `(B, T)`, *optional*):
-                One token per action (for graph moves: the neighbour rank). Required unless
-                `action_tokens` is given.
-            action_mask (`torch.Tensor` of shape `(B, T)`, *optional*):
-                True (or 1) for real actions, False for padding. Defaults to all True.
-            action_ops (`torch.LongTensor` of shape `(B, T)`, *optional*):
-                Operation ids in `[0, num_action_ops)`. Defaults to zeros.
-            action_positions (`torch.LongTensor` of shape `(B, T)`, *optional*):
-                Positions in `[0, max_action_position)`. Defaults to zeros.
-            action_tokens (`torch.LongTensor` of shape `(B, T, L_a)`, *optional*):
-                Several tokens per action (e.g. inserted bases), mean-pooled; used instead of
-                `action_ids` when given.
-            action_token_mask (`torch.Tensor` of shape `(B, T, L_a)`, *optional*):
-                Valid entries of `action_tokens`. Defaults to all True. An action with no valid
-                token gets a zero token embedding (e.g. a deletion).
-            check_values (`bool`, *optional*, defaults to `True`):
-                Check that the ids lie in their vocabularies (`LeWMInputError` otherwise). The
-                check reads the values, which on an accelerator is a host synchronisation;
-                `LeWMTrainer` checks each batch on the host instead (`check_input_values`) and
-                passes `False`.
-
-        Returns:
-            `torch.FloatTensor` of shape `(B, T, d_model)`.
-        """
-        mask, token_mask, tokens, ops, positions, token_field = _masked_action_inputs(
-            action_ids, action_mask, action_ops, action_positions, action_tokens, action_token_mask
-        )
-        if check_values:
-            _check_ranges(_action_ranges(self.config, token_field, tokens, ops, positions))
-
-        weights = token_mask.to(self.token_embedding.weight.dtype)  # (B, T, L_a)
-        token_emb = (self.token_embedding(tokens) * weights.unsqueeze(-1)).sum(dim=2)
-        token_emb = token_emb / weights.sum(dim=2, keepdim=True).clamp(min=1.0)  # (B, T, A)
-        pos_emb = sinusoidal_embedding(positions, self.config.action_hidden).to(token_emb.dtype)
-        hidden = self.op_embedding(ops) + pos_emb + token_emb  # (B, T, A)
-        return self.mlp(hidden) * mask.unsqueeze(-1).to(token_emb.dtype)  # (B, T, C)
 
 
 class AdaLNBlock(GradientCheckpointingLayer):
@@ -380,7 +231,7 @@ class LeWMPredictor(nn.Module):
             x = block(x, c)
         delta_in = self.out_proj(x).reshape(batch * steps, -1)  # (B*T, D)
         valid = None if step_mask is None else step_mask.reshape(-1)
-        delta = _apply_rows(self.head, delta_in, valid, "action_mask")
+        delta = _apply_rows(self.head, delta_in, valid, "actions.mask")
         return z_hist + delta.view(batch, steps, -1).to(z_hist.dtype)
 
 
@@ -426,9 +277,9 @@ class LeWMModel(LeWMPreTrainedModel):
     Training is teacher-forced and end to end: the targets `z_{t+1}` are the encoder's own
     latents, not detached (LeWM has no stop-gradient or EMA target; SIGReg prevents collapse).
 
-    Padding: with `action_mask`, state `k >= 1` is valid when action `k - 1` is, and padding must
-    be trailing. Padded states are not encoded (their latents are zero), and padded states and
-    steps are left out of every BatchNorm, of the prediction loss and of the regulariser, so
+    Padding: with `actions.mask`, state `k >= 1` is valid when action `k - 1` is, and padding
+    must be trailing. Padded states are not encoded (their latents are zero), and padded states
+    and steps are left out of every BatchNorm, of the prediction loss and of the regulariser, so
     neither their content nor their padded action values change any output at valid positions,
     in training and in eval mode.
 
@@ -645,47 +496,26 @@ class LeWMModel(LeWMPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Predictor
 
-    def encode_actions(
-        self,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
-        check_values: bool = True,
-    ) -> torch.FloatTensor:
+    def encode_actions(self, actions: ActionInputs, check_values: bool = True) -> torch.FloatTensor:
         """Embed actions `(B, T)` to `(B, T, d_model)`; see [`LeWMActionEncoder.forward`]."""
-        return self.action_encoder(
-            action_ids=action_ids,
-            action_mask=action_mask,
-            action_ops=action_ops,
-            action_positions=action_positions,
-            action_tokens=action_tokens,
-            action_token_mask=action_token_mask,
-            check_values=check_values,
-        )
+        return self.action_encoder(actions, check_values=check_values)
 
     def predict(
         self,
         z_hist: torch.Tensor,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
+        actions: ActionInputs | None = None,
         action_emb: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
         """Teacher-forced next-latent prediction.
 
         Args:
             z_hist (`torch.Tensor` of shape `(B, T, d_state)`): Latents `z_0 .. z_{T-1}`, `T <= H`.
-            action_ids, action_ops, action_positions, action_tokens, action_token_mask:
-                Raw actions `a_0 .. a_{T-1}`, see [`LeWMActionEncoder.forward`].
-            action_mask (`torch.Tensor` of shape `(B, T)`, *optional*): Valid (trailing-padded) steps.
+            actions ([`ActionInputs`], *optional*):
+                Actions `a_0 .. a_{T-1}`, `(B, T)`; their `mask` marks the valid steps (padded
+                steps return `z_t` unchanged). Required unless `action_emb` is given.
             action_emb (`torch.Tensor` of shape `(B, T, d_model)`, *optional*):
-                Precomputed action embeddings, instead of raw actions.
+                Precomputed action embeddings (`encode_actions`), instead of encoding `actions`;
+                of `actions`, if also given, only the `mask` is then read.
 
         Returns:
             `torch.FloatTensor` of shape `(B, T, d_state)`: `[:, t]` predicts `z_{t+1}` from
@@ -705,12 +535,15 @@ class LeWMModel(LeWMPreTrainedModel):
                 f"needs 1 to history_length={self.config.history_length} steps",
             )
         mask = None
-        if action_mask is not None:
-            mask = _bool_mask(action_mask, (batch, steps), "action_mask", z_hist.device)
+        if actions is not None or action_emb is None:
+            if require_actions(actions).shape != (batch, steps):
+                raise LeWMInputError(
+                    "actions", actions.shape, f"must match z_hist steps ({batch}, {steps})"
+                )
+            if actions.mask is not None:
+                mask = actions.mask.to(device=z_hist.device, dtype=torch.bool)
         if action_emb is None:
-            action_emb = self.encode_actions(
-                action_ids, mask, action_ops, action_positions, action_tokens, action_token_mask
-            )
+            action_emb = self.encode_actions(actions)
         elif action_emb.shape != (batch, steps, self.config.d_model):
             raise LeWMInputError(
                 "action_emb",
@@ -719,12 +552,6 @@ class LeWMModel(LeWMPreTrainedModel):
             )
         elif mask is not None:
             action_emb = action_emb * mask.unsqueeze(-1).to(action_emb.dtype)
-        if action_emb.shape[:2] != (batch, steps):
-            raise LeWMInputError(
-                "action_ids",
-                tuple(action_emb.shape[:2]),
-                f"must match z_hist steps ({batch}, {steps})",
-            )
         return self.predictor(z_hist, action_emb, mask)
 
     # ----------------------------------------------------------------------------------------
@@ -734,12 +561,7 @@ class LeWMModel(LeWMPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        action_ids: torch.LongTensor | None = None,
-        action_mask: torch.Tensor | None = None,
-        action_ops: torch.LongTensor | None = None,
-        action_positions: torch.LongTensor | None = None,
-        action_tokens: torch.LongTensor | None = None,
-        action_token_mask: torch.Tensor | None = None,
+        actions: ActionInputs | None = None,
         locus: torch.LongTensor | None = None,
         state_features: torch.FloatTensor | None = None,
         step: int = 0,
@@ -751,17 +573,9 @@ class LeWMModel(LeWMPreTrainedModel):
         Args:
             input_ids (`torch.LongTensor` of shape `(B, T + 1, L)`): States `s_0 .. s_T`.
             attention_mask (`torch.Tensor` of shape `(B, T + 1, L)`, *optional*): 1 for real tokens.
-            action_ids (`torch.LongTensor` of shape `(B, T)`, *optional*):
-                One token per action (graph moves: neighbour rank). Required unless
-                `action_tokens` is given.
-            action_mask (`torch.Tensor` of shape `(B, T)`, *optional*):
-                Real actions (True) and trailing padding (False). Defaults to all True.
-            action_ops (`torch.LongTensor` of shape `(B, T)`, *optional*): Operation ids.
-            action_positions (`torch.LongTensor` of shape `(B, T)`, *optional*): Action positions.
-            action_tokens (`torch.LongTensor` of shape `(B, T, L_a)`, *optional*):
-                Several tokens per action, instead of `action_ids`.
-            action_token_mask (`torch.Tensor` of shape `(B, T, L_a)`, *optional*):
-                Valid entries of `action_tokens`.
+            actions ([`ActionInputs`]):
+                The actions `a_0 .. a_{T-1}`, `(B, T)`; their `mask` marks real actions (True)
+                and trailing padding (False), and defaults to all True.
             locus (`torch.LongTensor` of shape `(B, T + 1)`, *optional*):
                 Centre token of each state for `pooling="centered"`.
             state_features (`torch.FloatTensor` of shape `(B, T + 1, E)`, *optional*):
@@ -810,11 +624,16 @@ class LeWMModel(LeWMPreTrainedModel):
             _check_shape(locus, (batch, num_states), "locus")
         device = (input_ids if state_features is None else state_features).device
 
+        if require_actions(actions).shape != (batch, steps):
+            raise LeWMInputError(
+                "actions", actions.shape, f"must have shape ({batch}, {steps}): one per step"
+            )
+
         # State k >= 1 exists when action k - 1 does; padding must be trailing.
         state_mask = None
         mask = None
-        if action_mask is not None:
-            mask = _bool_mask(action_mask, (batch, steps), "action_mask", device)
+        if actions.mask is not None:
+            mask = actions.mask.to(device=device, dtype=torch.bool)
             if check_values:
                 _check_trailing_padding(mask)
             state_mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)  # (B, T + 1)
@@ -835,20 +654,8 @@ class LeWMModel(LeWMPreTrainedModel):
                 flat_valid,
             ).view(batch, num_states, -1)  # (B, T + 1, D)
 
-        action_emb = self.encode_actions(
-            action_ids,
-            mask,
-            action_ops,
-            action_positions,
-            action_tokens,
-            action_token_mask,
-            check_values=check_values,
-        )
-        if action_emb.shape[:2] != (batch, steps):
-            raise LeWMInputError(
-                "action_ids", tuple(action_emb.shape[:2]), f"must have shape ({batch}, {steps})"
-            )
-        predictions = self.predict(latents[:, :-1], action_mask=mask, action_emb=action_emb)
+        action_emb = self.encode_actions(actions, check_values=check_values)
+        predictions = self.predict(latents[:, :-1], actions, action_emb=action_emb)
         targets = latents[:, 1:]  # no stop-gradient: LeWM trains end to end
 
         pred_loss = prediction_loss(predictions, targets, mask, kind=self.config.pred_loss)
@@ -924,85 +731,10 @@ def _encoder_hidden_size(encoder_config) -> int:
     raise LeWMInputError("encoder_config", encoder_config.model_type, "has no hidden_size")
 
 
-def _check_shape(tensor: torch.Tensor | None, shape: tuple[int, ...], field: str) -> None:
-    if tensor is not None and tuple(tensor.shape) != shape:
-        raise LeWMInputError(field, tuple(tensor.shape), f"must have shape {shape}")
-
-
-def _bool_mask(
-    mask: torch.Tensor | None, shape: tuple[int, ...], field: str, device: torch.device
-) -> torch.Tensor:
-    if mask is None:
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    _check_shape(mask, shape, field)
-    return mask.to(device=device, dtype=torch.bool)
-
-
-def _long_or_zeros(
-    tensor: torch.Tensor | None, shape: tuple[int, ...], field: str, device: torch.device
-) -> torch.Tensor:
-    if tensor is None:
-        return torch.zeros(shape, dtype=torch.long, device=device)
-    _check_shape(tensor, shape, field)
-    if tensor.is_floating_point():
-        raise LeWMInputError(field, str(tensor.dtype), "must be an integer tensor")
-    return tensor.to(device=device, dtype=torch.long)
-
-
-def _check_trailing_padding(mask: torch.Tensor) -> None:
-    """State `k >= 1` exists when action `k - 1` does: no real action after a pad."""
-    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-        raise LeWMInputError(
-            "action_mask", "holes", "padding must be trailing (no real action after a pad)"
-        )
-
-
-def check_input_values(config: LeWMConfig, batch: dict[str, Any]) -> None:
-    """The value checks of `LeWMModel.forward` (`check_values`) on a batch, where it lies.
-
-    On a collated batch, still on the host, the checks read no accelerator memory; the trainer
-    runs them in its data loader and then calls the model with `check_values=False`, so that a
-    training step never waits for the device to answer a question about its inputs.
-
-    Args:
-        config (`LeWMConfig`): The model's configuration (vocabulary sizes).
-        batch (`dict[str, Any]`): Keyword arguments of `LeWMModel.forward`.
-
-    Raises:
-        `LeWMInputError`: as `LeWMModel.forward` would, naming the field.
-    """
-    action_mask = batch.get("action_mask")
-    if isinstance(action_mask, torch.Tensor) and action_mask.dim() == 2:
-        _check_trailing_padding(action_mask.bool())
-    if batch.get("action_ids") is None and batch.get("action_tokens") is None:
-        return  # `forward` raises the missing-actions error itself
-    _, _, tokens, ops, positions, token_field = _masked_action_inputs(
-        batch.get("action_ids"),
-        action_mask,
-        batch.get("action_ops"),
-        batch.get("action_positions"),
-        batch.get("action_tokens"),
-        batch.get("action_token_mask"),
-    )
-    _check_ranges(_action_ranges(config, token_field, tokens, ops, positions))
-
-
-def _check_ranges(checks: list[tuple[str, torch.Tensor, int]]) -> None:
-    """Check `0 <= t < upper` for several tensors with a single device sync."""
-    flags = torch.stack([((t < 0) | (t >= upper)).any() for _, t, upper in checks])
-    if bool(flags.any()):
-        for (field, tensor, upper), bad in zip(checks, flags.tolist()):
-            if bad:
-                raise LeWMInputError(
-                    field,
-                    f"values in [{int(tensor.min())}, {int(tensor.max())}]",
-                    f"must lie in [0, {upper})",
-                )
-
-
 AutoModel.register(LeWMConfig, LeWMModel, exist_ok=True)
 
 __all__ = [
+    "ActionInputs",
     "AdaLNBlock",
     "LeWMActionEncoder",
     "LeWMModel",

@@ -31,6 +31,7 @@ from .losses import (
     _validate_sigreg_settings,
     sigreg_knots,
 )
+from .modeling_actions import ActionInputs
 
 
 class MoveOracle(nn.Module):
@@ -75,14 +76,15 @@ class MoveOracle(nn.Module):
         flat = z.reshape(-1, z.shape[-1]).float()
         return torch.cdist(flat, self.embedding).argmin(-1).view(z.shape[:-1])
 
-    def predict(self, z_hist: torch.Tensor, action_ids: torch.Tensor, **unused) -> torch.Tensor:
-        """Exact next latents `(B, T, D)`: `[:, t]` = embedding of the move `a_t` from `z_t`."""
+    def predict(self, z_hist: torch.Tensor, actions: ActionInputs) -> torch.Tensor:
+        """Exact next latents `(B, T, D)`: `[:, t]` = embedding of the move `a_t` (`actions.ids`)
+        from `z_t`."""
         if z_hist.dim() != 3 or not 1 <= z_hist.shape[1] <= self.config.history_length:
             raise LeWMInputError(
                 "z_hist", tuple(z_hist.shape), "needs 1 to history_length steps (B, T, D)"
             )
         vertex = self.decode(z_hist)  # (B, T)
-        rank = action_ids.long() % self.degree[vertex]
+        rank = actions.ids.long() % self.degree[vertex]
         return self.embedding[self.table[vertex, rank]]
 
 

@@ -22,8 +22,8 @@ def test_move_clips_unfold_into_windows():
     assert states.shape == (horizon + 1, window)
     for k in range(horizon + 1):
         assert states[k].tolist() == tokens[k : k + window]  # state k ends at token w - 1 + k
-    assert batch["action_ids"].tolist() == [[0, 2, 1]]
-    assert "action_mask" not in batch  # clips are never padded
+    assert batch["actions"].ids.tolist() == [[0, 2, 1]]
+    assert batch["actions"].mask is None  # clips are never padded
 
 
 def test_ragged_trajectories_pad_with_mask():
@@ -33,8 +33,8 @@ def test_ragged_trajectories_pad_with_mask():
     ]
     batch = DataCollatorForLeWM()(rows)
     assert batch["input_ids"].shape == (2, 3, 2)
-    assert batch["action_mask"].tolist() == [[True, True], [True, False]]
-    assert batch["action_ids"].tolist() == [[5, 6], [9, 0]]
+    assert batch["actions"].mask.tolist() == [[True, True], [True, False]]
+    assert batch["actions"].ids.tolist() == [[5, 6], [9, 0]]
     assert batch["input_ids"][1, 2].tolist() == [8, 8]  # padded state repeats the last one
 
 

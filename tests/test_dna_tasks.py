@@ -112,7 +112,8 @@ def test_dna_edit_recipe_runs_and_reloads(tmp_path):
         for at in range(0, len(rows), 64):
             batch = collate([rows[i] for i in range(at, min(at + 64, len(rows)))])
             out = model(**batch)
-            mses.append(prediction_loss(out.predictions, out.targets, batch["action_mask"], "mse"))
+            mask = batch["actions"].mask
+            mses.append(prediction_loss(out.predictions, out.targets, mask, "mse"))
     assert torch.stack(mses).mean().item() == pytest.approx(wm[K.EVAL_PRED_MSE], rel=1e-4)
 
 
@@ -127,11 +128,11 @@ class _PerfectSNVModel(torch.nn.Module):
     def encode(self, input_ids, locus=None):
         return torch.nn.functional.one_hot(input_ids, 7).flatten(1).float()
 
-    def predict(self, z_hist, action_ops, action_positions, action_tokens, action_token_mask):
+    def predict(self, z_hist, actions):
         z = z_hist.view(*z_hist.shape[:2], -1, 7).clone()  # (B, T, L, 7)
         rows = torch.arange(z.shape[0])
-        pos = action_positions[:, -1]
-        z[rows, -1, pos] = torch.nn.functional.one_hot(action_tokens[:, -1, 0], 7).float()
+        pos = actions.positions[:, -1]
+        z[rows, -1, pos] = torch.nn.functional.one_hot(actions.tokens[:, -1, 0], 7).float()
         return z.flatten(2)
 
 
@@ -164,13 +165,13 @@ class _CenteredPerfectSNVModel(torch.nn.Module):
         at = locus[:, None] + torch.arange(-self.radius, self.radius + 1)  # (N, 2r + 1)
         return torch.nn.functional.one_hot(input_ids.gather(1, at), 7).flatten(1).float()
 
-    def predict(self, z_hist, action_ops, action_positions, action_tokens, action_token_mask):
+    def predict(self, z_hist, actions):
         z = z_hist[:, -1].view(z_hist.shape[0], -1, 7).clone()  # (B, 2r + 1, 7)
-        offset = action_positions[:, -1] - self.length  # pos - locus
+        offset = actions.positions[:, -1] - self.length  # pos - locus
         near = offset.abs() <= self.radius
         rows = torch.arange(z.shape[0])[near]
         slot = offset[near] + self.radius
-        alt, ref = action_tokens[near, -1, 0], action_tokens[near, -1, 2] - DNA_VOCAB_SIZE
+        alt, ref = actions.tokens[near, -1, 0], actions.tokens[near, -1, 2] - DNA_VOCAB_SIZE
         self.wrong_references += int((z[rows, slot].argmax(-1) != ref).sum())
         z[rows, slot] = torch.nn.functional.one_hot(alt, 7).float()
         return z.flatten(1).unsqueeze(1)
@@ -197,11 +198,11 @@ def test_edit_action_collator_codes_training_actions_like_the_evaluation(tmp_pat
     )
     rows = build_edit_corpus(config, tmp_path)["train"]
     rows = [rows[i] for i in range(16)]
-    batch = EditActionCollator(DataCollatorForLeWM(), "locus", DNA_VOCAB_SIZE)(rows)
+    actions = EditActionCollator(DataCollatorForLeWM(), "locus", DNA_VOCAB_SIZE)(rows)["actions"]
     for b, row in enumerate(rows):
         for k, edit in enumerate(edits_from_row(row)):
-            assert batch["action_positions"][b, k] == edit.pos - row["locus"][k] + 32
-            tokens = batch["action_tokens"][b, k][batch["action_token_mask"][b, k]].tolist()
+            assert actions.positions[b, k] == edit.pos - row["locus"][k] + 32
+            tokens = actions.tokens[b, k][actions.token_mask[b, k]].tolist()
             written = [*edit.tokens, DNA_END_ID]
             if edit.op == 0:  # SUB: then the replaced bases of state k
                 state = row["input_ids"][k]

@@ -11,7 +11,13 @@ import pytest
 import torch
 from scipy import stats
 
-from lewm_hf import DataCollatorForLeWM, LeWMConfigError, LeWMInputError, LeWMModel
+from lewm_hf import (
+    ActionInputs,
+    DataCollatorForLeWM,
+    LeWMConfigError,
+    LeWMInputError,
+    LeWMModel,
+)
 from lewm_hf import metric_keys as K
 from lewm_hf.data import corpus as corpus_cache
 from lewm_hf.data.dna import (
@@ -301,7 +307,7 @@ def _embed(model: LeWMModel, edits: list[Edit], end_token: int | None) -> torch.
     actions = edits_to_actions([[e] for e in edits], end_token=end_token)
     actions.pop("action_mask")
     with torch.no_grad():
-        return model.encode_actions(**actions)[:, 0].double()  # (E, d_model)
+        return model.encode_actions(ActionInputs.from_batch(actions))[:, 0].double()  # (E, C)
 
 
 def _min_pairwise_distance(emb: torch.Tensor) -> float:
@@ -476,7 +482,8 @@ def test_reference_tokens_name_what_a_sub_replaces(dna_model):
     same_alt = edits_to_actions([[Edit(EditOp.SUB, 4, (0,))], [Edit(EditOp.SUB, 4, (0,))]])
     refs = torch.tensor([[1], [2]])[..., None].expand(-1, -1, 10)  # C>A vs G>A at 4
     with torch.no_grad():
-        emb = model.encode_actions(**with_reference_tokens(same_alt, refs, shift))
+        coded = ActionInputs.from_batch(with_reference_tokens(same_alt, refs, shift))
+        emb = model.encode_actions(coded)
     assert (emb[0] - emb[1]).abs().max() > 1e-4
     with pytest.raises(LeWMInputError, match="states"):
         with_reference_tokens(actions, states[:, :1], shift)
@@ -518,21 +525,33 @@ def test_edit_collator_pads_states_loci_and_actions():
     rows = _edit_rows(3)
     batch = DataCollatorForLeWM()(rows)
     assert batch["input_ids"].shape == (3, 4, 40)
-    assert batch["action_mask"].tolist() == [[True, False, False], [True, True, False], [True] * 3]
+    assert batch["actions"].mask.tolist() == [[True, False, False], [True, True, False], [True] * 3]
     assert batch["locus"].shape == (3, 4)
     # Padded states and loci repeat the last real one.
     assert torch.equal(batch["input_ids"][0, 1], batch["input_ids"][0, 3])
     assert batch["locus"][0].tolist() == [rows[0]["locus"][0]] + [rows[0]["locus"][1]] * 3
     expected = edits_to_actions([edits_from_row(r) for r in rows])
+    assert expected.keys() == batch["actions"].to_batch().keys()
     for key, value in expected.items():
-        assert torch.equal(batch[key], value)
+        assert torch.equal(batch["actions"].to_batch()[key], value)
     with pytest.raises(LeWMInputError, match="locus"):
         DataCollatorForLeWM()([{**rows[1], "locus": rows[1]["locus"][:2]}])
 
 
+def _flat(batch: dict) -> dict:
+    """A collated batch with its actions as flat `action_*` tensors, to edit one by one."""
+    return {**{k: v for k, v in batch.items() if k != "actions"}, **batch["actions"].to_batch()}
+
+
+def _model_inputs(flat: dict) -> dict:
+    """The model's keyword arguments of a `_flat` batch."""
+    rest = {k: v for k, v in flat.items() if not k.startswith("action_")}
+    return {**rest, "actions": ActionInputs.from_batch(flat)}
+
+
 def test_edit_collator_padded_steps_leave_loss_and_gradients_unchanged(dna_model):
     rows = _edit_rows(8, seed=1)
-    batch = DataCollatorForLeWM()(rows)
+    batch = _flat(DataCollatorForLeWM()(rows))
     model = dna_model().train()
     # AdaLN-zero and the zero last layer of the head make an untrained predictor ignore its
     # actions; give those weights random values so that every input reaches the loss.
@@ -543,7 +562,7 @@ def test_edit_collator_padded_steps_leave_loss_and_gradients_unchanged(dna_model
 
     def loss_and_grads(b):
         model.zero_grad(set_to_none=True)
-        out = model(**b)
+        out = model(**_model_inputs(b))
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return out, grads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ from transformers import AutoConfig, AutoModel, LlamaConfig, LlamaForCausalLM
 from lewm_hf import metric_keys as K
 from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
-from lewm_hf.modeling_lewm import AdaLNBlock, LeWMModel, LeWMOutput
+from lewm_hf.modeling_lewm import ActionInputs, AdaLNBlock, LeWMModel, LeWMOutput
 
 VOCAB = 40
 B, T, L = 6, 3, 8
@@ -45,13 +46,18 @@ def tiny_model(tiny_lewm_model):
     return functools.partial(tiny_lewm_model, **MODEL)
 
 
-def make_batch(seed: int = 1, steps: int = T) -> dict[str, torch.Tensor]:
+def make_batch(seed: int = 1, steps: int = T) -> dict[str, torch.Tensor | ActionInputs]:
     g = torch.Generator().manual_seed(seed)
     return {
         "input_ids": torch.randint(0, VOCAB, (B, steps + 1, L), generator=g),
         "attention_mask": torch.ones(B, steps + 1, L, dtype=torch.long),
-        "action_ids": torch.randint(0, 8, (B, steps), generator=g),
+        "actions": ActionInputs(ids=torch.randint(0, 8, (B, steps), generator=g)),
     }
+
+
+def with_mask(batch: dict, mask: torch.Tensor) -> dict:
+    """`batch` with `mask` as its actions' mask."""
+    return {**batch, "actions": dataclasses.replace(batch["actions"], mask=mask)}
 
 
 def perturb_model(model: LeWMModel, seed: int = 3) -> None:
@@ -151,7 +157,7 @@ def test_zero_init_survives_post_init_and_reinit(tiny_model):
 def test_untrained_predictor_returns_its_input(tiny_model):
     model = tiny_model().eval()
     z = torch.randn(B, T, 16)
-    actions = torch.randint(0, 8, (B, T))
+    actions = ActionInputs(ids=torch.randint(0, 8, (B, T)))
     with torch.no_grad():
         assert torch.equal(model.predict(z, actions), z)
         out = model(**make_batch())
@@ -168,9 +174,9 @@ def test_predictor_is_causal_over_steps(tiny_model):
     later_z = z.clone()
     later_z[:, -1] += 1.0
     with torch.no_grad():
-        base = model.predict(z, actions)
-        changed_action = model.predict(z, later_actions)
-        changed_state = model.predict(later_z, actions)
+        base = model.predict(z, ActionInputs(ids=actions))
+        changed_action = model.predict(z, ActionInputs(ids=later_actions))
+        changed_state = model.predict(later_z, ActionInputs(ids=actions))
     torch.testing.assert_close(changed_action[:, :-1], base[:, :-1], rtol=0, atol=1e-6)
     torch.testing.assert_close(changed_state[:, :-1], base[:, :-1], rtol=0, atol=1e-6)
     assert not torch.allclose(changed_action[:, -1], base[:, -1])  # the action is used
@@ -182,19 +188,19 @@ def test_action_inputs_ops_positions_tokens(tiny_model):
     z = torch.randn(B, T, 16)
     ids = torch.randint(0, 8, (B, T))
     with torch.no_grad():
-        base = model.predict(z, ids)
-        with_ops = model.predict(z, ids, action_ops=torch.full((B, T), 2))
-        with_pos = model.predict(z, ids, action_positions=torch.full((B, T), 7))
-        # One token per action through action_tokens equals action_ids.
-        via_tokens = model.predict(z, action_tokens=ids.unsqueeze(-1))
+        base = model.predict(z, ActionInputs(ids=ids))
+        with_ops = model.predict(z, ActionInputs(ids=ids, ops=torch.full((B, T), 2)))
+        with_pos = model.predict(z, ActionInputs(ids=ids, positions=torch.full((B, T), 7)))
+        # One token per action through tokens equals ids.
+        via_tokens = model.predict(z, ActionInputs(tokens=ids.unsqueeze(-1)))
         tokens = torch.randint(0, 8, (B, T, 4))
         token_mask = torch.ones(B, T, 4, dtype=torch.bool)
         token_mask[..., 2:] = False
-        masked = model.predict(z, action_tokens=tokens, action_token_mask=token_mask)
+        masked = model.predict(z, ActionInputs(tokens=tokens, token_mask=token_mask))
         garbage = tokens.clone()
         garbage[..., 2:] = -100
-        masked_garbage = model.predict(z, action_tokens=garbage, action_token_mask=token_mask)
-        emb = model.encode_actions(ids)
+        masked_garbage = model.predict(z, ActionInputs(tokens=garbage, token_mask=token_mask))
+        emb = model.encode_actions(ActionInputs(ids=ids))
         via_emb = model.predict(z, action_emb=emb)
     assert not torch.allclose(with_ops, base)
     assert not torch.allclose(with_pos, base)
@@ -202,11 +208,11 @@ def test_action_inputs_ops_positions_tokens(tiny_model):
     torch.testing.assert_close(masked, masked_garbage)
     torch.testing.assert_close(via_emb, base)
     with pytest.raises(LeWMInputError) as err:
-        model.predict(z, torch.full((B, T), 8))
-    assert err.value.field == "action_ids"
+        model.predict(z, ActionInputs(ids=torch.full((B, T), 8)))
+    assert err.value.field == "actions.ids"
     with pytest.raises(LeWMInputError) as err:
-        model.predict(z, ids, action_positions=torch.full((B, T), 32))
-    assert err.value.field == "action_positions"
+        model.predict(z, ActionInputs(ids=ids, positions=torch.full((B, T), 32)))
+    assert err.value.field == "actions.positions"
 
 
 @pytest.mark.parametrize("train_mode", [False, True])
@@ -220,9 +226,11 @@ def test_padded_actions_and_states_do_not_change_the_loss(train_mode, tiny_model
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[0, 1:] = False  # one real action
     mask[1, 2:] = False  # two real actions
-    batch["action_mask"] = mask
-    other = {k: v.clone() for k, v in batch.items()}
-    other["action_ids"][~mask] = -100  # any padding value is accepted
+    batch = with_mask(batch, mask)
+    other = {k: v.clone() for k, v in batch.items() if k != "actions"}
+    ids = batch["actions"].ids.clone()
+    ids[~mask] = -100  # any padding value is accepted
+    other["actions"] = ActionInputs(ids=ids, mask=mask)
     other["input_ids"][0, 2:] = 0  # states after a padded action are padding
     other["input_ids"][1, 3:] = 1
     other["attention_mask"][0, 2:] = 0
@@ -238,8 +246,8 @@ def test_action_mask_must_be_trailing(tiny_model):
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[0, 0] = False
     with pytest.raises(LeWMInputError) as err:
-        tiny_model()(**batch, action_mask=mask)
-    assert err.value.field == "action_mask"
+        tiny_model()(**with_mask(batch, mask))
+    assert err.value.field == "actions.mask"
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +434,7 @@ def test_sigreg_with_full_action_mask_equals_unmasked(tiny_model):
     batch = make_batch()
     with torch.no_grad():
         plain = model(**batch, step=2)
-        masked = model(**batch, step=2, action_mask=torch.ones(B, T, dtype=torch.bool))
+        masked = model(**with_mask(batch, torch.ones(B, T, dtype=torch.bool)), step=2)
     torch.testing.assert_close(masked.reg_loss, plain.reg_loss)
     torch.testing.assert_close(masked.loss, plain.loss)
 
@@ -438,7 +446,7 @@ def test_sigreg_on_ragged_clips_is_per_step_over_valid_states(tiny_model):
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[0, 1:] = False
     with torch.no_grad():
-        out = model(**make_batch(), action_mask=mask, step=4)
+        out = model(**with_mask(make_batch(), mask), step=4)
     state_mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), mask], dim=1)
     expected = torch.stack(
         [

@@ -143,8 +143,8 @@ class ShortcutModel(nn.Module):
 
     config = SimpleNamespace(history_length=1, d_state=1)
 
-    def predict(self, z_hist, action_ids, **unused):
-        return (action_ids == 4).float().unsqueeze(-1)
+    def predict(self, z_hist, actions):
+        return (actions.ids == 4).float().unsqueeze(-1)
 
 
 def test_invalid_first_actions_are_never_chosen():
@@ -198,8 +198,8 @@ class Additive(nn.Module):
         super().__init__()
         self.embedding = embedding
 
-    def predict(self, z_hist, action_ids, **unused):
-        return z_hist + self.embedding[action_ids]
+    def predict(self, z_hist, actions):
+        return z_hist + self.embedding[actions.ids]
 
 
 def test_cem_refits_beat_random_search_of_the_same_budget():
@@ -229,9 +229,9 @@ def test_mpc_executes_only_valid_first_actions(walks):
     only approximately): MPC takes it where it is valid and never where it is not."""
 
     class Shortcut(MoveOracle):
-        def predict(self, z_hist, action_ids, **unused):
-            approx = 0.9 * super().predict(z_hist, action_ids)
-            return torch.where((action_ids == 4).unsqueeze(-1), self.embedding[2], approx)
+        def predict(self, z_hist, actions):
+            approx = 0.9 * super().predict(z_hist, actions)
+            return torch.where((actions.ids == 4).unsqueeze(-1), self.embedding[2], approx)
 
     model = Shortcut(SIX, history_length=H)
     problems = sample_problems(SIX, walks, W, H, 1, 200, np.random.default_rng(0))
@@ -442,9 +442,9 @@ class CountingOracle(MoveOracle):
 
     predicted_rows = 0
 
-    def predict(self, z_hist, action_ids):
+    def predict(self, z_hist, actions):
         self.predicted_rows += z_hist.shape[0]
-        return super().predict(z_hist, action_ids)
+        return super().predict(z_hist, actions)
 
 
 def test_plans_sharing_a_prefix_share_its_imagined_latents():
@@ -480,9 +480,9 @@ class Recording(MoveOracle):
         super().__init__(*args, **kwargs)
         self.actions: list[torch.Tensor] = []
 
-    def predict(self, z_hist, action_ids):
-        self.actions.append(action_ids[:, -1])
-        return super().predict(z_hist, action_ids)
+    def predict(self, z_hist, actions):
+        self.actions.append(actions.ids[:, -1])
+        return super().predict(z_hist, actions)
 
 
 def test_cem_draws_imagined_steps_from_the_prior():
@@ -504,10 +504,10 @@ def test_cem_draws_imagined_steps_from_the_prior():
 class StayOnInvalid(MoveOracle):
     """A model that believes a rank invalid at the vertex leaves it where it is."""
 
-    def predict(self, z_hist, action_ids, **unused):
+    def predict(self, z_hist, actions):
         vertex = self.decode(z_hist)
-        moved = super().predict(z_hist, action_ids)
-        invalid = action_ids.long() >= self.degree[vertex]
+        moved = super().predict(z_hist, actions)
+        invalid = actions.ids.long() >= self.degree[vertex]
         return torch.where(invalid[..., None], self.embedding[vertex], moved)
 
 

@@ -3,6 +3,7 @@ collapse monitor, best-model selection."""
 
 from __future__ import annotations
 
+import copy
 import math
 import traceback
 
@@ -85,7 +86,7 @@ class RecordingTrainer(LeWMTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.batches.append({k: v.clone() for k, v in inputs.items()})
+            self.batches.append(copy.deepcopy(inputs))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -392,7 +393,7 @@ def test_action_ids_are_checked_on_the_host_batch(tiny_lewm_model, tiny_clips, t
     trainer = LeWMTrainer(tiny_lewm_model(), tiny_training_args(), train_dataset=data, window=W)
     with pytest.raises(LeWMInputError) as info:
         trainer.train()
-    assert info.value.field == "action_ids"
+    assert info.value.field == "actions.ids"
 
 
 class _Weights(TrainerCallback):

@@ -36,6 +36,7 @@ from lewm_hf.evaluation.world_model import (
     surprise,
     teleport_vertices,
 )
+from lewm_hf.modeling_lewm import ActionInputs
 from lewm_hf.testing_utils import MoveOracle
 
 W, H = 5, 3
@@ -59,15 +60,15 @@ def spans_and_states(graph, walks, length, num, seed=0):
 class BlindOracle(MoveOracle):
     """A perfect encoder whose predictor ignores the action and always takes rank 0."""
 
-    def predict(self, z_hist, action_ids, **unused):
-        return super().predict(z_hist, torch.zeros_like(action_ids))
+    def predict(self, z_hist, actions):
+        return super().predict(z_hist, ActionInputs(ids=torch.zeros_like(actions.ids)))
 
 
 class NeighbourhoodModel(MoveOracle):
     """Ignores the action and predicts the unit-norm indicator of the current vertex's
     out-neighbours: a true move's surprise is `2 - 2 / sqrt(deg) < 2`, a teleport's exactly 2."""
 
-    def predict(self, z_hist, action_ids, **unused):
+    def predict(self, z_hist, actions):
         vertex = self.decode(z_hist)  # (B, T)
         table = self.table[vertex]  # (B, T, A)
         hot = torch.zeros(*vertex.shape, self.embedding.shape[0])
@@ -87,14 +88,14 @@ class HistoryModel(nn.Module):
         self.config = SimpleNamespace(history_length=history, d_state=dim)
         self.calls: list[int] = []
 
-    def predict(self, z_hist, action_ids, **unused):
+    def predict(self, z_hist, actions):
         steps = z_hist.shape[1]
         if steps > self.config.history_length:
             raise LeWMInputError("z_hist", steps, "too long")
         self.calls.append(steps)
         counts = torch.arange(1, steps + 1, dtype=z_hist.dtype).view(1, -1, 1)
         means = z_hist.cumsum(1) / counts
-        return 0.5 * means + 0.25 * z_hist[:, :1] + (action_ids.unsqueeze(-1) + 1.0)
+        return 0.5 * means + 0.25 * z_hist[:, :1] + (actions.ids.unsqueeze(-1) + 1.0)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -235,24 +236,27 @@ def test_candidates_validate_their_target(graph, walks):
 
 
 def test_generic_candidates_accept_multi_tensor_actions():
-    """An edit-style candidate set: ops and positions, the last step replaced per candidate."""
+    """An edit-style candidate set: ops, positions and tokens, the last step replaced per
+    candidate."""
 
     class EditModel(nn.Module):
         config = SimpleNamespace(history_length=2, d_state=2)
 
-        def predict(self, z_hist, action_ops, action_positions, **unused):
-            return z_hist + torch.stack([action_ops, action_positions], -1).float()
+        def predict(self, z_hist, actions):
+            return z_hist + torch.stack([actions.ops, actions.positions], -1).float()
 
     num, width = 6, 3
     z_hist = torch.zeros(num, 2, 2)
     ops = torch.arange(width).expand(num, width)
     pos = torch.tensor([2, 0, 1]).expand(num, width)
+    tokens = torch.zeros(num, width, 2, dtype=torch.long)
     cand = ActionCandidates(
         z_hist=z_hist,
-        actions={"action_ops": torch.zeros(num, 2, dtype=torch.long) + 1,
-                 "action_positions": torch.zeros(num, 2, dtype=torch.long)},
+        actions=ActionInputs(ops=torch.zeros(num, 2, dtype=torch.long) + 1,
+                             positions=torch.zeros(num, 2, dtype=torch.long),
+                             tokens=tokens[:, :2]),
         candidate_latents=torch.stack([ops, pos], -1).float(),
-        candidate_actions={"action_ops": ops, "action_positions": pos},
+        candidate_actions=ActionInputs(ops=ops, positions=pos, tokens=tokens),
         candidate_mask=torch.ones(num, width, dtype=torch.bool),
         target=torch.ones(num, dtype=torch.long),
     )  # fmt: skip
@@ -307,7 +311,7 @@ def test_rollout_from_a_longer_true_history():
     z_hist = torch.randn(2, 3, 2)
     actions = torch.randint(0, 3, (2, 2 + 4))
     got = imagine_latents(model, z_hist, actions)
-    first = model.predict(z_hist, actions[:, :3])[:, -1]
+    first = model.predict(z_hist, ActionInputs(ids=actions[:, :3]))[:, -1]
     torch.testing.assert_close(got[:, 0], first)
     with pytest.raises(LeWMInputError):
         imagine_latents(model, z_hist, actions[:, :2])  # no action left to imagine

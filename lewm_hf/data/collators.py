@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import LeWMInputError
+from ..modeling_actions import ActionInputs
 from .dna import DNA_END_ID
 from .edits.actions import edits_to_actions
 from .edits.corpus import edits_from_row
@@ -36,8 +37,8 @@ class DataCollatorForLeWM:
     - move clips: `tokens` (a `w + H` token span) and `actions` (`H` neighbour ranks); the span
       is unfolded into `H + 1` windows of `window` tokens;
     - explicit trajectories: `input_ids` (`K + 1` states of equal length) and `actions` (`K`
-      action ids), ragged in `K`: padded to the batch maximum, with `action_mask` marking real
-      steps (padded states repeat the last real state);
+      action ids), ragged in `K`: padded to the batch maximum, with the actions' `mask` marking
+      real steps (padded states repeat the last real state);
     - edit trajectories (rows of `build_edit_corpus`): `input_ids` (`K + 1` states),
       `edit_ops`, `edit_positions`, `edit_tokens` (`K` edits) and `locus` (`K + 1`), ragged in
       `K`; the edits become actions through `edits.edits_to_actions` (each action's tokens
@@ -51,17 +52,18 @@ class DataCollatorForLeWM:
         max_edit_len (`int`, defaults to 16): Longest edit accepted.
 
     Returns (from `__call__`):
-        `dict[str, torch.Tensor]`: `input_ids` `(B, T + 1, L)`, `action_ids` `(B, T)`, and for
-        ragged trajectories `action_mask` `(B, T)` bool. Edit trajectories give `input_ids`
-        `(B, K + 1, L)`, `action_ops`, `action_positions` `(B, K)`, `action_tokens` and
-        `action_token_mask` `(B, K, L_a)`, `action_mask` `(B, K)` and `locus` `(B, K + 1)`.
+        `dict[str, Any]`: the keyword arguments of `LeWMModel.forward`: `input_ids`
+        `(B, T + 1, L)` and `actions` ([`ActionInputs`]) with `ids` `(B, T)`, and for ragged
+        trajectories `mask` `(B, T)` bool. Edit trajectories give `input_ids` `(B, K + 1, L)`,
+        `locus` `(B, K + 1)` and `actions` with `ops`, `positions` and `mask` `(B, K)`,
+        `tokens` and `token_mask` `(B, K, L_a)`.
     """
 
     window: int | None = None
     edit_end_token: int | None = DNA_END_ID
     max_edit_len: int = DEFAULT_MAX_EDIT_LEN
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise LeWMInputError("features", [], "empty batch")
         if "edit_ops" in features[0]:
@@ -76,9 +78,9 @@ class DataCollatorForLeWM:
                 raise LeWMInputError(
                     "tokens", tuple(tokens.shape), f"span must be window + H = {self.window} + H"
                 )
-            # Move clips are never padded: no `action_mask`, so the model takes its unpadded
+            # Move clips are never padded: no action mask, so the model takes its unpadded
             # path (one SIGReg call over all steps).
-            return {"input_ids": states.contiguous(), "action_ids": actions}
+            return {"input_ids": states.contiguous(), "actions": ActionInputs(ids=actions)}
         steps = max(len(f["actions"]) for f in features)
         input_ids, action_ids, masks = [], [], []
         for f in features:
@@ -93,15 +95,16 @@ class DataCollatorForLeWM:
             masks.append(torch.arange(steps) < k)
         return {
             "input_ids": torch.stack(input_ids),
-            "action_ids": torch.stack(action_ids),
-            "action_mask": torch.stack(masks),
+            "actions": ActionInputs(ids=torch.stack(action_ids), mask=torch.stack(masks)),
         }
 
-    def _collate_edits(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def _collate_edits(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Edit-trajectory rows -> padded states, loci and actions."""
         trajectories = [edits_from_row(f) for f in features]
-        batch = edits_to_actions(trajectories, self.edit_end_token, self.max_edit_len)
-        steps = batch["action_mask"].shape[1]
+        actions = ActionInputs.from_batch(
+            edits_to_actions(trajectories, self.edit_end_token, self.max_edit_len)
+        )
+        steps = actions.shape[1]
         input_ids, loci = [], []
         for i, f in enumerate(features):
             states = torch.as_tensor(f["input_ids"], dtype=torch.long)  # (K + 1, L)
@@ -124,4 +127,4 @@ class DataCollatorForLeWM:
             pad = steps - k
             input_ids.append(torch.cat([states, states[-1:].expand(pad, -1)]))
             loci.append(torch.cat([locus, locus[-1:].expand(pad)]))
-        return {"input_ids": torch.stack(input_ids), "locus": torch.stack(loci), **batch}
+        return {"input_ids": torch.stack(input_ids), "locus": torch.stack(loci), "actions": actions}

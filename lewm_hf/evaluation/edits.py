@@ -38,6 +38,7 @@ from ..data.edits.ops import Edit, EditOp, apply_edit, map_locus
 from ..data.edits.sampling import EditSampler
 from ..determinism import derive_seed
 from ..fields import PositionOrigin, option, validate_fields
+from ..modeling_actions import ActionInputs
 from .world_model import (
     ActionCandidates,
     action_discrimination,
@@ -79,7 +80,8 @@ class EditEvaluationArguments:
 
 
 def _actions(ops: torch.Tensor, positions: torch.Tensor, bases: torch.Tensor) -> dict:
-    """Single-base `predict` kwargs of shape `(..., )` -> tokens `[base, <end>]`."""
+    """Single-base edits `(...)` as `action_*` entries (`ActionInputs.from_batch`; what
+    `code_edit_actions` codes), with tokens `[base, <end>]`."""
     tokens = torch.stack([bases, torch.full_like(bases, DNA_END_ID)], dim=-1)
     return {
         "action_ops": ops,
@@ -159,17 +161,15 @@ def snv_recovery(
         torch.from_numpy(loci).repeat_interleave(width).unsqueeze(1),  # (N * C, 1)
         *action_coding(model),
     )
-    acts = {k: v.to(device) for k, v in acts.items()}
+    acts = ActionInputs.from_batch(acts).to(device)
     with evaluating(model):
         z_src = model.encode(win_t.to(device), locus=loc_t).float()  # (N, D)
         z_obs = model.encode(torch.from_numpy(edited).to(device), locus=loc_t).float()
         z_rep = z_src.repeat_interleave(width, 0).unsqueeze(1)  # (N * C, 1, D)
         preds = torch.cat(
             [
-                model.predict(
-                    z_rep[i : i + batch_size], **{k: v[i : i + batch_size] for k, v in acts.items()}
-                )[:, -1].float()
-                for i in range(0, num * width, batch_size)
+                model.predict(z_rep[rows], acts.select(rows))[:, -1].float()
+                for rows in (slice(i, i + batch_size) for i in range(0, num * width, batch_size))
             ]
         ).view(num, width, -1)
         mask_d, target_d = mask.to(device), target.to(device)
@@ -285,10 +285,10 @@ def edit_action_candidates(
         *action_coding(model),
         end_token,
     )
-    cand_actions = {k: v.to(device) for k, v in cand_actions.items()}
+    cand_actions = ActionInputs.from_batch(cand_actions).to(device)
     return ActionCandidates(
         z_hist=z_src.unsqueeze(1),
-        actions={k: v[:, :1] for k, v in cand_actions.items()},
+        actions=cand_actions.select(steps=slice(0, 1)),
         candidate_latents=latents,
         candidate_actions=cand_actions,
         candidate_mask=mask_d,

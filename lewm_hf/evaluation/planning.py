@@ -57,6 +57,7 @@ from ..data.graphs import Graph
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import PlanCost, Planner, RankPrior, is_int_in, option, validate_fields
+from ..modeling_actions import ActionInputs
 from .world_model import encode_states, evaluating, neighbor_table
 
 # Imagined prefixes per predictor call (see `PlanningConfig.max_rows`).
@@ -279,7 +280,7 @@ def _costs_of_rows(
                 else imagined[i - known][prefixes[i - known][rep]]
                 for i in range(lo, m)
             ]
-            out = model.predict(torch.stack(steps, dim=1), action_ids=actions[rep, lo:m])
+            out = model.predict(torch.stack(steps, dim=1), ActionInputs(ids=actions[rep, lo:m]))
             latents.append(out[:, -1].to(z_hist.dtype))
         imagined.append(torch.cat(latents) if latents else z_hist.new_empty(0, z_hist.shape[-1]))
         goal = z_goal[owner[first]].float()

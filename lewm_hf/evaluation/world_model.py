@@ -54,11 +54,13 @@ from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
 from ..fields import option, validate_fields
 from ..losses import sigreg, sigreg_generator
+from ..modeling_actions import ActionInputs
 from .latents import effective_rank
 
 RECALL_KS = (1, 5)
 
-Actions = torch.Tensor | dict[str, torch.Tensor]
+# Action ids `(N, T)` (graph moves), or any actions.
+Actions = torch.Tensor | ActionInputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,22 +254,14 @@ def encode_states(model: Any, states: torch.Tensor, batch_size: int = 1024) -> t
     return torch.cat(out).float().view(*states.shape[:-1], -1)
 
 
-def _as_action_dict(actions: Actions) -> dict[str, torch.Tensor]:
+def _as_actions(actions: Actions) -> ActionInputs:
     if isinstance(actions, torch.Tensor):
-        return {"action_ids": actions}
-    return dict(actions)
-
-
-def _slice_steps(actions: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Tensor]:
-    return {name: value[:, lo:hi] for name, value in actions.items()}
-
-
-def _rows(actions: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Tensor]:
-    return {name: value[lo:hi] for name, value in actions.items()}
-
-
-def _to(actions: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: value.to(device) for name, value in actions.items()}
+        return ActionInputs(ids=actions)
+    if not isinstance(actions, ActionInputs):
+        raise LeWMInputError(
+            "actions", type(actions).__name__, "must be action ids or an ActionInputs"
+        )
+    return actions
 
 
 def predict_last(
@@ -276,18 +270,18 @@ def predict_last(
     """The prediction of the latent after the last history step, in row chunks.
 
     Args:
-        model: An object with `predict(z_hist, **actions)`.
+        model: An object with `predict(z_hist, actions)` taking [`ActionInputs`].
         z_hist (`torch.Tensor` of shape `(N, T, D)`): Latents `z_0 .. z_{T-1}`, `T <= H`.
-        actions (`torch.LongTensor` of shape `(N, T)` or `dict[str, torch.Tensor]`):
-            Action ids, or `predict` keyword arguments each `(N, T, ...)`, for `a_0 .. a_{T-1}`.
+        actions (`torch.LongTensor` of shape `(N, T)` or [`ActionInputs`]):
+            Action ids, or any actions `(N, T)`, for `a_0 .. a_{T-1}`.
         batch_size (`int`, defaults to 1024): Rows per predictor call.
 
     Returns:
         `torch.FloatTensor` of shape `(N, D)`: the prediction of `z_T`.
     """
-    acts = _to(_as_action_dict(actions), z_hist.device)
+    acts = _as_actions(actions).to(z_hist.device)
     out = [
-        model.predict(z_hist[i : i + batch_size], **_rows(acts, i, i + batch_size))[:, -1]
+        model.predict(z_hist[i : i + batch_size], acts.select(slice(i, i + batch_size)))[:, -1]
         for i in range(0, z_hist.shape[0], batch_size)
     ]
     return torch.cat(out).float()
@@ -303,16 +297,16 @@ def imagine_latents(model: Any, z_hist: torch.Tensor, actions: Actions) -> torch
     Args:
         model: An object with `predict` and `config.history_length`.
         z_hist (`torch.Tensor` of shape `(B, T0, D)`): Known latents `z_0 .. z_{T0-1}`, `T0 >= 1`.
-        actions (`torch.LongTensor` of shape `(B, T0 - 1 + K)` or `dict[str, torch.Tensor]`):
+        actions (`torch.LongTensor` of shape `(B, T0 - 1 + K)` or [`ActionInputs`]):
             The `T0 - 1` actions between the known latents, then the `K` actions to imagine.
 
     Returns:
         `torch.FloatTensor` of shape `(B, K, D)`: imagined `z_{T0} .. z_{T0+K-1}`.
     """
     history = model.config.history_length
-    acts = _to(_as_action_dict(actions), z_hist.device)
+    acts = _as_actions(actions).to(z_hist.device)
     known = z_hist.shape[1]
-    steps = next(iter(acts.values())).shape[1] - (known - 1)
+    steps = acts.shape[1] - (known - 1)
     if known < 1 or steps < 1:
         raise LeWMInputError(
             "actions", steps, f"need T0 - 1 + K actions with K >= 1 for T0 = {known} latents"
@@ -322,7 +316,8 @@ def imagine_latents(model: Any, z_hist: torch.Tensor, actions: Actions) -> torch
         m = len(latents)
         lo = max(0, m - history)
         hist = torch.stack(latents[lo:m], dim=1)  # (B, min(m, H), D)
-        latents.append(model.predict(hist, **_slice_steps(acts, lo, m))[:, -1].to(z_hist.dtype))
+        out = model.predict(hist, acts.select(steps=slice(lo, m)))
+        latents.append(out[:, -1].to(z_hist.dtype))
     return torch.stack(latents[known:], dim=1)
 
 
@@ -336,23 +331,23 @@ class ActionCandidates:
 
     Item `n` has a true history `z_hist[n]` ending at the source state, the true actions
     `actions` (whose last step is the action actually taken), and `C` candidate actions with the
-    true next latent each would lead to. Any action type fits: the action tensors are `predict`
-    keyword arguments (`action_ids` for graph moves; ops / positions / tokens for edits).
+    true next latent each would lead to. Any action type fits ([`ActionInputs`]: `ids` for
+    graph moves; ops / positions / tokens for edits).
 
     Args:
         z_hist (`torch.Tensor` of shape `(N, T, D)`): True latents up to the source state.
-        actions (`dict[str, torch.Tensor]`): True actions, each `(N, T, ...)`.
+        actions ([`ActionInputs`]): True actions, `(N, T)`.
         candidate_latents (`torch.Tensor` of shape `(N, C, D)`): True next latent per candidate.
-        candidate_actions (`dict[str, torch.Tensor]`): The candidate last-step actions, each
-            `(N, C, ...)` with the same keys as `actions`.
+        candidate_actions ([`ActionInputs`]): The candidate last-step actions, `(N, C)`,
+            with the same fields as `actions`.
         candidate_mask (`torch.BoolTensor` of shape `(N, C)`): Real candidates (padding False).
         target (`torch.LongTensor` of shape `(N,)`): Index of the true action among candidates.
     """
 
     z_hist: torch.Tensor
-    actions: dict[str, torch.Tensor]
+    actions: ActionInputs
     candidate_latents: torch.Tensor
-    candidate_actions: dict[str, torch.Tensor]
+    candidate_actions: ActionInputs
     candidate_mask: torch.Tensor
     target: torch.Tensor
 
@@ -370,17 +365,21 @@ class ActionCandidates:
             raise LeWMInputError(
                 "candidate_mask", tuple(self.candidate_mask.shape), f"must be ({num}, {width})"
             )
+        for name in ("actions", "candidate_actions"):
+            if not isinstance(getattr(self, name), ActionInputs):
+                kind = type(getattr(self, name)).__name__
+                raise LeWMInputError(name, kind, "must be an ActionInputs")
         if set(self.actions) != set(self.candidate_actions):
             raise LeWMInputError(
-                "candidate_actions", sorted(self.candidate_actions), "must have the actions' keys"
+                "candidate_actions", sorted(self.candidate_actions), "must have the actions' fields"
             )
+        if self.actions.shape != (num, steps):
+            raise LeWMInputError("actions", self.actions.shape, f"must be ({num}, {steps})")
         for name, value in self.actions.items():
-            if tuple(value.shape[:2]) != (num, steps):
-                raise LeWMInputError(name, tuple(value.shape), f"must start with ({num}, {steps})")
             cand = self.candidate_actions[name]
             if tuple(cand.shape) != (num, width, *value.shape[2:]):
                 raise LeWMInputError(
-                    f"candidate_actions[{name}]", tuple(cand.shape), "must be (N, C, ...)"
+                    f"candidate_actions.{name}", tuple(cand.shape), "must be (N, C, ...)"
                 )
         if tuple(self.target.shape) != (num,):
             raise LeWMInputError("target", tuple(self.target.shape), f"must be ({num},)")
@@ -436,11 +435,11 @@ def move_action_candidates(
     num, width = mask.shape
     return ActionCandidates(
         z_hist=z_hist,
-        actions={"action_ids": torch.from_numpy(actions).to(device)},
+        actions=ActionInputs(ids=torch.from_numpy(actions).to(device)),
         candidate_latents=latents,
-        candidate_actions={
-            "action_ids": torch.arange(width, device=device).expand(num, width).contiguous()
-        },
+        candidate_actions=ActionInputs(
+            ids=torch.arange(width, device=device).expand(num, width).contiguous()
+        ),
         candidate_mask=mask_t,
         target=torch.from_numpy(actions[:, -1]).to(device),
     )
@@ -549,7 +548,7 @@ def action_discrimination(
             value = value.clone()
             value[:, -1] = cand.candidate_actions[name][rows, pick]
             shuffled[name] = value
-        z_shuffled = predict_last(model, cand.z_hist, shuffled, batch_size)
+        z_shuffled = predict_last(model, cand.z_hist, ActionInputs(shuffled), batch_size)
     args = (cand.candidate_latents, cand.candidate_mask, cand.target)
     out = retrieval_metrics(*retrieval_ranks(z_hat, *args), ks)
     copy = retrieval_metrics(*retrieval_ranks(cand.z_hist[:, -1], *args), ks)
@@ -578,7 +577,7 @@ def latent_rollout(
     Args:
         model: An object with `encode`, `predict` and `config.history_length`.
         states (`torch.LongTensor` of shape `(N, K + 1, L)`): True states `s_0 .. s_K`.
-        actions (`torch.LongTensor` of shape `(N, K)` or `dict[str, torch.Tensor]`): `a_0 .. a_{K-1}`.
+        actions (`torch.LongTensor` of shape `(N, K)` or [`ActionInputs`]): `a_0 .. a_{K-1}`.
         batch_size (`int`, defaults to 1024): States per encoder call (rows per predictor call).
 
     Returns:
@@ -587,14 +586,13 @@ def latent_rollout(
     """
     if states.dim() != 3 or states.shape[1] < 2:
         raise LeWMInputError("states", tuple(states.shape), "must be (N, K + 1, L) with K >= 1")
-    acts = _as_action_dict(actions)
-    for name, value in acts.items():
-        if tuple(value.shape[:2]) != (states.shape[0], states.shape[1] - 1):
-            raise LeWMInputError(name, tuple(value.shape), "must start with (N, K)")
+    acts = _as_actions(actions)
+    if acts.shape != (states.shape[0], states.shape[1] - 1):
+        raise LeWMInputError("actions", acts.shape, "must be (N, K)")
     with evaluating(model):
         z = encode_states(model, states, batch_size)  # (N, K + 1, D)
         chunks = [
-            imagine_latents(model, z[i : i + batch_size, :1], _rows(acts, i, i + batch_size))
+            imagine_latents(model, z[i : i + batch_size, :1], acts.select(slice(i, i + batch_size)))
             for i in range(0, z.shape[0], batch_size)
         ]
         z_hat = torch.cat(chunks).float()  # (N, K, D)
@@ -641,7 +639,7 @@ def surprise(
     Args:
         model: An object with `encode` and `predict`.
         states (`torch.LongTensor` of shape `(N, T, L)`): History states `s_0 .. s_{T-1}`, `T <= H`.
-        actions (`torch.LongTensor` of shape `(N, T)` or `dict[str, torch.Tensor]`):
+        actions (`torch.LongTensor` of shape `(N, T)` or [`ActionInputs`]):
             Actions `a_0 .. a_{T-1}`; the last is the action taken from `s_{T-1}`.
         observed (`torch.LongTensor` of shape `(N, L)`): The observed next state.
         batch_size (`int`, defaults to 1024): States per encoder call.

@@ -121,8 +121,8 @@ class FeatureCache:
         Args:
             model (`LeWMModel`): A model with a frozen encoder.
             datasets (`list[Dataset]`): The datasets to cache (e.g. train and evaluation).
-            collator (`DataCollatorForLeWM`): Turns rows into `input_ids` `(B, K + 1, L)` (and
-                `action_mask`, `attention_mask`, `locus` where the rows have them).
+            collator (`DataCollatorForLeWM`): Turns rows into `input_ids` `(B, K + 1, L)` and
+                `actions` (their `mask`, and `attention_mask`, `locus` where the rows have them).
             batch_size (`int`, *optional*): States per encoder call; defaults to
                 `default_build_batch_size` of the model's device.
 
@@ -154,7 +154,7 @@ class FeatureCache:
                 batch = collator(_rows(dataset, first, last))
                 ids = batch["input_ids"]  # (B, T + 1, L)
                 b, states, length = ids.shape
-                steps = batch.get("action_mask")  # (B, T) or None
+                steps = batch["actions"].mask  # (B, T) or None
                 real = torch.ones(b, states, dtype=torch.bool)
                 if steps is not None:
                     real[:, 1:] = steps.bool().cpu()
@@ -207,7 +207,7 @@ class FeatureCacheCollator:
     collator: Any
     cache: FeatureCache
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if FEATURE_INDEX not in features[0]:  # a dataset that was not cached: encode as usual
             return self.collator(features)
         rows = [{k: v for k, v in f.items() if k != FEATURE_INDEX} for f in features]

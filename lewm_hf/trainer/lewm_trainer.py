@@ -25,7 +25,7 @@ from ..distributed import convert_to_global_batchnorm, is_distributed
 from ..errors import LeWMConfigError
 from ..hub import HubMixin
 from ..losses import prediction_loss
-from ..modeling_lewm import check_input_values
+from ..modeling_actions import check_input_values
 from ..reporting import curve, plot_curves, write_json
 from .callbacks import (
     CollapseMonitorCallback,
@@ -407,7 +407,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         metrics[K.PRED_LOSS].append(outputs.pred_loss.detach().float())
         metrics[K.REG_LOSS].append(outputs.reg_loss.detach().float())
         if mode == "eval":
-            mask = inputs.get("action_mask")
+            mask = inputs["actions"].mask  # the model checked that it has `actions`
             latents = outputs.latents.detach()
             targets = outputs.targets.detach()
             pred_mse = prediction_loss(outputs.predictions.detach(), targets, mask, "mse")

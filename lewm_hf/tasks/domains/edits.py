@@ -28,6 +28,7 @@ from ...data.edits import EditCorpusConfig, build_edit_corpus, code_edit_actions
 from ...errors import LeWMConfigError
 from ...evaluation.edits import EditEvaluationArguments, action_coding, evaluate_edit_model
 from ...fields import PositionOrigin
+from ...modeling_actions import ActionInputs
 from ...trainer.lewm_config import LeWMTrainingArguments
 from ..arguments import DNACorpusCacheArguments, dna_corpus_config
 from . import WorldModelData
@@ -59,16 +60,15 @@ class EditActionCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
-        actions = {k: v for k, v in batch.items() if k.startswith("action_")}
         coded = code_edit_actions(
-            actions,
+            batch["actions"].to_batch(),
             batch["input_ids"][:, :-1],  # (B, K, L)
             batch["locus"][:, :-1],  # (B, K)
             self.position_origin,
             self.reference_offset,
             self.collator.edit_end_token,
         )
-        return {**batch, **coded}
+        return {**batch, "actions": ActionInputs.from_batch(coded)}
 
 
 @dataclass
