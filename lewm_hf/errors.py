@@ -74,3 +74,22 @@ class LeWMNonFiniteLossError(LeWMError, RuntimeError):
     Each of those steps was skipped (no optimizer update), so the last checkpoint holds the
     weights of the last finite step.
     """
+
+
+class LeWMDependencyError(LeWMError, RuntimeError):
+    """An installed library lacks a private hook that `lewm_hf` relies on
+    (`lewm_hf.trainer.private_api`).
+
+    Args:
+        library (`str`): The distribution (`transformers`, `peft`, `torch`).
+        version (`str`): Its installed version.
+        hook (`str`): The dotted name of the missing hook.
+        reason (`str`): What it was used for and what to do.
+    """
+
+    def __init__(self, library: str, version: str, hook: str, reason: str):
+        self.library = library
+        self.version = version
+        self.hook = hook
+        self.reason = reason
+        super().__init__(reason)

@@ -43,6 +43,7 @@ from .lewm_config import (
     check_warmup,
 )
 from .lora import ParameterReport, prepare_lora_model, strip_peft_prefix
+from .private_api import check_private_api
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
@@ -216,6 +217,8 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
     - Inherited arguments it would not honour are errors: the fields of
       `LEWM_UNUSED_ARGUMENTS` (checked by `LeWMTrainingArguments`), `compute_loss_func`,
       `compute_metrics` and `preprocess_logits_for_metrics`, and `check_model_arguments`.
+    - It checks at start-up that the private Trainer, peft and torch hooks it relies on exist
+      (`lewm_hf.trainer.private_api`).
     - Gradient accumulation keeps the loss scale: each micro-batch's mean loss is divided by
       the number of accumulation steps (the model takes no loss kwargs).
     - It owns a `CollapseMonitorCallback` (its state is restored on resume) and a
@@ -242,6 +245,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
     ):
         if not isinstance(args, LeWMTrainingArguments):
             raise TypeError("LeWMTrainer needs LeWMTrainingArguments")
+        check_private_api()
         for name, reason in IGNORED_TRAINER_ARGUMENTS.items():
             if kwargs.get(name) is not None:
                 raise LeWMConfigError(name, kwargs[name], reason)
