@@ -15,6 +15,7 @@ from .data.walks import (
 from .errors import (
     LeWMCollapseError,
     LeWMConfigError,
+    LeWMDependencyError,
     LeWMError,
     LeWMGraphError,
     LeWMInputError,
@@ -34,6 +35,7 @@ __all__ = [
     "LeWMCollapseError",
     "LeWMConfig",
     "LeWMConfigError",
+    "LeWMDependencyError",
     "LeWMError",
     "LeWMGraphError",
     "LeWMInputError",

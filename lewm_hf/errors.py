@@ -21,15 +21,27 @@ class LeWMConfigError(LeWMError, ValueError):
         value (`Any`): The value that was received.
         reason (`str`): What is wrong with it, in a few words.
         source (`str`, *optional*): The file the value came from.
+        element (`str`, *optional*): Where in the field's value the bad `value` sits, as a
+            subscript (`"[0]"`: the first item of a list field); the message then reads
+            `lora_targets[0]='nothing': ...` while `field` stays `lora_targets`.
     """
 
-    def __init__(self, field: str, value: Any, reason: str, source: str | None = None):
+    def __init__(
+        self,
+        field: str,
+        value: Any,
+        reason: str,
+        source: str | None = None,
+        *,
+        element: str = "",
+    ):
         self.field = field
         self.value = value
         self.reason = reason
         self.source = source
+        self.element = element
         where = f" (in {source})" if source else ""
-        super().__init__(f"{field}={value!r}: {reason}{where}")
+        super().__init__(f"{field}{element}={value!r}: {reason}{where}")
 
 
 class LeWMInputError(LeWMError, ValueError):
@@ -62,3 +74,22 @@ class LeWMNonFiniteLossError(LeWMError, RuntimeError):
     Each of those steps was skipped (no optimizer update), so the last checkpoint holds the
     weights of the last finite step.
     """
+
+
+class LeWMDependencyError(LeWMError, RuntimeError):
+    """An installed library lacks a private hook that `lewm_hf` relies on
+    (`lewm_hf.trainer.private_api`).
+
+    Args:
+        library (`str`): The distribution (`transformers`, `peft`, `torch`).
+        version (`str`): Its installed version.
+        hook (`str`): The dotted name of the missing hook.
+        reason (`str`): What it was used for and what to do.
+    """
+
+    def __init__(self, library: str, version: str, hook: str, reason: str):
+        self.library = library
+        self.version = version
+        self.hook = hook
+        self.reason = reason
+        super().__init__(reason)

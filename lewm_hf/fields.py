@@ -197,9 +197,66 @@ def type_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
 
 def type_name(tp: Any) -> str:
     """A readable name of an annotation, for error messages."""
-    if typing.get_origin(tp) is Literal:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (list, tuple) and typing.get_args(tp):
+        return f"{origin.__name__} of {type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def type_error(tp: Any, value: Any) -> tuple[str, Any, str]:
+    """Where and why `value` does not fit `tp` (a value that `type_accepts` refused).
+
+    The first refused item of a list is named by its index, recursively (`[0]`), so that
+    `lora_targets: [nothing]` reads `lora_targets[0]='nothing': must be one of ...` rather than
+    `expected list`; a list given for `list[X] | None` is judged as a list of `X`.
+
+    Args:
+        tp (`Any`): The annotation.
+        value (`Any`): The refused value.
+
+    Returns:
+        `tuple[str, Any, str]`: The subscript of the refused part (`""`: the value itself), that
+        part, and what was expected.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and isinstance(value, (list, tuple)):
+        lists = [arg for arg in typing.get_args(tp) if typing.get_origin(arg) is list]
+        if len(lists) == 1:
+            return type_error(lists[0], value)
+    if origin is list and typing.get_args(tp) and isinstance(value, (list, tuple)):
+        item_tp = typing.get_args(tp)[0]
+        for index, item in enumerate(value):
+            if not type_accepts(item_tp, item)[0]:
+                element, part, reason = type_error(item_tp, item)
+                return f"[{index}]{element}", part, reason
+    if origin is Literal:
+        return "", value, "must be " + type_name(tp)
+    return "", value, f"expected {type_name(tp)}"
+
+
+def check_type(name: str, tp: Any, value: Any, source: str | None = None) -> Any:
+    """`value` coerced to the annotation `tp` (see `type_accepts`), or a typed error.
+
+    Args:
+        name (`str`): The field (or dotted recipe path) named in the error.
+        tp (`Any`): The annotation.
+        value (`Any`): The value.
+        source (`str`, *optional*): The file the value came from.
+
+    Returns:
+        `Any`: The coerced value.
+
+    Raises:
+        `LeWMConfigError`: naming `name`, the refused part of the value (`element`: its index
+            in a list) and what was expected (`type_error`).
+    """
+    ok, coerced = type_accepts(tp, value)
+    if not ok:
+        element, part, reason = type_error(tp, value)
+        raise LeWMConfigError(name, part, reason, source, element=element)
+    return coerced
 
 
 @functools.cache
@@ -234,9 +291,7 @@ def validate_fields(obj: Any) -> None:
         if name not in fields:
             continue
         value = getattr(obj, name)
-        ok, coerced = type_accepts(tp, value)
-        if not ok:
-            raise LeWMConfigError(name, value, f"expected {type_name(tp)}")
+        coerced = check_type(name, tp, value)
         if coerced is not value and isinstance(coerced, float):
             setattr(obj, name, coerced)
             value = coerced
@@ -264,11 +319,13 @@ __all__ = [
     "RankPrior",
     "Regularizer",
     "check_choice",
+    "check_type",
     "choices",
     "is_int_in",
     "option",
     "own_field_types",
     "type_accepts",
+    "type_error",
     "type_name",
     "validate_fields",
 ]

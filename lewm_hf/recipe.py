@@ -33,7 +33,7 @@ import yaml
 from transformers import PreTrainedConfig
 
 from .errors import LeWMConfigError
-from .fields import own_field_types, type_accepts, type_name
+from .fields import check_type, own_field_types
 
 RESERVED_KEYS = ("defaults", "phases", "name", "task")
 
@@ -365,8 +365,5 @@ def split_phase_keys(
         if key not in owners:
             raise LeWMConfigError(dotted, value, "unknown key", source)
         owner, annotation = owners[key]
-        ok, coerced = type_accepts(annotation, value)
-        if not ok:
-            raise LeWMConfigError(dotted, value, f"expected {type_name(annotation)}", source)
-        out[owner][key] = coerced
+        out[owner][key] = check_type(dotted, annotation, value, source)
     return out

@@ -55,7 +55,9 @@ class EvaluationArguments:
             except TypeError as err:
                 raise LeWMConfigError(name, values, f"unknown field: {err}") from err
             except LeWMConfigError as err:
-                raise LeWMConfigError(f"{name}.{err.field}", err.value, err.reason) from err
+                raise LeWMConfigError(
+                    f"{name}.{err.field}", err.value, err.reason, element=err.element
+                ) from err
         return out[0], out[1]
 
 

@@ -9,10 +9,12 @@ checked once, by `validate_fields`.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
@@ -92,6 +94,150 @@ def check_torch_compile(args: TrainingArguments) -> None:
         )
 
 
+# ---- inherited fields a trainer does not honour ------------------------------------------
+# Every `TrainingArguments` field that a trainer (with its callbacks, its own `create_optimizer`,
+# `create_scheduler`, `compute_loss`, `prediction_step` and `log`, the feature cache and the
+# collators) ignores, or whose non-default value would do nothing or break the run: field ->
+# what it would do and what to use instead. Setting one to anything but its default is a
+# `LeWMConfigError` when the arguments are built (`check_unused_arguments`); fields missing
+# here are honoured.
+
+# Read by training scripts, never by the Trainer; the task runners of `lewm_hf.tasks` always
+# train, evaluate as `eval_strategy` says, and resume through their own recipe key.
+_SCRIPT_FLAGS: dict[str, str] = {
+    "do_train": "is read by training scripts, not by the Trainer; the task runners always "
+    "train: remove it",
+    "do_predict": "is read by training scripts, not by the Trainer; no task runner predicts: "
+    "remove it",
+    "resume_from_checkpoint": "is read by training scripts, not by the Trainer: pass "
+    "trainer.train(resume_from_checkpoint=...) or set the recipe key resume_from_checkpoint",
+}
+
+WALK_LM_UNUSED_ARGUMENTS: dict[str, str] = dict(_SCRIPT_FLAGS)
+
+# `LeWMTrainer.create_optimizer` builds its own parameter groups (per-part learning rates, no
+# decay on biases and norms); `create_scheduler` follows `lr_schedule`; the loss is the model's
+# latent prediction loss over each micro-batch (no labels, no `num_items_in_batch`); evaluation
+# returns losses only (`prediction_step`: no logits, no labels) and the trainer reduces its own
+# metrics in `log`, so `compute_metrics` and everything that feeds it are never used.
+_NO_PREDICTIONS = (
+    "LeWMTrainer's evaluation keeps no predictions or labels (prediction_step returns the loss "
+    "only; pred_loss, reg_loss, pred_mse and copy_mse are reduced on the device by log), and "
+    "compute_metrics is never called"
+)
+LEWM_UNUSED_ARGUMENTS: dict[str, str] = {
+    **_SCRIPT_FLAGS,
+    "lr_scheduler_type": "world models follow lr_schedule (wsd, cosine or constant; warmup "
+    "from warmup_steps), LeWMTrainer builds no transformers scheduler: use lr_schedule",
+    "lr_scheduler_kwargs": "configures a transformers scheduler, which LeWMTrainer never builds "
+    "(it follows lr_schedule: wsd, cosine or constant): remove it",
+    "optim_target_modules": "selects the layers of a GaLore / APOLLO optimizer, which cannot "
+    "take LeWMTrainer's per-part parameter groups: use an optimizer such as adamw_torch_fused",
+    "label_smoothing_factor": "smooths the labels of the Trainer's own loss; a world model's "
+    "loss is its latent prediction loss and has no labels: set pred_loss / reg_weight instead",
+    "label_names": "names the label columns of the Trainer's prediction step; world-model "
+    "batches have no labels (LeWMTrainer evaluates the model's own loss): remove it",
+    "prediction_loss_only": f"evaluation is always loss-only: {_NO_PREDICTIONS}",
+    "include_for_metrics": f"passes inputs or losses to compute_metrics: {_NO_PREDICTIONS}",
+    "batch_eval_metrics": f"calls compute_metrics once per batch: {_NO_PREDICTIONS}",
+    "eval_accumulation_steps": f"moves gathered predictions to the CPU: {_NO_PREDICTIONS}",
+    "eval_do_concat_batches": f"says how gathered predictions are stacked: {_NO_PREDICTIONS}",
+    "eval_use_gather_object": f"gathers predictions that are not tensors: {_NO_PREDICTIONS}",
+    "average_tokens_across_devices": "normalises a token-level loss by the tokens of every "
+    "rank; a world model's loss is a mean over each micro-batch (the model takes no "
+    "num_items_in_batch), so it has no effect: remove it",
+    "use_liger_kernel": "patches the supported LLM architectures by model type; a LeWMModel "
+    "is none of them (nor is its encoder patched through it), so nothing would be applied",
+    "liger_kernel_config": "configures use_liger_kernel, which applies nothing to a LeWMModel",
+    "use_cache": "the Trainer copies it into model.config.use_cache; a LeWMModel keeps no KV "
+    "cache, so it would only be written into config.json: remove it",
+}
+
+# Values of an honoured field that LeWMTrainer cannot use: field -> (values, reason).
+_MODEL_OPTIMIZERS = frozenset(
+    {"lomo", "adalomo", "apollo_adamw", "apollo_adamw_layerwise"}
+    | {
+        f"galore_{name}{suffix}"
+        for name in ("adamw", "adamw_8bit", "adafactor")
+        for suffix in ("", "_layerwise")
+    }
+)
+LEWM_UNSUPPORTED_VALUES: dict[str, tuple[frozenset[str], str]] = {
+    "optim": (
+        _MODEL_OPTIMIZERS,
+        "needs the model itself (LOMO) or its own parameter groups (GaLore, APOLLO), while "
+        "LeWMTrainer builds per-part groups (LR multipliers, no decay on norms): use e.g. "
+        "adamw_torch_fused (the default), adamw_torch, adafactor or sgd",
+    ),
+}
+
+
+def _plain(value: Any) -> Any:
+    """A field's value without its enum wrapper (`OptimizerNames.SGD` -> `"sgd"`)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    empty = (None, "", [], (), {})
+    return _plain(value) == _plain(default) or (value in empty and default in empty)
+
+
+def check_unused_arguments(args: TrainingArguments) -> None:
+    """Reject the inherited fields that `args`'s trainer would not honour.
+
+    Reads the class's `unused_arguments` (field -> reason: any value but the field's default is
+    refused) and `unsupported_values` (field -> (values, reason): those values are refused).
+    Called from `__post_init__`, on the values as given.
+
+    Raises:
+        `LeWMConfigError`: naming the field, its value and what to use instead.
+    """
+    defaults = {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(args)
+    }
+    for name, reason in type(args).unused_arguments.items():
+        value = getattr(args, name)
+        if not _is_default(value, defaults[name]):
+            raise LeWMConfigError(name, _plain(value), reason)
+    for name, (values, reason) in type(args).unsupported_values.items():
+        value = _plain(getattr(args, name))
+        if value in values:
+            raise LeWMConfigError(name, value, reason)
+
+
+def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bool) -> None:
+    """Reject the arguments that do nothing for this particular world model.
+
+    - `neftune_noise_alpha`: NEFTune adds noise to the token embeddings of a module in train
+      mode; a frozen encoder stays in eval mode (and with the feature cache never runs).
+    - `include_num_input_tokens_seen`: the Trainer counts the tokens of `input_ids`; with the
+      frozen feature cache the batches carry the states' features instead.
+
+    Args:
+        args (`LeWMTrainingArguments`): The arguments.
+        model (`nn.Module`): The model (or its peft wrapper).
+        feature_cache (`bool`): Whether the trainer collates cached state features.
+
+    Raises:
+        `LeWMConfigError`: naming the field, its value and what to do instead.
+    """
+    if args.neftune_noise_alpha is not None and model.config.encoder_mode == "frozen":
+        raise LeWMConfigError(
+            "neftune_noise_alpha",
+            args.neftune_noise_alpha,
+            "adds noise to the embeddings of an encoder in train mode, and encoder_mode is "
+            "frozen (the encoder stays in eval mode): set encoder_mode: train or remove it",
+        )
+    if feature_cache and _plain(args.include_num_input_tokens_seen) not in ("no", False):
+        raise LeWMConfigError(
+            "include_num_input_tokens_seen",
+            _plain(args.include_num_input_tokens_seen),
+            "counts the tokens of input_ids, and with the frozen feature cache the batches "
+            "carry the states' features instead: set frozen_feature_cache: false to count them",
+        )
+
+
 @dataclass
 class WalkLMTrainingArguments(TrainingArguments):
     r"""`TrainingArguments` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
@@ -114,6 +260,9 @@ class WalkLMTrainingArguments(TrainingArguments):
     Defaults that differ from `TrainingArguments`: `logging_steps=1` (so `result.json` has the train
     loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a
     fraction), `save_strategy="epoch"`, `report_to="none"`.
+
+    Inherited fields that no trainer reads (`WALK_LM_UNUSED_ARGUMENTS`: `do_train`, `do_predict`,
+    `resume_from_checkpoint`) are errors when set.
     """
 
     # Parameters that control the gate
@@ -135,8 +284,13 @@ class WalkLMTrainingArguments(TrainingArguments):
     warmup_steps: float = option(0.1, help="Warmup steps (< 1: a fraction of the run).", low=0)
     report_to: str | list[str] | None = option("none", help="Reporting integrations.")
 
+    # Inherited fields the walk-LM trainer does not honour (see `check_unused_arguments`).
+    unused_arguments: ClassVar[dict[str, str]] = WALK_LM_UNUSED_ARGUMENTS
+    unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = {}
+
     def __post_init__(self):
         validate_fields(self)
+        check_unused_arguments(self)
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
@@ -230,7 +384,15 @@ class LeWMTrainingArguments(TrainingArguments):
     fields are collator columns, not `forward` arguments), `logging_steps=1`, `warmup_steps=0.05`
     (a fraction), `report_to="none"`, `logging_nan_inf_filter=False` (the trainer already keeps
     a skipped step's NaN / Inf loss out of the logged loss, on the device; the Trainer's own
-    filter reads every step's loss on the host).
+    filter reads every step's loss on the host), `lr_scheduler_type=None`.
+
+    Inherited fields that `LeWMTrainer` does not honour are errors when set to anything but
+    their default, with the reason and what to use instead (`LEWM_UNUSED_ARGUMENTS`): among
+    them `lr_scheduler_type` and `lr_scheduler_kwargs` (use `lr_schedule`), the label and
+    prediction settings (`label_smoothing_factor`, `label_names`, `prediction_loss_only`,
+    `include_for_metrics`, `batch_eval_metrics`, `eval_accumulation_steps`, ...),
+    `optim_target_modules`, `use_liger_kernel` and `use_cache`; so are the `optim` values that
+    build their own parameter groups (`LEWM_UNSUPPORTED_VALUES`: GaLore, APOLLO, LOMO).
     """
 
     # Parameters that control the optimisation
@@ -300,9 +462,22 @@ class LeWMTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = option(
         False, help="Trainer's host-side NaN/Inf loss filter (the trainer filters on the device)."
     )
+    # Not used: world models follow `lr_schedule`; any value is an error (`unused_arguments`).
+    lr_scheduler_type: str | None = option(
+        None, help="Not used by world models: set lr_schedule (wsd, cosine or constant)."
+    )
+
+    # Inherited fields the world-model trainer does not honour (see `check_unused_arguments`).
+    unused_arguments: ClassVar[dict[str, str]] = LEWM_UNUSED_ARGUMENTS
+    unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = LEWM_UNSUPPORTED_VALUES
 
     def __post_init__(self):
         validate_fields(self)
+        check_unused_arguments(self)
+        # `TrainingArguments.__post_init__` parses `lr_scheduler_type` into a `SchedulerType`;
+        # it gets a stand-in, and the field stays None: no transformers scheduler is built.
+        self.lr_scheduler_type = "constant"
         super().__post_init__()
+        self.lr_scheduler_type = None
         check_batch_sizes(self)
         check_warmup(self)

@@ -38,10 +38,12 @@ from .feature_cache import FEATURE_INDEX, FeatureCache, FeatureCacheCollator, en
 from .lewm_config import (
     LeWMTrainingArguments,
     WalkLMTrainingArguments,
+    check_model_arguments,
     check_torch_compile,
     check_warmup,
 )
 from .lora import ParameterReport, prepare_lora_model, strip_peft_prefix
+from .private_api import check_private_api
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
@@ -57,6 +59,18 @@ COLLATOR_COLUMNS = (
     "edit_tokens",
     FEATURE_INDEX,
 )
+# `Trainer` arguments that `LeWMTrainer` would ignore: its `compute_loss` runs the model's own
+# loss and its evaluation returns no predictions (so `compute_metrics` is never called).
+IGNORED_TRAINER_ARGUMENTS = {
+    "compute_loss_func": "LeWMTrainer's loss is the model's (pred_loss, regularizer, reg_weight "
+    "in LeWMConfig); a compute_loss_func would never be called",
+    "compute_metrics": "LeWMTrainer's evaluation returns no predictions, so compute_metrics would "
+    "never be called; its metrics (pred_loss, reg_loss, pred_mse, copy_mse) are logged as eval_*",
+    "preprocess_logits_for_metrics": "LeWMTrainer's evaluation returns no logits, so it would "
+    "never be called",
+}
+# Optimizer keyword arguments that replace the parameter groups (GaLore, APOLLO, LOMO).
+MODEL_OPTIMIZER_KWARGS = ("params", "model", "optimizer_dict")
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
 NO_DECAY_PATTERNS = ("bias", "norm", "embed", "bn", "ln_", ".ln")
 # Model parts and the argument holding their LR multiplier; the first matching prefix wins.
@@ -198,7 +212,13 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
       (`nonfinite_steps`); `max_nonfinite_steps` in a row raise `LeWMNonFiniteLossError`.
     - The learning rate follows `lr_schedule` (`wsd` by default) through a `LambdaLR` that the
       Trainer checkpoints, with per-part LR multipliers and no weight decay on biases, norms
-      and embeddings.
+      and embeddings. The optimizer is `optim`'s (or `optimizer_cls_and_kwargs`'s) class built
+      on those groups; one that builds its own groups (GaLore, APOLLO, LOMO) is an error.
+    - Inherited arguments it would not honour are errors: the fields of
+      `LEWM_UNUSED_ARGUMENTS` (checked by `LeWMTrainingArguments`), `compute_loss_func`,
+      `compute_metrics` and `preprocess_logits_for_metrics`, and `check_model_arguments`.
+    - It checks at start-up that the private Trainer, peft and torch hooks it relies on exist
+      (`lewm_hf.trainer.private_api`).
     - Gradient accumulation keeps the loss scale: each micro-batch's mean loss is divided by
       the number of accumulation steps (the model takes no loss kwargs).
     - It owns a `CollapseMonitorCallback` (its state is restored on resume) and a
@@ -225,6 +245,10 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
     ):
         if not isinstance(args, LeWMTrainingArguments):
             raise TypeError("LeWMTrainer needs LeWMTrainingArguments")
+        check_private_api()
+        for name, reason in IGNORED_TRAINER_ARGUMENTS.items():
+            if kwargs.get(name) is not None:
+                raise LeWMConfigError(name, kwargs[name], reason)
         check_torch_compile(args)
         if data_collator is None:
             data_collator = DataCollatorForLeWM(window=window)
@@ -265,6 +289,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         self.feature_cache: FeatureCache | None = None
         if args.frozen_feature_cache and model.config.encoder_mode == "frozen":
             self._attach_feature_cache()
+        check_model_arguments(args, model, self.feature_cache is not None)
 
     def _attach_feature_cache(self) -> None:
         """Compute the frozen encoder's features of every train/eval state once (see
@@ -370,7 +395,27 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         if self.optimizer is None:
             model = model if model is not None else self.model
             groups = parameter_groups(model, self.args)
-            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(
+                    self.args, model
+                )
+            optimizer_kwargs = dict(optimizer_kwargs)
+            # A factory (not an Optimizer class, as the Trainer tells them apart: Muon, Dion)
+            # or kwargs that replace the parameters build their own groups.
+            factory = not (
+                isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
+            )
+            if factory or any(k in optimizer_kwargs for k in MODEL_OPTIMIZER_KWARGS):
+                given = self.optimizer_cls_and_kwargs is not None
+                raise LeWMConfigError(
+                    "optimizer_cls_and_kwargs" if given else "optim",
+                    optimizer_cls if given else getattr(self.args.optim, "value", self.args.optim),
+                    f"{getattr(optimizer_cls, '__name__', optimizer_cls)} builds its own "
+                    "parameter groups, and LeWMTrainer needs its per-part groups (LR "
+                    "multipliers, no decay on norms): use e.g. adamw_torch_fused",
+                )
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(
                 [{k: v for k, v in g.items() if k != "name"} for g in groups],
