@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _builders import tiny_lewm_config, tiny_lewm_model
 from accelerate.utils import concatenate, send_to_device
-from test_modeling import B, T, make_batch, tiny_config, tiny_model
+from test_modeling import MODEL, B, T, make_batch
 from torch.distributed.utils import _apply_to_tensors
 from torch.utils.data import DataLoader
 from transformers import Trainer
@@ -21,6 +22,16 @@ from lewm_hf.modeling_lewm import check_input_values
 
 IDS = torch.zeros(B, T, dtype=torch.long)
 TOKENS = torch.zeros(B, T, 4, dtype=torch.long)
+
+
+def tiny_config(**overrides) -> object:
+    """`test_modeling`'s tiny model config, with overrides."""
+    return tiny_lewm_config(**{**MODEL, **overrides})
+
+
+def tiny_model(**overrides) -> object:
+    """`test_modeling`'s tiny model (seed 0), with overrides."""
+    return tiny_lewm_model(**{**MODEL, **overrides})
 
 
 def edit_actions() -> ActionInputs:

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_trainer import W, clip_dataset, make_args, tiny_model
+from _builders import W, tiny_training_args
+from _builders import tiny_clips as clip_dataset
+from _builders import tiny_lewm_model as tiny_model
 from transformers import TrainingArguments
 
 from lewm_hf import LeWMTrainer, LeWMTrainingArguments, WalkLMTrainingArguments
@@ -51,6 +53,11 @@ CASES = [(cls, name) for cls, table in TABLES for name in table]
 
 def build(cls, tmp_path, **kwargs):
     return cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kwargs)
+
+
+def make_args(folder, **overrides):
+    """The tiny training arguments, writing under `folder/out`."""
+    return tiny_training_args(folder / "out", **overrides)
 
 
 @pytest.mark.parametrize(("cls", "name"), CASES, ids=[f"{c.__name__}-{n}" for c, n in CASES])

@@ -120,9 +120,9 @@ def test_missing_hook_fails_at_start_up_naming_hook_and_version(monkeypatch, tmp
         assert f"transformers {library_version('transformers')}" in message
         assert info.value.hook == gone.qualified_name and info.value.library == "transformers"
         with pytest.raises(LeWMDependencyError, match="_hook_from_the_future"):
-            from test_trainer import make_args
+            from _builders import tiny_training_args
 
-            LeWMTrainer(model=None, args=make_args(tmp_path))
+            LeWMTrainer(model=None, args=tiny_training_args(tmp_path / "out"))
     finally:
         check_private_api.cache_clear()
 

@@ -82,8 +82,8 @@ def test_train_help_of_another_recipe_follows_its_tasks(train_main, capsys):
     assert "action_position_origin ({window, locus}, default: locus)" in lines
     assert "pooling ({last, mean, centered}, default: centered; recipe: centered)" in lines
     assert "gate_rule_threshold" not in out  # no walk-LM phase
-    # A plain TrainingArguments owner is one group.
-    assert "  training: TrainingArguments\n" in out
+    # A training-arguments class that declares no field of its own is one group.
+    assert "  training: CausalLMTrainingArguments\n" in out
     # Command-line overrides show as the recipe's values.
     assert train_main(["--help", "--config", config, "--world_model.lora_r", "4"]) == 0
     assert "lora_r (int, default: 8; recipe: 4)" in lines_of(capsys.readouterr().out)

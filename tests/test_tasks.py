@@ -327,3 +327,18 @@ def test_edit_action_keys_on_a_walk_world_model_are_refused(tmp_path, cache_dir,
     with pytest.raises(LeWMConfigError) as info:
         validate_recipe(write_recipe(tmp_path, cache_dir, [phase]))
     assert info.value.field == key
+
+
+def test_a_script_only_training_flag_is_refused_in_every_task(tmp_path, cache_dir):
+    # `do_predict` is read by training scripts, never by a Trainer: no task may accept it.
+    walks = write_recipe(tmp_path / "walks", cache_dir, [TINY_LM, {**TINY_WORLD_MODEL}])
+    dna = dna_recipe(tmp_path, cache_dir)
+    for recipe in (walks, dna):
+        for phase in ("encoder", "world_model"):
+            with pytest.raises(LeWMConfigError) as info:
+                validate_recipe(recipe, [(f"{phase}.do_predict", True)])
+            assert info.value.field == "do_predict", str(info.value)
+    # The control: an honoured field is accepted in every phase.
+    for recipe in (walks, dna):
+        plans = validate_recipe(recipe, [("weight_decay", 0.125)])
+        assert [p.args.training.weight_decay for p in plans] == [0.125, 0.125]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from transformers import TrainingArguments
 
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForWalkLM
@@ -27,6 +26,7 @@ from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
 from ..data.edits.corpus import DNASourceConfig, load_source_records
 from ..determinism import derive_seed, prepare_run
 from ..hub import publish
+from ..trainer.lewm_config import CausalLMTrainingArguments
 from ..trainer.lewm_trainer import CausalLMTrainer
 from .arguments import DNACorpusCacheArguments, WalkLMModelArguments, dna_corpus_config
 from .base import PhaseContext, build_training_arguments, check_resume_fits
@@ -37,7 +37,7 @@ TARGETS = {
     "data": DNASourceConfig,
     "cache": DNACorpusCacheArguments,
     "model": WalkLMModelArguments,
-    "training": TrainingArguments,
+    "training": CausalLMTrainingArguments,
 }
 # `seed` is the run's (the trainer's); the corpus seed is set from it.
 OWNERS = {"seed": "training"}
@@ -50,12 +50,14 @@ class DNALMTaskArguments:
     data: DNASourceConfig
     cache: DNACorpusCacheArguments
     model: WalkLMModelArguments
-    training: TrainingArguments
+    training: CausalLMTrainingArguments
 
 
 def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DNALMTaskArguments:
     """Build (and so validate) the phase's arguments from the recipe keys each target owns."""
-    training = build_training_arguments(TrainingArguments, parts["training"], output_dir, source)
+    training = build_training_arguments(
+        CausalLMTrainingArguments, parts["training"], output_dir, source
+    )
     model = WalkLMModelArguments(**parts["model"])
     check_lm_start(model, parts["model"])
     return DNALMTaskArguments(

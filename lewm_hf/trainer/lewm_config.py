@@ -239,6 +239,21 @@ def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bo
 
 
 @dataclass
+class CausalLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` of a plain causal-LM phase (the DNA encoder phase, `CausalLMTrainer`):
+    every Trainer field works, except those only training scripts read (`do_train`,
+    `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`)."""
+
+    unused_arguments: ClassVar[dict[str, str]] = WALK_LM_UNUSED_ARGUMENTS
+    unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = {}
+
+    def __post_init__(self):
+        check_unused_arguments(self)
+        super().__post_init__()
+        check_batch_sizes(self)
+
+
+@dataclass
 class WalkLMTrainingArguments(TrainingArguments):
     r"""`TrainingArguments` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
