@@ -43,6 +43,8 @@ PlanCost = Literal["min", "final"]
 RankPrior = Literal["degree", "uniform"]
 # FASTA reading (`DNASourceConfig.iupac`): refuse IUPAC ambiguity codes, or read them as N.
 IupacPolicy = Literal["error", "n"]
+# How a private hook of a library is checked (`lewm_hf.trainer.private_api.PrivateHook`).
+HookKind = Literal["method", "class", "attribute"]
 # Every clip of a walk (`MoveTrajectoryConfig.clips_per_walk`, beside a count).
 AllClips = Literal["all"]
 
@@ -306,6 +308,7 @@ __all__ = [
     "ContextRule",
     "Decoding",
     "EncoderMode",
+    "HookKind",
     "IupacPolicy",
     "LRSchedule",
     "LoRATarget",

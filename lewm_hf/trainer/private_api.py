@@ -18,9 +18,10 @@ import importlib.metadata
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import LeWMDependencyError
+from ..fields import HookKind
 
 # The versions the test suite ran with when this table was last checked.
 TESTED_VERSIONS = {"transformers": "5.25.0", "peft": "0.21.2", "torch": "2.13.0"}
@@ -41,7 +42,7 @@ class PrivateHook:
 
     name: str
     owner: str
-    kind: Literal["method", "class", "attribute"]
+    kind: HookKind
     why: str
 
     @property
