@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from lewm_hf import LeWMConfig, LeWMModel
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.tasks import TASKS
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_LM = {
     "name": "encoder",
@@ -56,27 +59,35 @@ def dna_recipe(tmp_path: Path, cache_dir: str) -> Path:
     return path
 
 
+def check_pushed(folder: Path, out: Path, task: str, repo: str) -> None:
+    """The final model (weights, config), its result and card were pushed; no checkpoint."""
+    files = files_in(folder)
+    assert {"model.safetensors", "config.json", "README.md", "result.json"} <= files
+    assert not any(f.startswith("checkpoint-") for f in files), files
+    for file in ("model.safetensors", "README.md", "result.json"):
+        assert (folder / file).read_bytes() == (out / file).read_bytes(), file
+    card = ModelCard.load(folder / "README.md")
+    assert CARD_WORDS[task] in card.text, task
+    assert repo in card.text  # the loading snippet names the repo
+
+
 def test_every_task_pushes_its_final_model_and_card(tmp_path, cache_dir, hub):  # noqa: F811
+    # The walk tasks through the runner, the DNA tasks through the entry script's flags.
     walks = write_recipe(tmp_path / "walks", cache_dir, [TINY_LM, {**TINY_WORLD_MODEL}])
+    summary = run_recipe(walks, [("push_to_hub", True), ("hub_model_id", "me/walks")])
+    for name, phase in summary["phases"].items():
+        out = Path(phase["output_dir"])
+        check_pushed(hub.root / f"me/walks-{name}", out, phase["task"], f"me/walks-{name}")
+    train_main = runpy.run_path(str(REPO / "recipes" / "train.py"))["main"]
     dna = dna_recipe(tmp_path, cache_dir)
-    pushed_tasks = set()
-    for recipe, repo in ((walks, "me/walks"), (dna, "me/dna")):
-        overrides = [("push_to_hub", True), ("hub_model_id", repo)]
-        summary = run_recipe(recipe, overrides)
-        for name, phase in summary["phases"].items():
-            folder = hub.root / f"{repo}-{name}"
-            files = files_in(folder)
-            # The final model (weights, config), its result and card; never a checkpoint.
-            assert {"model.safetensors", "config.json", "README.md", "result.json"} <= files
-            assert not any(f.startswith("checkpoint-") for f in files), files
-            out = Path(phase["output_dir"])
-            for file in ("model.safetensors", "README.md", "result.json"):
-                assert (folder / file).read_bytes() == (out / file).read_bytes(), file
-            card = ModelCard.load(folder / "README.md")
-            assert CARD_WORDS[phase["task"]] in card.text, phase["task"]
-            assert f"{repo}-{name}" in card.text  # the loading snippet names the repo
-            pushed_tasks.add(phase["task"])
-    assert pushed_tasks == set(TASKS)
+    flags = ["--config", str(dna), "--push_to_hub", "true", "--hub_model_id", "me/dna"]
+    assert train_main(flags) == 0
+    for name, task in (("encoder", "dna_lm"), ("world_model", "edit_world_model")):
+        out = tmp_path / "dna_out" / name
+        check_pushed(hub.root / f"me/dna-{name}", out, task, f"me/dna-{name}")
+    assert {p["task"] for p in summary["phases"].values()} | {"dna_lm", "edit_world_model"} == set(
+        TASKS
+    )
     # The DNA phases ship their tokenizer; the DNA world model's card has its evaluation rows.
     assert "tokenizer.json" in files_in(hub.root / "me/dna-encoder")
     card = ModelCard.load(hub.root / "me/dna-world_model" / "README.md")
