@@ -22,9 +22,9 @@ from datasets import Dataset, DatasetDict
 
 from .. import metric_keys as K
 from ..data.collators import DataCollatorForWalkLM
-from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer, split_windows
-from ..data.edits.corpus import DNASourceConfig, load_source_records
-from ..determinism import derive_seed, prepare_run
+from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer
+from ..data.edits.corpus import DNASourceConfig, load_source_windows
+from ..determinism import prepare_run
 from ..hub import publish
 from ..trainer.lewm_config import CausalLMTrainingArguments
 from ..trainer.lewm_trainer import CausalLMTrainer
@@ -70,16 +70,7 @@ def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DN
 
 def build_dna_windows(config: DNASourceConfig) -> DatasetDict:
     """`train` and `validation` LM rows (`input_ids`, `window_length` bases), split by region."""
-    records, source = load_source_records(config)
-    windows = split_windows(
-        records,
-        config.window_length,
-        config.window_stride,
-        config.holdout_fraction,
-        seed=derive_seed(config.seed, "phases"),
-        max_n_fraction=config.max_n_fraction,
-        source=source,
-    )
+    _, _, windows = load_source_windows(config)
     return DatasetDict(
         {
             split: Dataset.from_dict({"input_ids": win.ids.astype("int64").tolist()})

@@ -232,6 +232,28 @@ def load_source_records(config: DNASourceConfig) -> tuple[list[FastaRecord], str
     return list(read_fasta(path, iupac=config.iupac)), str(path)
 
 
+def load_source_windows(
+    config: DNASourceConfig,
+) -> tuple[list[FastaRecord], str, dict[str, Any]]:
+    """The source records, their name, and their windows split by region (`dna.split_windows`:
+    the last `holdout_fraction` of each record is `validation`), seeded from `config.seed`.
+
+    Both DNA corpora start here: the encoder phase's LM rows and the edit corpus's source
+    windows are the same windows.
+    """
+    records, source = load_source_records(config)
+    windows = split_windows(
+        records,
+        config.window_length,
+        config.window_stride,
+        config.holdout_fraction,
+        seed=derive_seed(config.seed, "phases"),
+        max_n_fraction=config.max_n_fraction,
+        source=source,
+    )
+    return records, source, windows
+
+
 def build_edit_corpus(
     config: EditCorpusConfig | None = None, cache_dir: str | Path | None = None
 ) -> DatasetDict:
@@ -270,16 +292,7 @@ TRAJECTORY_CHUNK = 4096
 
 def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
     """Generate an edit corpus into `folder` (called by the cache inside a temporary folder)."""
-    records, source = load_source_records(config)
-    windows = split_windows(
-        records,
-        config.window_length,
-        config.window_stride,
-        config.holdout_fraction,
-        seed=derive_seed(config.seed, "phases"),
-        max_n_fraction=config.max_n_fraction,
-        source=source,
-    )
+    records, source, windows = load_source_windows(config)
     sampler = config.sampler()
     splits = {}
     caps = {"train": config.max_train_rows, "validation": config.max_validation_rows}
@@ -369,4 +382,5 @@ __all__ = [
     "build_edit_corpus",
     "edits_from_row",
     "load_source_records",
+    "load_source_windows",
 ]
