@@ -21,7 +21,7 @@ from torch import nn
 from .data.graphs import Graph
 from .errors import LeWMConfigError, LeWMInputError
 from .evaluation.compliance import _is_int, _validate_generation_args
-from .evaluation.world_model import neighbor_table
+from .evaluation.held_out import neighbor_table
 from .losses import (
     _all_reduce_sums,
     _distributed_group,
@@ -40,7 +40,7 @@ class MoveOracle(nn.Module):
     The latent of a window is `embedding[last vertex]` (one-hot by default); `predict` decodes
     the vertex of each latent as its nearest embedding row and moves along the action's edge,
     so its predictions are exact. An action rank `r >= out_degree[v]` is taken modulo the
-    out-degree (the convention of [`lewm_hf.evaluation.planning`] for plans executed open loop).
+    out-degree (the convention of [`lewm_hf.evaluation.planning_search`] for plans executed open loop).
     It is the upper bound of every evaluation here, and the reference model of their tests.
 
     Args:

@@ -26,7 +26,7 @@ import lewm_hf  # noqa: F401  (registers the `lewm` model type)
 from lewm_hf import metric_keys as K
 from lewm_hf.data.walks import build_walk_corpus, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMError
-from lewm_hf.evaluation.planning import PlanningConfig
+from lewm_hf.evaluation.planning_config import PlanningConfig
 from lewm_hf.evaluation.suite import EvaluationArguments, run_evaluation_suite
 from lewm_hf.evaluation.world_model import WorldModelEvalConfig
 from lewm_hf.recipe import parse_cli_overrides

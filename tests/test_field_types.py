@@ -9,7 +9,7 @@ import pytest
 
 from lewm_hf import LeWMTrainingArguments
 from lewm_hf.errors import LeWMConfigError
-from lewm_hf.evaluation.planning import PlanningConfig
+from lewm_hf.evaluation.planning_config import PlanningConfig
 from lewm_hf.evaluation.suite import EvaluationArguments
 from lewm_hf.fields import check_type
 from lewm_hf.tasks.runner import validate_recipe

@@ -15,21 +15,19 @@ from lewm_hf.configuration_lewm import LeWMConfig
 from lewm_hf.data.graphs import Graph
 from lewm_hf.data.walks import generate_walks
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
-from lewm_hf.evaluation.planning import (
-    PlanningConfig,
+from lewm_hf.evaluation.held_out import neighbor_table
+from lewm_hf.evaluation.inference import imagine_latents
+from lewm_hf.evaluation.planning import evaluate_planning, random_baseline, wilson_interval
+from lewm_hf.evaluation.planning_config import PlanningConfig
+from lewm_hf.evaluation.planning_episodes import run_episodes
+from lewm_hf.evaluation.planning_problems import sample_problems, shortest_distances
+from lewm_hf.evaluation.planning_search import (
     all_sequences,
     cem_plan,
-    evaluate_planning,
     exhaustive_plan,
-    random_baseline,
     rank_prior,
-    run_episodes,
-    sample_problems,
     sequence_costs,
-    shortest_distances,
-    wilson_interval,
 )
-from lewm_hf.evaluation.world_model import imagine_latents, neighbor_table
 from lewm_hf.modeling_lewm import LeWMModel
 from lewm_hf.testing_utils import MoveOracle
 

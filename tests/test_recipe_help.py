@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lewm_hf.data.walks import MoveTrajectoryConfig
-from lewm_hf.evaluation.planning import PlanningConfig
+from lewm_hf.evaluation.planning_config import PlanningConfig
 from lewm_hf.recipe import key_owners
 from lewm_hf.recipe_help import (
     class_options,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from types import SimpleNamespace
 
@@ -15,27 +16,24 @@ from lewm_hf import metric_keys as K
 from lewm_hf.data.graphs import Graph, make_dcsbm_graph
 from lewm_hf.data.walks import WalkCorpusConfig, WalkMetadata, generate_walks
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
-from lewm_hf.evaluation.world_model import (
+from lewm_hf.evaluation.discrimination import (
     ActionCandidates,
-    HeldOutWalks,
-    WorldModelEvalConfig,
     action_discrimination,
-    auroc,
-    chance_metrics,
-    evaluate_world_model,
-    held_out_walks,
-    imagine_latents,
-    latent_rollout,
     move_action_candidates,
+)
+from lewm_hf.evaluation.held_out import (
+    HeldOutWalks,
+    held_out_walks,
     move_actions,
     neighbor_table,
-    representation_health,
-    retrieval_metrics,
-    retrieval_ranks,
     sample_spans,
-    surprise,
-    teleport_vertices,
 )
+from lewm_hf.evaluation.inference import imagine_latents
+from lewm_hf.evaluation.latents import representation_health
+from lewm_hf.evaluation.retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
+from lewm_hf.evaluation.rollouts import latent_rollout
+from lewm_hf.evaluation.surprise import auroc, surprise, teleport_vertices
+from lewm_hf.evaluation.world_model import WorldModelEvalConfig, evaluate_world_model
 from lewm_hf.modeling_lewm import ActionInputs
 from lewm_hf.testing_utils import MoveOracle
 
@@ -487,3 +485,13 @@ def test_held_out_walks_from_metadata_are_seeded_and_valid(graph):
     np.testing.assert_array_equal(a.walks, b.walks)
     assert a.walks.shape == (16, 20) and a.window == W
     assert graph.has_edges(a.walks[:, :-1], a.walks[:, 1:]).all()
+
+
+@pytest.mark.parametrize("entry", ["world_model", "planning"])
+def test_entry_modules_re_export_the_parts(entry):
+    # `lewm_hf.evaluation.world_model` and `.planning` keep every public name of the parts.
+    module = importlib.import_module(f"lewm_hf.evaluation.{entry}")
+    for name in module.__all__:
+        home = getattr(module, name).__module__  # the concern module that defines it
+        assert home.startswith("lewm_hf.evaluation."), (name, home)
+        assert name in importlib.import_module(home).__all__, (name, home)

@@ -39,15 +39,9 @@ from ..data.edits.sampling import EditSampler
 from ..determinism import derive_seed
 from ..fields import PositionOrigin, option, validate_fields
 from ..modeling_actions import ActionInputs
-from .world_model import (
-    ActionCandidates,
-    action_discrimination,
-    chance_metrics,
-    evaluating,
-    model_device,
-    retrieval_metrics,
-    retrieval_ranks,
-)
+from .discrimination import ActionCandidates, action_discrimination
+from .inference import evaluating, model_device
+from .retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
 
 
 def action_coding(model: Any) -> tuple[PositionOrigin, int | None]:

@@ -1,4 +1,5 @@
-"""Latent metrics: effective rank and the collapse statistics of predicted and target latents.
+"""Latent metrics: effective rank, the collapse statistics of predicted and target latents, and
+the health of held-out latents (effective rank, variance per dimension, SIGReg).
 
 Used by the collapse monitor during training and by the world-model evaluation on held-out data.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LeWMInputError
-from ..losses import _check_floating, _no_autocast, gaussian_kl
+from ..losses import _check_floating, _no_autocast, gaussian_kl, sigreg, sigreg_generator
 
 
 @torch.no_grad()
@@ -68,4 +69,29 @@ def collapse_statistics(
     return out
 
 
-__all__ = ["collapse_statistics", "effective_rank"]
+def representation_health(
+    z: torch.Tensor, num_slices: int = 1024, seed: int = 0
+) -> dict[str, float]:
+    """Effective rank, mean per-dimension variance and SIGReg of held-out latents.
+
+    Args:
+        z (`torch.Tensor` of shape `(N, D)`): Latents, one per held-out state.
+        num_slices (`int`, defaults to 1024): SIGReg slices (drawn from a generator seeded by
+            `seed`, so the value is reproducible).
+        seed (`int`, defaults to 0): Seed of the slices.
+
+    Returns:
+        `dict[str, float]`: `effective_rank`, `var_per_dim` (population variance, averaged over
+        dimensions) and `sigreg` (about 1.05 for a standard Gaussian sample, growing like `N` for a
+        collapsed one; see docs/design.md, section 5 (The loss)).
+    """
+    z = z.detach().float()
+    generator = sigreg_generator(0, seed=seed, device=z.device)
+    return {
+        "effective_rank": float(effective_rank(z)),
+        "var_per_dim": z.var(dim=0, unbiased=False).mean().item(),
+        "sigreg": float(sigreg(z, num_slices=num_slices, generator=generator)),
+    }
+
+
+__all__ = ["collapse_statistics", "effective_rank", "representation_health"]

@@ -17,8 +17,9 @@ from .. import metric_keys as K
 from ..data.walks import WalkMetadata
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
+from .held_out import held_out_walks
 from .planning import PlanningConfig, evaluate_planning
-from .world_model import WorldModelEvalConfig, evaluate_world_model, held_out_walks
+from .world_model import WorldModelEvalConfig, evaluate_world_model
 
 
 @dataclass
