@@ -161,6 +161,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"rule {_fmt(p.get(K.RULE_COMPLIANCE))})"
             )
             loss = _fmt(p.get("final_train_loss"))
+        elif K.EVAL_PRED_MSE not in p:  # an LM without a gate (the DNA encoder phase)
+            detail = f"eval loss {_fmt(p.get('final_eval_loss'))}"
+            loss = _fmt(p.get("final_train_loss"))
         else:
             pred, copy = p.get(K.EVAL_PRED_MSE), p.get(K.EVAL_COPY_MSE)
             ratio = pred / copy if pred is not None and copy else None
@@ -173,6 +176,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for name, p in summary["phases"].items():
+        if K.EVAL_SNV_RECOVERY_R1 in p:
+            lines.append(
+                f"{name} evaluation: SNV recovery R@1 {_fmt(p[K.EVAL_SNV_RECOVERY_R1])} "
+                f"(copy {_fmt(p.get(K.EVAL_SNV_RECOVERY_R1_COPY))}, chance "
+                f"{_fmt(p.get(K.EVAL_SNV_RECOVERY_CHANCE))}); edit action R@1 "
+                f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1))} (copy "
+                f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1_COPY))}, chance "
+                f"{_fmt(p.get(K.EVAL_EDIT_ACTION_CHANCE))})"
+            )
         if K.EVAL_ACTION_R1 in p:
             lines.append(f"{name} evaluation:")
             lines.extend("  " + line for line in format_evaluation(p).splitlines())

@@ -353,6 +353,44 @@ def test_format_summary_rows():
     assert lines[-1] == "total wall time 12.3s; outputs in out"
 
 
+def test_format_summary_rows_of_the_dna_phases():
+    summary = {
+        "output_dir": "out",
+        "wall_time_s": 96.7,
+        "phases": {
+            "encoder": {
+                "task": "dna_lm",
+                "final_train_loss": 1.3671,
+                "final_eval_loss": 1.3619,
+                "global_step": 150,
+                "wall_time_s": 14.28,
+            },
+            "world_model": {
+                "task": "edit_world_model",
+                K.EVAL_PRED_MSE: 1.196,
+                K.EVAL_COPY_MSE: 5.478,
+                "final_pred_loss": 1.031,
+                "final_reg_loss": 2.403,
+                K.EVAL_SNV_RECOVERY_R1: 0.8555,
+                K.EVAL_SNV_RECOVERY_R1_COPY: 0.0,
+                K.EVAL_SNV_RECOVERY_CHANCE: 0.005208,
+                K.EVAL_EDIT_ACTION_R1: 0.6399,
+                K.EVAL_EDIT_ACTION_R1_COPY: 0.06406,
+                K.EVAL_EDIT_ACTION_CHANCE: 0.05693,
+                "global_step": 2000,
+                "wall_time_s": 82.41,
+            },
+        },
+    }
+    lines = format_summary(summary).splitlines()
+    assert lines[2].split() == "encoder dna_lm 150 1.367 eval loss 1.362 14.28".split()
+    assert "pred MSE 1.196 vs copy 5.478 (ratio 0.2183)" in lines[3]
+    assert lines[4] == (
+        "world_model evaluation: SNV recovery R@1 0.8555 (copy 0, chance 0.005208); "
+        "edit action R@1 0.6399 (copy 0.06406, chance 0.05693)"
+    )
+
+
 def test_world_model_encoder_from_scratch_and_from_a_local_path(
     gate_run, tmp_path, cache_dir, write_walk_recipe
 ):
