@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metric_keys as K
-from .errors import LeWMInputError
+from .errors import LeWMConfigError, LeWMInputError
 
 # Element sizes of the safetensors dtypes, to check that each tensor's byte range fits its shape.
 _DTYPE_BYTES = {
@@ -204,4 +204,61 @@ def check_checkpoint_dir(path: str | os.PathLike, field: str) -> dict[str, Any]:
     return state
 
 
-__all__ = ["check_checkpoint_dir", "check_model_dir", "check_safetensors", "check_weights"]
+def check_checkpoint_fits(checkpoint: str | os.PathLike, model: Any, field: str) -> None:
+    """The checkpoint to resume from was saved by a run of this phase's model.
+
+    A checkpoint of another task (an LM's for a world-model phase, or a world model of another
+    size) would otherwise fail deep in torch (`loaded state dict has a different number of
+    parameter groups`, a size mismatch). Reads only `config.json` and the safetensors header.
+    A LoRA checkpoint (adapters only) is checked by peft when it loads.
+
+    Args:
+        checkpoint (`str` or `PathLike`): The `checkpoint-*` folder (checked by
+            `check_checkpoint_dir` before).
+        model (`PreTrainedModel`): The phase's model, before training.
+        field (`str`): The input that named the checkpoint.
+
+    Raises:
+        `LeWMConfigError`: naming `field`, when the checkpoint's model type,
+            parameter names or shapes differ from the model's.
+    """
+    folder = Path(checkpoint)
+    if (folder / K.ADAPTER_CONFIG_FILE).is_file() or not (folder / K.SAFE_WEIGHTS_FILE).is_file():
+        return
+    checkpoint = str(checkpoint)
+    saved_type = None
+    if (folder / K.CONFIG_FILE).is_file():
+        saved_type = _read_json(folder / K.CONFIG_FILE, field).get("model_type")
+    model_type = model.config.model_type
+    if saved_type is not None and saved_type != model_type:
+        raise LeWMConfigError(
+            field,
+            checkpoint,
+            f"is a checkpoint of a {saved_type!r} model, and this phase trains a {model_type!r} "
+            "model: resume from a checkpoint of this phase (its output_dir's checkpoint-*)",
+        )
+    header = check_safetensors(folder / K.SAFE_WEIGHTS_FILE, field)
+    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if name not in shapes:
+            raise LeWMConfigError(
+                field, checkpoint, f"holds {name!r}, which this phase's model does not have"
+            )
+        if tuple(entry["shape"]) != shapes[name]:
+            raise LeWMConfigError(
+                field,
+                checkpoint,
+                f"{name!r} has shape {tuple(entry['shape'])} there and {shapes[name]} in this "
+                "phase's model (another architecture)",
+            )
+
+
+__all__ = [
+    "check_checkpoint_dir",
+    "check_checkpoint_fits",
+    "check_model_dir",
+    "check_safetensors",
+    "check_weights",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,7 @@ from typing import Any
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-from .. import metric_keys as K
-from ..checkpoints import check_checkpoint_dir, check_safetensors
+from ..checkpoints import check_checkpoint_dir
 from ..errors import LeWMConfigError
 
 
@@ -115,59 +113,9 @@ def resolve_previous(value: str | None, context: PhaseContext, field: str) -> st
     return context.previous["model_path"]
 
 
-def check_resume_fits(checkpoint: str, model: Any) -> None:
-    """The checkpoint to resume from was saved by a run of this phase's model.
-
-    A checkpoint of another task (an LM's for a world-model phase, or a world model of another
-    size) would otherwise fail deep in torch (`loaded state dict has a different number of
-    parameter groups`, a size mismatch). Reads only `config.json` and the safetensors header.
-    A LoRA checkpoint (adapters only) is checked by peft when it loads.
-
-    Args:
-        checkpoint (`str`): The `checkpoint-*` folder.
-        model (`PreTrainedModel`): The phase's model, before training.
-
-    Raises:
-        `LeWMConfigError`: naming `resume_from_checkpoint`, when the checkpoint's model type,
-            parameter names or shapes differ from the model's.
-    """
-    folder = Path(checkpoint)
-    if (folder / K.ADAPTER_CONFIG_FILE).is_file() or not (folder / K.SAFE_WEIGHTS_FILE).is_file():
-        return
-    field = "resume_from_checkpoint"
-    saved_type = None
-    if (folder / K.CONFIG_FILE).is_file():
-        saved_type = json.loads((folder / K.CONFIG_FILE).read_text()).get("model_type")
-    model_type = model.config.model_type
-    if saved_type is not None and saved_type != model_type:
-        raise LeWMConfigError(
-            field,
-            checkpoint,
-            f"is a checkpoint of a {saved_type!r} model, and this phase trains a {model_type!r} "
-            "model: resume from a checkpoint of this phase (its output_dir's checkpoint-*)",
-        )
-    header = check_safetensors(folder / K.SAFE_WEIGHTS_FILE, field)
-    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if name not in shapes:
-            raise LeWMConfigError(
-                field, checkpoint, f"holds {name!r}, which this phase's model does not have"
-            )
-        if tuple(entry["shape"]) != shapes[name]:
-            raise LeWMConfigError(
-                field,
-                checkpoint,
-                f"{name!r} has shape {tuple(entry['shape'])} there and {shapes[name]} in this "
-                "phase's model (another architecture)",
-            )
-
-
 __all__ = [
     "PhaseContext",
     "build_training_arguments",
-    "check_resume_fits",
     "resolve_previous",
     "resolve_resume",
 ]

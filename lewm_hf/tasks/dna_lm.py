@@ -21,6 +21,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .. import metric_keys as K
+from ..checkpoints import check_checkpoint_fits
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer
 from ..data.edits.corpus import DNASourceConfig, load_source_windows
@@ -29,7 +30,7 @@ from ..hub import publish
 from ..trainer.lewm_config import CausalLMTrainingArguments
 from ..trainer.lewm_trainer import CausalLMTrainer
 from .arguments import DNACorpusCacheArguments, WalkLMModelArguments, dna_corpus_config
-from .base import PhaseContext, build_training_arguments, check_resume_fits
+from .base import PhaseContext, build_training_arguments
 from .walk_lm import build_walk_lm, check_lm_start
 
 # Recipe targets: each key belongs to exactly one of them.
@@ -100,7 +101,7 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
     # Model (vocabulary = the DNA tokenizer's)
     model = build_walk_lm(args.model, DNA_VOCAB_SIZE, max_positions=args.data.window_length)
     if context.resume:
-        check_resume_fits(context.resume, model)
+        check_checkpoint_fits(context.resume, model, "resume_from_checkpoint")
 
     # Trainer
     trainer = CausalLMTrainer(

@@ -14,7 +14,7 @@ import numpy as np
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .. import metric_keys as K
-from ..checkpoints import check_model_dir
+from ..checkpoints import check_checkpoint_fits, check_model_dir
 from ..data.walks import build_walk_corpus, load_walk_metadata
 from ..determinism import prepare_run
 from ..errors import LeWMConfigError
@@ -23,7 +23,7 @@ from ..reporting import console
 from ..trainer.lewm_config import WalkLMTrainingArguments
 from ..trainer.lewm_trainer import WalkLMTrainer
 from .arguments import WalkCorpusArguments, WalkLMModelArguments
-from .base import PhaseContext, build_training_arguments, check_resume_fits
+from .base import PhaseContext, build_training_arguments
 
 # Recipe targets: each key belongs to exactly one of them.
 TARGETS = {
@@ -169,7 +169,7 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         max_positions = max(2 * window + 2, corpus_config.row_length)
         model = build_walk_lm(args.model, meta.graph.num_vertices, max_positions=max_positions)
     if context.resume:
-        check_resume_fits(context.resume, model)
+        check_checkpoint_fits(context.resume, model, "resume_from_checkpoint")
 
     # Trainer
     trainer = WalkLMTrainer(

@@ -18,6 +18,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from .. import metric_keys as K
+from ..checkpoints import check_checkpoint_fits
 from ..configuration_lewm import LeWMConfig
 from ..determinism import prepare_run
 from ..errors import LeWMCollapseError, LeWMConfigError
@@ -26,7 +27,7 @@ from ..modeling_lewm import LeWMModel
 from ..trainer.lewm_config import LeWMTrainingArguments
 from ..trainer.lewm_trainer import LeWMTrainer
 from .arguments import WorldModelArguments
-from .base import PhaseContext, build_training_arguments, check_resume_fits, resolve_previous
+from .base import PhaseContext, build_training_arguments, resolve_previous
 from .domains import WorldModelData, WorldModelDomain
 
 # Recipe targets every world-model task has; its domain adds the data and evaluation ones.
@@ -258,7 +259,7 @@ def run_world_model(
         encoder_path = resolve_previous(args.model.encoder_path, context, "encoder_path")
     model = build_world_model(domain, args, data, encoder_path, model_path)
     if context.resume:
-        check_resume_fits(context.resume, model)
+        check_checkpoint_fits(context.resume, model, "resume_from_checkpoint")
 
     # Trainer
     trainer = LeWMTrainer(
