@@ -24,7 +24,7 @@ from ..determinism import prepare_run
 from ..errors import LeWMCollapseError, LeWMConfigError
 from ..hub import publish
 from ..modeling_lewm import LeWMModel
-from ..trainer.lewm_config import LeWMTrainingArguments
+from ..trainer.lewm_config import LeWMTrainingArguments, check_streaming_feature_cache
 from ..trainer.lewm_trainer import LeWMTrainer
 from .arguments import WorldModelArguments
 from .base import PhaseContext, build_training_arguments, resolve_previous
@@ -112,6 +112,7 @@ class WorldModelTask:
         )
         if not model.model_name_or_path:
             self.domain.check_config(config, args.domain, None)
+            check_streaming_feature_cache(training, config.encoder_mode)
         check_lora_start(args)
         return args
 

@@ -238,8 +238,102 @@ def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bo
         )
 
 
+# Rows the shuffle buffer of a streamed training split holds (`streaming_buffer_size`).
+DEFAULT_STREAMING_BUFFER_SIZE = 10_000
+
+
 @dataclass
-class CausalLMTrainingArguments(TrainingArguments):
+class StreamingArguments:
+    r"""The streaming fields every trainer's arguments share.
+
+    Parameters that control streaming (`lewm_hf.data.streaming`):
+        dataset_streaming (`bool`, defaults to `False`): Train on a `StreamingDataset` over the
+            training split (an `IterableDataset`: the corpus's memory-mapped Arrow files read
+            lazily in blocks, in a seeded shuffled order, pass after pass) instead of the split
+            itself. A stream has no length, so `max_steps` must be set; a resumed run continues
+            where the stream stopped. Evaluation still reads its (held-out) split as a dataset.
+            Settings that cannot combine with it are errors (`check_streaming`).
+        streaming_buffer_size (`int`, defaults to `10000`): Rows in the shuffle buffer (the
+            memory the stream holds besides one block of rows); 1 keeps each block's order.
+    """
+
+    dataset_streaming: bool = option(
+        False, help="Stream the training rows lazily (an IterableDataset; needs max_steps)."
+    )
+    streaming_buffer_size: int = option(
+        DEFAULT_STREAMING_BUFFER_SIZE, help="Rows in the stream's shuffle buffer.", low=1
+    )
+
+
+def check_streaming(args: TrainingArguments) -> None:
+    """The settings that cannot combine with `dataset_streaming: true` are errors.
+
+    - `max_steps` must be positive: a stream has no length to count epochs in (as TRL and the
+      `Trainer` require for an `IterableDataset`).
+    - `dataloader_num_workers` must be 0: every worker would read the whole stream.
+    - `train_sampling_strategy` must be `random`: samplers need indexed access, and the
+      `Trainer` would ignore another strategy (the stream's shuffle replaces the sampler).
+
+    Unless `accelerator_config` sets `dispatch_batches`, it becomes False: every process then
+    reads the stream and keeps its own rows of each global batch (accelerate's
+    `IterableDatasetShard`), instead of the main process collating every batch and sending it
+    out (accelerate's default for an `IterableDataset`, which cannot rebuild a world model's
+    `ActionInputs`).
+
+    (The world model's frozen-feature cache is checked by `check_streaming_feature_cache`.)
+
+    Raises:
+        `LeWMConfigError`: naming the field that conflicts with streaming.
+    """
+    if not getattr(args, "dataset_streaming", False):
+        return
+    if args.max_steps is None or args.max_steps <= 0:
+        raise LeWMConfigError(
+            "max_steps",
+            args.max_steps,
+            "dataset_streaming: true trains on a stream with no length, so the run's length "
+            "must be given: set max_steps > 0",
+        )
+    if args.dataloader_num_workers:
+        raise LeWMConfigError(
+            "dataloader_num_workers",
+            args.dataloader_num_workers,
+            "with dataset_streaming: true every worker would read the whole stream: set 0",
+        )
+    if args.train_sampling_strategy != "random":
+        raise LeWMConfigError(
+            "train_sampling_strategy",
+            args.train_sampling_strategy,
+            "samplers need indexed access and a stream is read in order (its shuffle buffer "
+            "replaces the sampler): remove it or set dataset_streaming: false",
+        )
+    config = args.accelerator_config
+    if config is not None and getattr(config, "dispatch_batches", None) is None:
+        config.dispatch_batches = False
+
+
+def check_streaming_feature_cache(args: TrainingArguments, encoder_mode: str) -> None:
+    """A frozen encoder's feature cache cannot combine with streaming.
+
+    The cache encodes every distinct state of the training rows before training and adds a
+    column to them; a stream is never held or enumerated as a whole.
+
+    Raises:
+        `LeWMConfigError`: naming `frozen_feature_cache`.
+    """
+    streaming = getattr(args, "dataset_streaming", False)
+    if streaming and getattr(args, "frozen_feature_cache", False) and encoder_mode == "frozen":
+        raise LeWMConfigError(
+            "frozen_feature_cache",
+            True,
+            "the cache encodes every state of the training rows before training, and "
+            "dataset_streaming: true streams them: set frozen_feature_cache: false (the frozen "
+            "encoder then runs at every step) or dataset_streaming: false",
+        )
+
+
+@dataclass
+class CausalLMTrainingArguments(StreamingArguments, TrainingArguments):
     """`TrainingArguments` of a plain causal-LM phase (the DNA encoder phase, `CausalLMTrainer`):
     every Trainer field works, except those only training scripts read (`do_train`,
     `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`)."""
@@ -248,13 +342,15 @@ class CausalLMTrainingArguments(TrainingArguments):
     unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = {}
 
     def __post_init__(self):
+        validate_fields(self)
         check_unused_arguments(self)
         super().__post_init__()
         check_batch_sizes(self)
+        check_streaming(self)
 
 
 @dataclass
-class WalkLMTrainingArguments(TrainingArguments):
+class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
     r"""`TrainingArguments` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     Parameters that control the gate (evaluated after every Trainer evaluation):
@@ -309,6 +405,7 @@ class WalkLMTrainingArguments(TrainingArguments):
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
+        check_streaming(self)
 
     def compliance_kwargs(self, decoding: str) -> dict[str, Any]:
         """Keyword arguments of `evaluate_compliance` for one decoding (the gate's or the other)."""
@@ -330,7 +427,7 @@ class WalkLMTrainingArguments(TrainingArguments):
 
 
 @dataclass
-class LeWMTrainingArguments(TrainingArguments):
+class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
     r"""`TrainingArguments` for the LeWM world model.
 
     The loss settings are `LeWMConfig` fields (`pred_loss`, `regularizer`, `reg_weight`,
@@ -496,3 +593,4 @@ class LeWMTrainingArguments(TrainingArguments):
         self.lr_scheduler_type = None
         check_batch_sizes(self)
         check_warmup(self)
+        check_streaming(self)

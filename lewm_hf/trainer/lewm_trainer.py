@@ -21,6 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_dir
 from ..data.collators import DataCollatorForLeWM, DataCollatorForWalkLM
+from ..data.streaming import StreamingDataset
 from ..distributed import convert_to_global_batchnorm, is_distributed
 from ..errors import LeWMConfigError
 from ..hub import HubMixin
@@ -39,6 +40,8 @@ from .lewm_config import (
     LeWMTrainingArguments,
     WalkLMTrainingArguments,
     check_model_arguments,
+    check_streaming,
+    check_streaming_feature_cache,
     check_torch_compile,
     check_warmup,
 )
@@ -198,7 +201,52 @@ class _ResultMixin:
         plot_curves(payload["curves"], out / K.CURVES_PLOT, payload["phase"])
 
 
-class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
+class _StreamingMixin:
+    """`dataset_streaming`: the trainer trains on a `StreamingDataset` over its training split.
+
+    The split is wrapped once the `Trainer` is built. The `Trainer` puts the stream (an
+    `IterableDataset`) into a plain data loader that accelerate prepares: under several
+    processes every rank reads the same stream and keeps its own rows of each global batch
+    (`IterableDatasetShard`; `check_streaming` turns `dispatch_batches` off), so the global
+    batches are those of one process at the global batch size. The stream is therefore not
+    split by rank beforehand (`split_dataset_by_node`), which would shard it twice. A resumed
+    run continues the stream where it stopped: `get_resumed_dataloader` skips the consumed
+    rows by index, reading none.
+    """
+
+    def _stream_train_dataset(self) -> None:
+        args = self.args
+        if not getattr(args, "dataset_streaming", False) or self.train_dataset is None:
+            return
+        check_streaming(args)
+        if isinstance(self.train_dataset, StreamingDataset):
+            return
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        self.train_dataset = StreamingDataset(
+            self.train_dataset, buffer_size=args.streaming_buffer_size, seed=seed
+        )
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """A data loader `num_batches` batches into the stream (on resume).
+
+        A `StreamingDataset` skips the rows of those batches by index (every batch of the
+        prepared loader reads `train_batch_size` rows per process, or in all with
+        `split_batches`); any other dataset is skipped by the `Trainer`'s own replay.
+        """
+        dataset = self.train_dataset
+        if not isinstance(dataset, StreamingDataset):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        per_batch = self.args.train_batch_size
+        if not self.accelerator.split_batches:
+            per_batch *= self.accelerator.num_processes
+        self.train_dataset = dataset.skip(num_batches * per_batch)
+        try:
+            return self.get_train_dataloader()
+        finally:
+            self.train_dataset = dataset
+
+
+class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for `LeWMModel`.
 
     - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, as the
@@ -286,10 +334,12 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
             self.add_callback(self.collapse_monitor)
         self._use_summary_progress()
+        check_streaming_feature_cache(args, model.config.encoder_mode)
         self.feature_cache: FeatureCache | None = None
         if args.frozen_feature_cache and model.config.encoder_mode == "frozen":
             self._attach_feature_cache()
         check_model_arguments(args, model, self.feature_cache is not None)
+        self._stream_train_dataset()
 
     def _attach_feature_cache(self) -> None:
         """Compute the frozen encoder's features of every train/eval state once (see
@@ -632,7 +682,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         return {k: total / count for k, total, count in zip(keys, *totals) if count > 0}
 
 
-class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
+class WalkLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     It owns its `ComplianceGateCallback`, configured by the `gate_*` fields of its
@@ -669,6 +719,7 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         self.gate = ComplianceGateCallback(self, graph, jumpers, prompt_walks, context_window)
         self.add_callback(self.gate)
         self._use_summary_progress()
+        self._stream_train_dataset()
 
     @property
     def result_contributors(self) -> list[Any]:
@@ -687,7 +738,7 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         return None
 
 
-class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
+class CausalLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
     (train and eval loss curves) and the package's model card; no gate."""
 
@@ -696,3 +747,4 @@ class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._use_summary_progress()
+        self._stream_train_dataset()
