@@ -247,7 +247,8 @@ def test_recipe_keys_reach_every_phase_and_the_cache_conflict_fails_at_parse(
         tmp_path / "ok", cache_dir, phases, dataset_streaming=True, streaming_buffer_size=64
     )
     for parsed in validate_recipe(recipe):
-        assert parsed.training.dataset_streaming and parsed.training.streaming_buffer_size == 64
+        training = parsed.args.training
+        assert training.dataset_streaming and training.streaming_buffer_size == 64
     phases[1]["encoder_mode"] = "frozen"
     recipe = write_walk_recipe(tmp_path / "frozen", cache_dir, phases, dataset_streaming=True)
     with pytest.raises(LeWMConfigError) as info:
