@@ -445,6 +445,10 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
         frozen_feature_cache (`bool`, defaults to `True`): With `encoder_mode="frozen"`, compute
             the encoder's pooled features of every training and evaluation state once, before
             training (`FeatureCache`), instead of at every step; the results are the same.
+        feature_cache_memory_mb (`float`, defaults to `1024.0`): The feature cache stays in
+            memory up to this many MiB; a larger one is written to
+            `<output_dir>/feature_cache/` while it is built and memory-mapped from there
+            (bitwise the same features). 0 always writes it to disk.
 
     Parameters that control the collapse monitor (alerts: see `CollapseMonitorCallback`):
         collapse_monitor_steps (`int`, defaults to `50`): Check period in steps (0 disables).
@@ -514,6 +518,9 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
     action_encoder_lr_multiplier: float = option(1.0, help="Action encoder LR factor.", low=0)
     frozen_feature_cache: bool = option(
         True, help="With a frozen encoder, compute its state features once (false: every step)."
+    )
+    feature_cache_memory_mb: float = option(
+        1024.0, help="Feature cache in memory up to this many MiB, else memory-mapped.", low=0
     )
 
     # Parameters that control the collapse monitor

@@ -72,6 +72,8 @@ IGNORED_TRAINER_ARGUMENTS = {
     "preprocess_logits_for_metrics": "LeWMTrainer's evaluation returns no logits, so it would "
     "never be called",
 }
+# Folder of the output dir where a feature cache too large for memory is written.
+FEATURE_CACHE_DIR = "feature_cache"
 # Optimizer keyword arguments that replace the parameter groups (GaLore, APOLLO, LOMO).
 MODEL_OPTIMIZER_KWARGS = ("params", "model", "optimizer_dict")
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
@@ -349,8 +351,13 @@ class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
         ]
         if not names:
             return
+        args = self.args
         self.feature_cache, indexed = FeatureCache.build(
-            self.model, [getattr(self, n) for n in names], self.data_collator
+            self.model,
+            [getattr(self, n) for n in names],
+            self.data_collator,
+            max_memory_bytes=int(args.feature_cache_memory_mb * 2**20),
+            path=Path(args.output_dir) / FEATURE_CACHE_DIR / f"features-{args.process_index}.bin",
         )
         for name, dataset in zip(names, indexed):
             setattr(self, name, dataset)
