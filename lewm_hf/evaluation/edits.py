@@ -39,6 +39,7 @@ from ..data.edits.sampling import EditSampler
 from ..determinism import derive_seed
 from ..fields import PositionOrigin, option, validate_fields
 from ..modeling_actions import ActionInputs
+from ..progress import progress
 from .discrimination import ActionCandidates, action_discrimination
 from .inference import evaluating, model_device
 from .retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
@@ -163,7 +164,11 @@ def snv_recovery(
         preds = torch.cat(
             [
                 model.predict(z_rep[rows], acts.select(rows))[:, -1].float()
-                for rows in (slice(i, i + batch_size) for i in range(0, num * width, batch_size))
+                for rows in progress(
+                    [slice(i, i + batch_size) for i in range(0, num * width, batch_size)],
+                    desc="SNV recovery",
+                    unit="batch",
+                )
             ]
         ).view(num, width, -1)
         mask_d, target_d = mask.to(device), target.to(device)
@@ -180,7 +185,9 @@ def snv_recovery(
             z_cand = torch.cat(
                 [
                     model.encode(flat[i : i + batch_size], locus=cand_loc[i : i + batch_size])
-                    for i in range(0, flat.shape[0], batch_size)
+                    for i in progress(
+                        range(0, flat.shape[0], batch_size), desc="SNV copy", unit="batch"
+                    )
                 ]
             ).float()
             z_cand = z_cand.view(m, width, -1)
@@ -259,7 +266,9 @@ def edit_action_candidates(
                 model.encode(
                     flat[i : i + batch_size].to(device), locus=flat_loc[i : i + batch_size]
                 )
-                for i in range(0, flat.shape[0], batch_size)
+                for i in progress(
+                    range(0, flat.shape[0], batch_size), desc="edit actions", unit="batch"
+                )
             ]
         ).float()
     z_src, z_next = z_src.clone(), z_next.clone()  # ordinary tensors, outside inference mode

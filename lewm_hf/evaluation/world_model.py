@@ -55,6 +55,7 @@ from ..data.walks import WalkMetadata
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
+from ..progress import progress
 from .discrimination import ActionCandidates, action_discrimination, move_action_candidates
 from .held_out import HeldOutWalks, held_out_walks, move_actions, neighbor_table, sample_spans
 from .inference import Actions as Actions
@@ -154,11 +155,13 @@ def evaluate_world_model(
     rng = np.random.default_rng(derive_seed(config.seed, "world-model-items"))
     bs = config.batch_size
     out: dict[str, Any] = {}
+    bar = progress(desc="world-model evaluation", total=4, unit="stage")
     with evaluating(model):
         spans = sample_spans(data.walks, w + history, config.num_items, rng)  # (N, w + H)
         cand = move_action_candidates(model, graph, spans, w, bs)
         disc = action_discrimination(model, cand, seed=config.seed, batch_size=bs)
         out.update({K.EVAL_ACTION_PREFIX + key: value for key, value in disc.items()})
+        bar.update()
 
         # Surprise: the true next state against a teleport, both under the action taken.
         rows = torch.arange(cand.target.shape[0], device=cand.target.device)
@@ -173,9 +176,11 @@ def evaluate_world_model(
         out[K.EVAL_SURPRISE_AUROC] = auroc(torch.cat([s_true, s_tele]), labels)
         out[K.EVAL_SURPRISE_TRUE] = s_true.mean().item()
         out[K.EVAL_SURPRISE_TELEPORT] = s_tele.mean().item()
+        bar.update()
 
         health = representation_health(cand.z_hist[:, -1], config.sigreg_num_slices, config.seed)
         out.update({K.EVAL_PREFIX + key: value for key, value in health.items()})
+        bar.update()
 
         horizon = config.max_horizon
         spans = sample_spans(data.walks, w + horizon, config.num_rollouts, rng)
@@ -183,6 +188,8 @@ def evaluate_world_model(
         actions = torch.from_numpy(move_actions(graph, spans, w))
         rollout = latent_rollout(model, states, actions, bs)
         out.update({K.EVAL_ROLLOUT_PREFIX + key: value for key, value in rollout.items()})
+        bar.update()
+    bar.close()
     out[K.EVAL_ROLLOUT_HORIZONS] = list(range(1, horizon + 1))
     out[K.EVAL_ROLLOUT_NUM_ITEMS] = config.num_rollouts
     out[K.EVAL_WORLD_MODEL_SECONDS] = time.perf_counter() - started

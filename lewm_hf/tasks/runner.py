@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import metric_keys as K
 from ..errors import LeWMConfigError
+from ..progress import set_progress_disabled
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
 from . import get_task
@@ -170,6 +171,7 @@ def run_recipe(
             resume=resolve_resume(plan.resume, plan.output_dir),
             recipe=plan.keys,
         )
+        set_progress_disabled(getattr(plan.args.training, "disable_tqdm", False))
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
     summary["wall_time_s"] = time.time() - start

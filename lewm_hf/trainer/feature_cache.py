@@ -47,6 +47,7 @@ from datasets import Dataset
 from torch import nn
 
 from ..errors import LeWMConfigError, LeWMInputError
+from ..progress import progress
 
 # Column that maps a dataset row to its cached features: one index per (real) state.
 FEATURE_INDEX = "feature_index"
@@ -188,6 +189,7 @@ class FeatureCache:
         batch_size: int | None = None,
         max_memory_bytes: int | None = None,
         path: str | Path | None = None,
+        disable_progress: bool | None = None,
     ) -> tuple[FeatureCache, list[Dataset]]:
         """Compute the features of every distinct state of `datasets` with `model`'s encoder.
 
@@ -205,6 +207,8 @@ class FeatureCache:
                 always in memory.
             path (`str` or `Path`, *optional*): The file of a cache larger than
                 `max_memory_bytes` (overwritten).
+            disable_progress (`bool`, *optional*): Hide the progress bar (the trainer's
+                `disable_tqdm`; see `lewm_hf.progress`).
 
         Returns:
             `tuple[FeatureCache, list[Dataset]]`: The cache, and each dataset with a
@@ -229,6 +233,12 @@ class FeatureCache:
         model.eval()
         slot_of: dict[bytes, int] = {}  # state key -> position in the cache
         indexed = []
+        bar = progress(
+            desc="feature cache",
+            total=sum(len(d) for d in datasets),
+            unit="row",
+            disable=disable_progress,
+        )
         for dataset in datasets:
             row_slots: list[list[int]] = []
             for first in range(0, len(dataset), BUILD_ROWS_PER_CHUNK):
@@ -268,7 +278,9 @@ class FeatureCache:
                             None if flat_locus is None else flat_locus[part].to(device),
                         ).cpu()  # (n, E)
                     )
+                bar.update(b)
             indexed.append(dataset.add_column(FEATURE_INDEX, row_slots))
+        bar.close()
         model.train(was_training)
         if writer.rows == 0:
             raise LeWMInputError("datasets", [len(d) for d in datasets], "no rows to cache")

@@ -358,6 +358,7 @@ class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
             self.data_collator,
             max_memory_bytes=int(args.feature_cache_memory_mb * 2**20),
             path=Path(args.output_dir) / FEATURE_CACHE_DIR / f"features-{args.process_index}.bin",
+            disable_progress=args.disable_tqdm or not self.is_world_process_zero(),
         )
         for name, dataset in zip(names, indexed):
             setattr(self, name, dataset)
