@@ -60,6 +60,24 @@ def test_stream_reads_only_blocks_it_needs():
     assert all(isinstance(k, slice) for k in reads[1:])
 
 
+def _loader_batches(stream: StreamingDataset, workers: int, n: int) -> list[list[int]]:
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=3, num_workers=workers, collate_fn=lambda rows: [r["x"] for r in rows]
+    )
+    return list(itertools.islice(iter(loader), n))
+
+
+def test_workers_split_the_stream_by_batch_and_keep_its_order():
+    data = Dataset.from_dict({"x": list(range(40))})
+    stream = StreamingDataset(data, buffer_size=6, seed=1, block_size=8, rows_per_batch=3)
+    alone = _loader_batches(stream, 0, 20)
+    assert [x for batch in alone for x in batch] == _values(stream, 60)
+    assert _loader_batches(stream, 2, 20) == alone
+    assert _loader_batches(stream.skip(15), 2, 15) == alone[5:]
+    with pytest.raises(Exception, match="rows_per_batch"):
+        _loader_batches(StreamingDataset(data, buffer_size=6, seed=1), 2, 1)
+
+
 # ---- exact resume -----------------------------------------------------------------------
 class _StopAfterSave(TrainerCallback):
     """Ends a run right after the Trainer saved checkpoint-`step` (as a kill would)."""
@@ -135,13 +153,15 @@ def _world_model_trainer(output_dir, tiny_lewm_model, tiny_clips, **overrides):
     return trainer
 
 
-@pytest.mark.parametrize("phase", ["lm", "world_model"])
+@pytest.mark.parametrize("phase", ["lm", "lm_two_workers", "world_model"])
 def test_resumed_stream_sees_the_uninterrupted_runs_batches(
     tmp_path, phase, tiny_lewm_model, tiny_clips
 ):
     def build(folder, **overrides):
         if phase == "lm":
             return _lm_trainer(tmp_path / folder, **overrides)
+        if phase == "lm_two_workers":
+            return _lm_trainer(tmp_path / folder, dataloader_num_workers=2, **overrides)
         return _world_model_trainer(tmp_path / folder, tiny_lewm_model, tiny_clips, **overrides)
 
     whole = build("whole")
@@ -174,7 +194,7 @@ def test_resumed_stream_sees_the_uninterrupted_runs_batches(
     ("overrides", "field"),
     [
         ({"max_steps": -1}, "max_steps"),
-        ({"dataloader_num_workers": 2}, "dataloader_num_workers"),
+        ({"dataloader_num_workers": 2, "dataloader_in_order": False}, "dataloader_in_order"),
         ({"train_sampling_strategy": "group_by_length"}, "train_sampling_strategy"),
         ({"streaming_buffer_size": 0}, "streaming_buffer_size"),
     ],

@@ -20,10 +20,17 @@ Because the order needs no row data, `skip(n)` fast-forwards by running the inde
 `n` steps and then reads only the rows left in the buffer (one Arrow `take`): a resumed run
 continues exactly where the stream stopped, in time linear in integers, not in rows read and
 collated. A stream has no length; the trainer therefore needs `max_steps`.
+
+Under data-loader workers, torch's `DataLoader` takes batch `i` from worker `i mod W`; given
+`rows_per_batch` (the rows one batch of the loader reads from the stream, which the trainers
+set), worker `k` yields only the rows of batches `k, k + W, ...`, so the loader's batches are
+those of a loader without workers (each worker runs the index machinery and reads the blocks
+itself, collating only its own batches).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -119,6 +126,8 @@ class StreamingDataset(IterableDataset):
         block_size (`int`, defaults to `DEFAULT_BLOCK_SIZE`): Rows per contiguous read.
         skip_rows (`int`, defaults to 0): Rows of the stream to pass over before the first one
             yielded (`skip`).
+        rows_per_batch (`int`, *optional*): Rows of the stream per batch of the data loader;
+            needed under several data-loader workers (see the module doc).
     """
 
     def __init__(
@@ -128,6 +137,7 @@ class StreamingDataset(IterableDataset):
         seed: int,
         block_size: int = DEFAULT_BLOCK_SIZE,
         skip_rows: int = 0,
+        rows_per_batch: int | None = None,
     ):
         if not isinstance(dataset, Dataset):
             raise LeWMInputError(
@@ -137,7 +147,11 @@ class StreamingDataset(IterableDataset):
             )
         if len(dataset) == 0:
             raise LeWMInputError("train_dataset", 0, "no rows to stream")
-        for name, value in (("buffer_size", buffer_size), ("block_size", block_size)):
+        for name, value in (
+            ("buffer_size", buffer_size),
+            ("block_size", block_size),
+            ("rows_per_batch", 1 if rows_per_batch is None else rows_per_batch),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise LeWMConfigError(name, value, "must be an integer >= 1")
         if skip_rows < 0:
@@ -147,11 +161,17 @@ class StreamingDataset(IterableDataset):
         self.seed = seed
         self.block_size = block_size
         self.skip_rows = skip_rows
+        self.rows_per_batch = rows_per_batch
 
     def skip(self, rows: int) -> StreamingDataset:
         """The same stream, `rows` further on (the rows passed over are never read)."""
         return StreamingDataset(
-            self.dataset, self.buffer_size, self.seed, self.block_size, self.skip_rows + rows
+            self.dataset,
+            self.buffer_size,
+            self.seed,
+            self.block_size,
+            self.skip_rows + rows,
+            self.rows_per_batch,
         )
 
     def indices(self) -> ShuffledIndexStream:
@@ -166,12 +186,14 @@ class StreamingDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        if info is not None and info.num_workers > 1:
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        if workers > 1 and self.rows_per_batch is None:
             raise LeWMConfigError(
-                "dataloader_num_workers",
-                info.num_workers,
-                "each worker would read the whole stream: use 0 with dataset_streaming",
+                "rows_per_batch",
+                None,
+                f"{workers} data-loader workers need the rows per batch to split the stream",
             )
+        batch_rows = self.rows_per_batch or 1
         stream = self.indices()
         for _ in range(self.skip_rows):
             next(stream)
@@ -181,7 +203,7 @@ class StreamingDataset(IterableDataset):
         held = Counter(stream.buffer)
         rows = {i: [row, held[i]] for i, row in self._take(sorted(held)).items()}
         block: tuple[int, dict[str, list[Any]]] | None = None
-        while True:
+        for position in itertools.count():
             index = next(stream)
             for entered in stream.entered:
                 if entered in rows:
@@ -197,7 +219,8 @@ class StreamingDataset(IterableDataset):
             entry[1] -= 1
             if entry[1] == 0:
                 del rows[index]
-            yield entry[0]
+            if (position // batch_rows) % workers == worker:
+                yield entry[0]
 
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "ShuffledIndexStream", "StreamingDataset"]

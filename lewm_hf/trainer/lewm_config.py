@@ -270,7 +270,8 @@ def check_streaming(args: TrainingArguments) -> None:
 
     - `max_steps` must be positive: a stream has no length to count epochs in (as TRL and the
       `Trainer` require for an `IterableDataset`).
-    - `dataloader_num_workers` must be 0: every worker would read the whole stream.
+    - `dataloader_in_order` must stay true with `dataloader_num_workers`: each worker yields
+      every `num_workers`-th batch of the stream, and the loader must put them back in order.
     - `train_sampling_strategy` must be `random`: samplers need indexed access, and the
       `Trainer` would ignore another strategy (the stream's shuffle replaces the sampler).
 
@@ -294,11 +295,12 @@ def check_streaming(args: TrainingArguments) -> None:
             "dataset_streaming: true trains on a stream with no length, so the run's length "
             "must be given: set max_steps > 0",
         )
-    if args.dataloader_num_workers:
+    if args.dataloader_num_workers and not args.dataloader_in_order:
         raise LeWMConfigError(
-            "dataloader_num_workers",
-            args.dataloader_num_workers,
-            "with dataset_streaming: true every worker would read the whole stream: set 0",
+            "dataloader_in_order",
+            args.dataloader_in_order,
+            "with dataset_streaming: true and data-loader workers, each worker yields every "
+            "num_workers-th batch of the stream and the loader must keep their order: set true",
         )
     if args.train_sampling_strategy != "random":
         raise LeWMConfigError(

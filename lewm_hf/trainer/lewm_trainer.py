@@ -225,23 +225,31 @@ class _StreamingMixin:
             return
         seed = args.data_seed if args.data_seed is not None else args.seed
         self.train_dataset = StreamingDataset(
-            self.train_dataset, buffer_size=args.streaming_buffer_size, seed=seed
+            self.train_dataset,
+            buffer_size=args.streaming_buffer_size,
+            seed=seed,
+            rows_per_batch=self._stream_rows_per_batch(),
         )
+
+    def _stream_rows_per_batch(self) -> int:
+        """Rows of the stream per batch of the prepared loader: `train_batch_size` per process
+        (every rank reads the global batch and keeps its part), or in all with
+        `split_batches`."""
+        rows = self.args.train_batch_size
+        if not self.accelerator.split_batches:
+            rows *= self.accelerator.num_processes
+        return rows
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         """A data loader `num_batches` batches into the stream (on resume).
 
-        A `StreamingDataset` skips the rows of those batches by index (every batch of the
-        prepared loader reads `train_batch_size` rows per process, or in all with
-        `split_batches`); any other dataset is skipped by the `Trainer`'s own replay.
+        A `StreamingDataset` skips the rows of those batches by index, reading none; any other
+        dataset is skipped by the `Trainer`'s own replay.
         """
         dataset = self.train_dataset
         if not isinstance(dataset, StreamingDataset):
             return super().get_resumed_dataloader(dataloader, num_batches)
-        per_batch = self.args.train_batch_size
-        if not self.accelerator.split_batches:
-            per_batch *= self.accelerator.num_processes
-        self.train_dataset = dataset.skip(num_batches * per_batch)
+        self.train_dataset = dataset.skip(num_batches * self._stream_rows_per_batch())
         try:
             return self.get_train_dataloader()
         finally:
