@@ -197,6 +197,7 @@ def test_resumed_stream_sees_the_uninterrupted_runs_batches(
         ({"dataloader_num_workers": 2, "dataloader_in_order": False}, "dataloader_in_order"),
         ({"train_sampling_strategy": "group_by_length"}, "train_sampling_strategy"),
         ({"streaming_buffer_size": 0}, "streaming_buffer_size"),
+        ({"auto_find_batch_size": True}, "auto_find_batch_size"),
     ],
 )
 def test_settings_that_cannot_stream_are_errors(tmp_path, overrides, field):

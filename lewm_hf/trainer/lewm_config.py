@@ -272,6 +272,8 @@ def check_streaming(args: TrainingArguments) -> None:
       `Trainer` require for an `IterableDataset`).
     - `dataloader_in_order` must stay true with `dataloader_num_workers`: each worker yields
       every `num_workers`-th batch of the stream, and the loader must put them back in order.
+    - `auto_find_batch_size` must be false: the stream is split among workers, and skipped on
+      resume, by the batch size it was built with.
     - `train_sampling_strategy` must be `random`: samplers need indexed access, and the
       `Trainer` would ignore another strategy (the stream's shuffle replaces the sampler).
 
@@ -309,6 +311,13 @@ def check_streaming(args: TrainingArguments) -> None:
             "samplers need indexed access and a stream is read in order (its shuffle buffer "
             "replaces the sampler): remove it or set dataset_streaming: false",
         )
+    if args.auto_find_batch_size:
+        raise LeWMConfigError(
+            "auto_find_batch_size",
+            True,
+            "with dataset_streaming: true the stream is split among data-loader workers and "
+            "skipped on resume by a fixed batch size: set per_device_train_batch_size instead",
+        )
     config = args.accelerator_config
     if config is not None and getattr(config, "dispatch_batches", None) is None:
         config.dispatch_batches = False
@@ -338,7 +347,8 @@ def check_streaming_feature_cache(args: TrainingArguments, encoder_mode: str) ->
 class CausalLMTrainingArguments(StreamingArguments, TrainingArguments):
     """`TrainingArguments` of a plain causal-LM phase (the DNA encoder phase, `CausalLMTrainer`):
     every Trainer field works, except those only training scripts read (`do_train`,
-    `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`)."""
+    `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`). Streaming
+    (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`."""
 
     unused_arguments: ClassVar[dict[str, str]] = WALK_LM_UNUSED_ARGUMENTS
     unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = {}
@@ -369,6 +379,8 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
         gate_batch_size (`int`, defaults to `1000`): Generation batch size. On CPU the gate's
             evaluation of 1000 sequences ran about 2x faster in one batch of 1000 than in
             batches of 256 (`benchmarks/gate_cost.py`); lower it only to save memory.
+
+    Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
 
     Defaults that differ from `TrainingArguments`: `logging_steps=1` (so `result.json` has the train
     loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a
@@ -497,6 +509,8 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
             ones training stops with `LeWMNonFiniteLossError`. With a fused torch optimizer (the
             default) the skip is decided on the device and counted at the next log or
             checkpoint, so no step synchronises the host (see `LeWMTrainer.training_step`).
+
+    Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
 
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the action
     fields are collator columns, not `forward` arguments), `logging_steps=1`, `warmup_steps=0.05`
