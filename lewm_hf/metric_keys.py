@@ -12,6 +12,8 @@ EVAL_PREFIX = "eval_"
 # ---- files -------------------------------------------------------------------------------
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
+# The phases a torchrun launch has finished (read when its workers are restarted).
+LAUNCH_RECORD_FILE = "launch_record.json"
 CURVES_PLOT = "curves.png"
 GATE_CHECKPOINT = "gate_checkpoint"
 DETERMINISM_FILE = "determinism.json"

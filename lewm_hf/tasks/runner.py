@@ -6,6 +6,7 @@ Each phase runs its task's `main` (`lewm_hf.tasks`) with the previous phase's su
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import metric_keys as K
+from ..checkpoints import last_complete_checkpoint
+from ..distributed import ElasticLaunch, elastic_launch
 from ..errors import LeWMConfigError
 from ..progress import set_progress_disabled
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
@@ -139,6 +142,59 @@ def validate_recipe(
     return plans
 
 
+def launch_record(root: Path, launch: ElasticLaunch | None) -> dict[str, dict[str, Any]]:
+    """The phases an earlier attempt of this torchrun launch finished (name -> summary).
+
+    The first attempt (and any run outside torchrun) starts a new record: its main process
+    removes one left by another launch. A restarted attempt reads the record of its own launch
+    (the same `run_id`); a record of another launch is ignored.
+
+    Args:
+        root (`Path`): The run's output dir.
+        launch (`ElasticLaunch` or `None`): This process's launch (`elastic_launch()`).
+
+    Returns:
+        `dict[str, dict]`: the finished phases' summaries (empty outside a restart).
+    """
+    path = root / K.LAUNCH_RECORD_FILE
+    if launch is None or launch.restart_count == 0:
+        if int(os.environ.get("RANK", "0")) == 0 and path.is_file():
+            path.unlink()
+        return {}
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if not isinstance(record, dict) or record.get("run_id") != launch.run_id:
+        return {}
+    return dict(record.get("phases", {}))
+
+
+def record_phase(
+    root: Path, launch: ElasticLaunch | None, name: str, phase_summary: dict[str, Any]
+) -> None:
+    """Add a finished phase to the launch record (main process of a torchrun launch only)."""
+    if launch is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = root / K.LAUNCH_RECORD_FILE
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if not isinstance(record, dict) or record.get("run_id") != launch.run_id:
+        record = {"run_id": launch.run_id, "phases": {}}
+    record["phases"][name] = phase_summary
+    write_json(path, record)
+
+
+def restart_resume(plan: PhasePlan, launch: ElasticLaunch | None) -> str | None:
+    """The checkpoint a phase resumes from: the recipe's `resume_from_checkpoint`, else, in a
+    restarted torchrun attempt, the phase's newest whole checkpoint (no flag needed)."""
+    if plan.resume not in (None, False) or launch is None or launch.restart_count == 0:
+        return resolve_resume(plan.resume, plan.output_dir)
+    checkpoint = last_complete_checkpoint(plan.output_dir, "resume_from_checkpoint")
+    attempt = launch.restart_count
+    if checkpoint is None:
+        console(f"   restart {attempt} of this launch: no checkpoint yet, the phase starts over")
+    else:
+        console(f"   restart {attempt} of this launch: resuming from {checkpoint}")
+    return checkpoint
+
+
 def run_recipe(
     config: str | Path, overrides: list[tuple[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -159,25 +215,43 @@ def run_recipe(
     plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
     check_hub_repos(plans)
     summary: dict[str, Any] = {"config": str(recipe.path), "output_dir": str(root), "phases": {}}
+    launch = elastic_launch()
+    finished = launch_record(root, launch)
     previous = None
     for index, plan in enumerate(plans):
         console(
             f"== phase {index + 1}/{len(plans)}: {plan.name} ({plan.task}) -> {plan.output_dir}"
         )
+        if plan.name in finished:
+            # A restarted torchrun worker: an earlier attempt of this launch finished the phase.
+            console("   finished by an earlier attempt of this launch: reusing its results")
+            previous = finished[plan.name]
+            summary["phases"][plan.name] = previous
+            continue
         context = PhaseContext(
             name=plan.name,
             index=index,
             previous=previous,
-            resume=resolve_resume(plan.resume, plan.output_dir),
+            resume=restart_resume(plan, launch),
             recipe=plan.keys,
         )
         set_progress_disabled(getattr(plan.args.training, "disable_tqdm", False))
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
+        record_phase(root, launch, plan.name, previous)
     summary["wall_time_s"] = time.time() - start
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(root / K.SUMMARY_FILE, summary)
     return summary
 
 
-__all__ = ["PhasePlan", "parse_phase", "run_recipe", "run_root", "validate_recipe"]
+__all__ = [
+    "PhasePlan",
+    "launch_record",
+    "parse_phase",
+    "record_phase",
+    "restart_resume",
+    "run_recipe",
+    "run_root",
+    "validate_recipe",
+]

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from transformers import TrainingArguments
 
 from ..errors import LeWMConfigError
@@ -206,6 +207,18 @@ def check_unused_arguments(args: TrainingArguments) -> None:
             raise LeWMConfigError(name, value, reason)
 
 
+def use_cpu_without_accelerator(args: TrainingArguments) -> None:
+    """Run every process of a distributed launch on the CPU when the machine has no accelerator.
+
+    transformers sets up a distributed run (DDP over gloo) only with `use_cpu` on a machine
+    without GPUs; otherwise each process of `torchrun` or `accelerate launch` would train alone,
+    on the whole dataset, and race to write the same files. Called from `__post_init__`.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not args.use_cpu and torch.accelerator.current_accelerator() is None:
+        args.use_cpu = True
+
+
 def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bool) -> None:
     """Reject the arguments that do nothing for this particular world model.
 
@@ -356,6 +369,7 @@ class CausalLMTrainingArguments(StreamingArguments, TrainingArguments):
     def __post_init__(self):
         validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
         super().__post_init__()
         check_batch_sizes(self)
         check_streaming(self)
@@ -416,6 +430,7 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
     def __post_init__(self):
         validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
@@ -609,6 +624,7 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
     def __post_init__(self):
         validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
         # `TrainingArguments.__post_init__` parses `lr_scheduler_type` into a `SchedulerType`;
         # it gets a stand-in, and the field stays None: no transformers scheduler is built.
         self.lr_scheduler_type = "constant"
