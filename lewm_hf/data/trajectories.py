@@ -583,6 +583,54 @@ def write_trajectories(
     return path
 
 
+def push_trajectories(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload trajectories",
+    api: Any = None,
+) -> str:
+    """Upload a folder written by [`write_trajectories`] as a Hub dataset repo.
+
+    The folder is already a Hub dataset's layout (`data/<split>-*.parquet`, `README.md` with
+    its `configs`, `lewm_dataset.json`), so it is uploaded as it is; `load_trajectories(repo_id)`
+    reads it back.
+
+    Args:
+        folder (`str` or `Path`): The dataset root.
+        repo_id (`str`): The dataset repo (`owner/name`).
+        private (`bool`, *optional*): Create the repo private.
+        token (`str`, *optional*): Hub token.
+        commit_message (`str`, defaults to `"Upload trajectories"`): The commit message.
+        api (`HfApi`, *optional*): The client (a new `HfApi` if None).
+
+    Returns:
+        `str`: The repo id.
+
+    Raises:
+        `LeWMConfigError`: when `folder` holds no trajectory metadata.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    meta = folder / K.TRAJECTORY_INFO_FILE
+    if not meta.is_file():
+        raise LeWMConfigError("folder", str(folder), f"has no {K.TRAJECTORY_INFO_FILE}")
+    TrajectoryInfo.from_json(meta.read_text(), str(meta))
+    api = api if api is not None else HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+    api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=str(folder),
+        commit_message=commit_message,
+        token=token,
+    )
+    return repo_id
+
+
 def export_trajectories(
     corpus: DatasetDict, folder: str | Path, splits: dict[str, str] | None = None
 ) -> TrajectoryInfo:
@@ -660,6 +708,7 @@ __all__ = [
     "load_trajectories",
     "load_trajectory_dataset",
     "nested_int_array",
+    "push_trajectories",
     "select_split",
     "validate_trajectories",
     "write_trajectories",
