@@ -319,6 +319,23 @@ def validate_trajectories(dataset: Dataset, info: TrajectoryInfo, split: str | N
             )
 
 
+def real_steps(dataset: Dataset) -> np.ndarray:
+    """The real actions of every row of a validated discrete split: `K`, or the sum of its
+    `action_mask` (read from the Arrow buffers).
+
+    Returns:
+        `np.ndarray`: `(num_rows,)` int64.
+    """
+    table = _arrow_table(dataset)
+    if ACTION_MASK_COLUMN in table.column_names:
+        mask = table.column(ACTION_MASK_COLUMN).combine_chunks()
+        values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
+        parents = pc.list_parent_indices(mask).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=values, minlength=len(table)).astype(np.int64)
+    lengths = pc.list_value_length(table.column("actions").combine_chunks())
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -727,6 +744,7 @@ __all__ = [
     "load_trajectory_dataset",
     "nested_int_array",
     "push_trajectories",
+    "real_steps",
     "select_split",
     "validate_trajectories",
     "write_trajectories",

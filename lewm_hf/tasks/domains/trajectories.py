@@ -19,16 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-import pyarrow.compute as pc
-from datasets import Dataset
-
 from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
 from ...data.trajectories import (
     TrajectoryInfo,
     load_trajectory_dataset,
+    real_steps,
     select_split,
     validate_trajectories,
 )
@@ -132,7 +129,7 @@ class TrajectoryDataInfo:
 
     Args:
         info (`TrajectoryInfo`): The dataset's metadata.
-        max_steps (`int`): The longest row's number of actions (train and held-out).
+        max_steps (`int`): The most real actions in a row (train and held-out).
     """
 
     info: TrajectoryInfo
@@ -261,7 +258,7 @@ class TrajectoryDomain:
             validate_trajectories(rows, info, split)
             splits[field] = rows
         train, held_out = splits["dataset_train_split"], splits["dataset_test_split"]
-        max_steps = max(_longest(train), _longest(held_out))
+        max_steps = int(max(real_steps(train).max(), real_steps(held_out).max()))
         return WorldModelData(
             train=train,
             validation=held_out,
@@ -288,12 +285,6 @@ class TrajectoryDomain:
         return evaluate_trajectory_model(
             model, data.validation, data.info.info.num_actions, args.evaluation.config()
         )
-
-
-def _longest(rows: Dataset) -> int:
-    """The most actions in one row (validated rows: `K` is `len(actions)`)."""
-    lengths = pc.list_value_length(rows.with_format("arrow")[:].column("actions"))
-    return int(np.max(lengths.to_numpy(zero_copy_only=False)))
 
 
 TRAJECTORIES = TrajectoryDomain()
