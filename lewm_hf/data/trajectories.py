@@ -44,7 +44,7 @@ from .walks import load_walk_metadata
 TRAJECTORY_FORMAT = "lewm-trajectories"
 TRAJECTORY_FORMAT_VERSION = 1
 # Packaged `datasets` builders that read `data_files` (`load_dataset("parquet", data_files=...)`).
-FILE_BUILDERS = ("parquet", "json", "arrow", "csv")
+FILE_BUILDERS = ("parquet", "json", "arrow")
 # The columns of each action type (besides `input_ids` and the optional `action_mask`).
 ACTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "discrete": ("actions",),
@@ -406,7 +406,7 @@ def load_trajectory_dataset(
 
     - a folder written by `save_to_disk` (read with `load_from_disk`; `dataset_config` and
       `data_files` must then be None);
-    - a packaged builder of `FILE_BUILDERS` (`parquet`, `json`, `arrow`, `csv`) with
+    - a packaged builder of `FILE_BUILDERS` (`parquet`, `json`, `arrow`) with
       `data_files` (`lewm_dataset.json` beside the first file, or one folder up);
     - a local folder of data files (`load_dataset(folder, name=dataset_config,
       data_files=...)`);

@@ -44,7 +44,7 @@ class TrajectoryDatasetArguments:
 
     Args:
         dataset_name (`str`): A Hub dataset id (`owner/name`), a local folder (data files, or a
-            `save_to_disk` folder), or a packaged builder (`parquet`, `json`, `arrow`, `csv`)
+            `save_to_disk` folder), or a packaged builder (`parquet`, `json`, `arrow`)
             with `data_files`.
         dataset_config (`str`, *optional*): The dataset's config name.
         dataset_train_split (`str`, defaults to `"train"`): The training split.
@@ -55,7 +55,7 @@ class TrajectoryDatasetArguments:
     """
 
     dataset_name: str | None = option(
-        None, help="Hub id, local folder, or parquet / json / arrow / csv with data_files."
+        None, help="Hub id, local folder, or parquet / json / arrow with data_files."
     )
     dataset_config: str | None = option(None, help="The dataset's config name.")
     dataset_train_split: str = option("train", help="The training split.")
@@ -69,7 +69,7 @@ class TrajectoryDatasetArguments:
             raise LeWMConfigError(
                 "dataset_name",
                 self.dataset_name,
-                "is required: a Hub dataset id, a local folder, or parquet / json / arrow / csv "
+                "is required: a Hub dataset id, a local folder, or parquet / json / arrow "
                 "with data_files",
             )
         if self.dataset_train_split == self.dataset_test_split:
