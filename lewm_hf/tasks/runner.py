@@ -17,7 +17,7 @@ from ..errors import LeWMConfigError
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
 from . import get_task
-from .base import PhaseContext, resolve_resume
+from .base import PhaseContext, PhaseHooks, resolve_resume
 
 # Keys the runner handles itself (never routed to a task's targets).
 RUNNER_KEYS = ("defaults", "phases", "name", "task", "output_dir", "resume_from_checkpoint")
@@ -139,15 +139,21 @@ def validate_recipe(
 
 
 def run_recipe(
-    config: str | Path, overrides: list[tuple[str, Any]] | None = None
+    config: str | Path,
+    overrides: list[tuple[str, Any]] | None = None,
+    hooks: PhaseHooks | None = None,
 ) -> dict[str, Any]:
     """Run every phase of a recipe and write `summary.json` in its output dir.
 
-    Every phase is parsed (and so validated) before the first one runs.
+    Every phase is parsed (and so validated) before the first one runs. Every launcher runs
+    this same function in each process (`accelerate launch`, torchrun, a Ray Train worker).
 
     Args:
         config (`str` or `Path`): The recipe YAML.
         overrides (`list[tuple[str, Any]]`, *optional*): Command-line overrides.
+        hooks (`PhaseHooks`, *optional*): What the launcher adds: a restart point (phases that
+            had finished are skipped, the interrupted one resumes from the launcher's
+            checkpoint) and a change to each phase's trainer. None: nothing.
 
     Returns:
         `dict[str, Any]`: The summary: `phases.<name>.*`, `wall_time_s`, `output_dir`, `config`.
@@ -158,20 +164,34 @@ def run_recipe(
     plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
     check_hub_repos(plans)
     summary: dict[str, Any] = {"config": str(recipe.path), "output_dir": str(root), "phases": {}}
+    hooks = hooks or PhaseHooks()
+    restored = hooks.restore()
     previous = None
     for index, plan in enumerate(plans):
+        if restored is not None and plan.name in restored.finished:
+            console(f"== phase {index + 1}/{len(plans)}: {plan.name} finished before the restart")
+            previous = restored.finished[plan.name]
+            summary["phases"][plan.name] = previous
+            hooks.phase_finished(PhaseContext(name=plan.name, index=index), previous)
+            continue
         console(
             f"== phase {index + 1}/{len(plans)}: {plan.name} ({plan.task}) -> {plan.output_dir}"
         )
+        if restored is not None and restored.phase == plan.name and restored.checkpoint:
+            resume = resolve_resume(restored.checkpoint, plan.output_dir)
+        else:
+            resume = resolve_resume(plan.resume, plan.output_dir)
         context = PhaseContext(
             name=plan.name,
             index=index,
             previous=previous,
-            resume=resolve_resume(plan.resume, plan.output_dir),
+            resume=resume,
             recipe=plan.keys,
+            hooks=hooks,
         )
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
+        hooks.phase_finished(context, previous)
     summary["wall_time_s"] = time.time() - start
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(root / K.SUMMARY_FILE, summary)
