@@ -1,21 +1,26 @@
 """Ray Train: a recipe on a local Ray cluster (2 CPU workers, gloo) through `train_on_ray`.
 
-- parity: 2 Ray workers at batch 8 train like one process at batch 16 (losses and final
-  weights within the DDP tests' tolerance); the control (per-rank BatchNorm and SIGReg) does
-  not;
-- the checkpoints reported to Ray are the Trainer's safetensors checkpoint folders;
-- a worker SIGKILLed after the first checkpoint of a recipe's second phase: Ray restarts the
-  worker group (`max_failures=1`), the first phase is not run again, the second resumes from
-  the reported checkpoint (the new workers train only the steps after it), and both end
-  within the parity tolerance.
+One Ray run (`max_failures=1`) of a recipe of three phases, each the same tiny world model at
+batch 8 per worker, checked against one process at batch 16 (run here):
 
-One local cluster and two Ray runs for the module (starting the workers costs most of a run's
-time: each run has two phases); the one-process reference runs in this process.
+- `world_model`: the parity check, losses and final weights within the DDP tests' tolerance;
+- `control`: per-rank BatchNorm (`sync_batchnorm: false`) and SIGReg (`PerRankSigreg`): it
+  must differ;
+- `again`: rank 1 is SIGKILLed after the phase's first checkpoint; Ray restarts the worker
+  group, the finished phases are not run again, `again` resumes from the checkpoint reported to
+  Ray (the new workers train only the steps after it) and ends within the parity tolerance.
+
+The checkpoints reported to Ray are the Trainer's safetensors checkpoint folders. Starting Ray
+workers (importing torch and transformers) costs most of the time, so the module starts one
+local cluster and one run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import runpy
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,8 @@ from lewm_hf.tasks.ray_train import (
 from lewm_hf.tasks.runner import run_recipe
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+HEALTH_CHECK = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 STEPS = 6
 SAVE_STEPS = 3
 BATCH = 8  # per Ray worker; the reference runs one process at 2 * BATCH
@@ -76,9 +83,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cluster():
     """A local Ray cluster of 2 CPUs; its workers import `lewm_hf` from this checkout and the
     callbacks of `tests/_dist_scripts` by name."""
+    # The controller polls the workers every 2 s by default: a run's end and a lost worker are
+    # seen sooner with 0.5 s (read by the controller from the driver's environment).
+    saved = os.environ.get(HEALTH_CHECK)
+    os.environ[HEALTH_CHECK] = "0.5"
     init_ray(num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env([TESTS]))
     yield
     ray.shutdown()
+    if saved is None:
+        os.environ.pop(HEALTH_CHECK)
+    else:
+        os.environ[HEALTH_CHECK] = saved
 
 
 @pytest.fixture(scope="module")
@@ -123,87 +138,124 @@ def reported_checkpoints(storage: Path) -> dict[tuple[str, int], Path]:
     return found
 
 
-def test_two_ray_workers_match_one_process_at_twice_the_batch(
-    cluster, folder, reference, write_walk_recipe, cache_dir
-):
-    """One Ray run of two phases: `world_model` (global statistics) against one process at
-    twice the batch, and `control` (per-rank BatchNorm and SIGReg), which must differ."""
-    control = {**PHASE, "name": "control", "sync_batchnorm": False}
-    recipe = write_walk_recipe(folder / "parity", cache_dir, [PHASE, control])
+@pytest.fixture(scope="module")
+def ray_run(cluster, folder, reference, write_walk_recipe, cache_dir) -> dict:
+    """The Ray run of the three phases: its summary, output dir, Ray storage and step log."""
+    phases = [
+        PHASE,
+        {**PHASE, "name": "control", "sync_batchnorm": False},
+        {**PHASE, "name": "again"},
+    ]
+    recipe = write_walk_recipe(folder / "ray_run", cache_dir, phases)
+    log = folder / "ray_run" / "log"
+    log.mkdir()
+    start = time.perf_counter()
     summary = train_on_ray(
         recipe,
         num_workers=2,
-        storage_path=folder / "parity" / "ray",
-        name="parity",
-        callbacks=[PerRankSigreg("control")],
+        storage_path=folder / "ray_run" / "ray",
+        name="ray_run",
+        max_failures=1,
+        callbacks=[
+            StepLog(str(log)),
+            PerRankSigreg("control"),
+            KillAfterCheckpoint(str(log), "again", SAVE_STEPS, rank=1),
+        ],
     )
-    run = folder / "parity" / "run"
-    assert summary["phases"]["world_model"]["global_step"] == STEPS
-    assert summary["ray"]["restored"] is None
-    diffs = parity(read_run(run / "world_model"), reference)
-    print("ray parity:", diffs)
-    assert all(d <= PARITY_ATOL for d in diffs.values()), diffs
-    control_diffs = parity(read_run(run / "control"), reference)
-    print("ray control:", control_diffs)
-    assert control_diffs[K.TRAIN_LOSS] > CONTROL_MIN_DIFF, control_diffs
+    print(f"Ray run: {time.perf_counter() - start:.1f} s")
+    return {
+        "summary": summary,
+        "run": folder / "ray_run" / "run",
+        "storage": folder / "ray_run" / "ray" / "ray_run",
+        "log": log,
+    }
 
-    # The checkpoints reported to Ray are the Trainer's checkpoint folders: safetensors weights
-    # (loadable as they are), optimizer, both ranks' RNG states, trainer state.
-    reported = reported_checkpoints(folder / "parity" / "ray" / "parity")
-    phases = ("world_model", "control")
+
+def test_two_ray_workers_match_one_process_at_twice_the_batch(ray_run, reference):
+    summary = ray_run["summary"]
+    assert summary["phases"]["world_model"]["global_step"] == STEPS
+    diffs = parity(read_run(ray_run["run"] / "world_model"), reference)
+    print("Ray parity:", diffs)
+    assert all(d <= PARITY_ATOL for d in diffs.values()), diffs
+
+
+def test_control_with_per_rank_statistics_differs(ray_run, reference):
+    """Per-rank BatchNorm and SIGReg: the parity comparison would fail, so it can."""
+    diffs = parity(read_run(ray_run["run"] / "control"), reference)
+    print("Ray control:", diffs)
+    assert diffs[K.TRAIN_LOSS] > CONTROL_MIN_DIFF, diffs
+
+
+def test_checkpoints_reported_to_ray_are_the_trainers_folders(ray_run):
+    """Safetensors weights (loadable as they are), optimizer, both ranks' RNG states, trainer
+    state: the files of the Trainer's `checkpoint-<step>`, byte for byte."""
+    reported = reported_checkpoints(ray_run["storage"])
+    phases = ("world_model", "control", "again")
     assert sorted(reported) == sorted((p, s) for p in phases for s in (SAVE_STEPS, STEPS))
-    assert Path(summary["ray"]["checkpoint"]) == reported["control", STEPS]
+    assert Path(ray_run["summary"]["ray"]["checkpoint"]) == reported["again", STEPS]
     for (phase, step), path in reported.items():
         hf = path / RAY_CHECKPOINT_FOLDER
-        own = run / phase / f"checkpoint-{step}"
+        own = ray_run["run"] / phase / f"checkpoint-{step}"
         names = sorted(p.name for p in hf.iterdir())
         assert names == sorted(p.name for p in own.iterdir())
         assert {"rng_state_0.pth", "rng_state_1.pth", K.SAFE_WEIGHTS_FILE} <= set(names)
         for name in (K.SAFE_WEIGHTS_FILE, K.CONFIG_FILE, K.TRAINER_STATE_FILE):
             assert (hf / name).read_bytes() == (own / name).read_bytes(), name
     final = LeWMModel.from_pretrained(reported["world_model", STEPS] / RAY_CHECKPOINT_FOLDER)
-    weights = read_run(run / "world_model")["weights"]
+    weights = read_run(ray_run["run"] / "world_model")["weights"]
     for key, value in final.state_dict().items():
         assert torch.equal(value, weights[key]), key
 
 
-def test_lost_worker_restarts_and_resumes_from_the_reported_checkpoint(
-    cluster, folder, reference, write_walk_recipe, cache_dir
-):
-    """Rank 1 is SIGKILLed in the second phase, after its first checkpoint: Ray restarts the
-    worker group once; the first phase is not run again and the second resumes from the
-    checkpoint reported to Ray, ending within the parity tolerance."""
-    recipe = write_walk_recipe(folder / "lost", cache_dir, [PHASE, {**PHASE, "name": "again"}])
-    log = folder / "lost" / "log"
-    log.mkdir()
-    summary = train_on_ray(
-        recipe,
-        num_workers=2,
-        storage_path=folder / "lost" / "ray",
-        name="lost_worker",
-        max_failures=1,
-        callbacks=[StepLog(str(log)), KillAfterCheckpoint(str(log), "again", SAVE_STEPS, rank=1)],
-    )
+def test_lost_worker_restarts_and_resumes_from_the_reported_checkpoint(ray_run, reference):
+    summary, log = ray_run["summary"], ray_run["log"]
     killed_pid, killed_step = (log / "killed.txt").read_text().split()
     assert int(killed_step) == SAVE_STEPS + 1
     restored = summary["ray"]["restored"]
     assert restored["phase"] == "again" and restored["global_step"] == SAVE_STEPS
     for rank in (0, 1):
-        # The first phase ran once, in the first worker group.
-        rows = (log / f"steps_world_model_rank{rank}.txt").read_text().split("\n")[:-1]
-        assert [int(r.split()[1]) for r in rows] == list(range(1, STEPS + 1))
-        first_pid = rows[0].split()[0]
-        # The second: steps 1 .. 4 in the first group (killed after 4), 4 .. 6 in the new one,
-        # which resumed from the checkpoint of step 3.
-        rows = [r.split() for r in (log / f"steps_again_rank{rank}.txt").read_text().split("\n")]
-        rows = [r for r in rows if r]
-        assert [int(s) for pid, s in rows if pid == first_pid] == [1, 2, 3, 4][: len(rows)]
-        later = [(pid, int(s)) for pid, s in rows if pid != first_pid]
+        steps = {}
+        for phase in ("world_model", "control", "again"):
+            rows = (log / f"steps_{phase}_rank{rank}.txt").read_text().split()
+            steps[phase] = list(zip(rows[::2], map(int, rows[1::2])))
+        # The finished phases ran once, in the first worker group.
+        first_pid = steps["world_model"][0][0]
+        for phase in ("world_model", "control"):
+            assert steps[phase] == [(first_pid, s) for s in range(1, STEPS + 1)], phase
+        # `again`: steps 1 .. 4 in the first group (rank 1 killed after step 4), then 4 .. 6 in
+        # one new process, resumed from the checkpoint of step 3.
+        first = [s for pid, s in steps["again"] if pid == first_pid]
+        assert first == [1, 2, 3, 4][: len(first)] and len(first) >= SAVE_STEPS
+        later = [(pid, s) for pid, s in steps["again"] if pid != first_pid]
         assert len({pid for pid, _ in later}) == 1 and [s for _, s in later] == [4, 5, 6]
         if rank == 1:
             assert first_pid == killed_pid
     assert summary["phases"]["again"]["global_step"] == STEPS
-    run = folder / "lost" / "run"
-    diffs = {phase: parity(read_run(run / phase), reference) for phase in ("world_model", "again")}
-    print("ray lost worker:", diffs)
-    assert all(d <= PARITY_ATOL for phase in diffs.values() for d in phase.values()), diffs
+    diffs = parity(read_run(ray_run["run"] / "again"), reference)
+    print("Ray lost worker:", diffs)
+    assert all(d <= PARITY_ATOL for d in diffs.values()), diffs
+
+
+def test_train_ray_script_splits_its_flags_and_checks_the_recipe_before_ray(
+    tmp_path, write_walk_recipe, cache_dir, capsys
+):
+    script = runpy.run_path(str(REPO / "recipes" / "train_ray.py"))
+    flags, rest = script["split_launcher_flags"](
+        [
+            "--num_workers",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--use_gpu",
+            "--name=x",
+            "--max_failures",
+            "2",
+        ]
+    )
+    assert flags == {"use_gpu": True, "num_workers": 4, "name": "x", "max_failures": 2}
+    assert rest == ["--learning_rate", "1e-3"]
+    recipe = write_walk_recipe(tmp_path, cache_dir, [PHASE])
+    # A bad key fails before any Ray worker starts (Ray is not even initialised here).
+    assert script["main"](["--config", str(recipe), "--no_such_key", "1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert script["main"](["--num_workers", "two"]) == 2

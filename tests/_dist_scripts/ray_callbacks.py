@@ -43,7 +43,7 @@ class KillAfterCheckpoint(TrainerCallback):
     (a marker file in `folder` records it), after a pause that lets Ray register the checkpoint
     of step `step`."""
 
-    def __init__(self, folder: str, phase: str, step: int, rank: int = 1, pause_s: float = 2.0):
+    def __init__(self, folder: str, phase: str, step: int, rank: int = 1, pause_s: float = 1.0):
         self.folder, self.phase, self.step = folder, phase, step
         self.rank, self.pause_s = rank, pause_s
 
