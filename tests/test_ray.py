@@ -231,9 +231,17 @@ def test_lost_worker_restarts_and_resumes_from_the_reported_checkpoint(ray_run, 
         if rank == 1:
             assert first_pid == killed_pid
     assert summary["phases"]["again"]["global_step"] == STEPS
-    diffs = parity(read_run(ray_run["run"] / "again"), reference)
+    again = read_run(ray_run["run"] / "again")
+    diffs = parity(again, reference)
     print("Ray lost worker:", diffs)
     assert all(d <= PARITY_ATOL for d in diffs.values()), diffs
+    # Bitwise what the same run's uninterrupted `world_model` phase (the same keys) ended with:
+    # the optimizer, scheduler and both ranks' RNG states came back from the Ray checkpoint.
+    uninterrupted = read_run(ray_run["run"] / "world_model")
+    for key in CURVES:
+        assert again["result"]["curves"][key] == uninterrupted["result"]["curves"][key], key
+    for key, value in uninterrupted["weights"].items():
+        assert torch.equal(again["weights"][key], value), key
 
 
 def test_train_ray_script_splits_its_flags_and_checks_the_recipe_before_ray(
