@@ -197,7 +197,8 @@ def _train_loop_per_worker(spec: dict[str, Any]) -> None:
 
 def worker_runtime_env(extra_paths: Sequence[str | Path] = ()) -> dict[str, Any]:
     """A Ray `runtime_env` under which workers import this `lewm_hf` (its folder's parent first
-    on `PYTHONPATH`), one torch thread per CPU of the worker, and no tokenizer threads.
+    on `PYTHONPATH`) and start no tokenizer threads (Ray itself sets `OMP_NUM_THREADS` to the
+    worker's CPUs).
 
     Args:
         extra_paths (`Sequence[str | Path]`, *optional*): More folders for `PYTHONPATH`.
