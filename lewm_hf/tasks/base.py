@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ class PhaseContext:
             `encoder_path: previous`).
         resume (`str`, *optional*): The checkpoint folder to resume from.
         recipe (`dict`, *optional*): The phase's resolved recipe keys (written as `recipe.yaml`).
+        hooks (`PhaseHooks`, *optional*): What the launcher adds to the run (Ray Train's report
+            callback, for one); the default adds nothing.
     """
 
     name: str
@@ -31,6 +33,60 @@ class PhaseContext:
     previous: dict[str, Any] | None = None
     resume: str | None = None
     recipe: dict[str, Any] | None = None
+    hooks: PhaseHooks = field(default_factory=lambda: PhaseHooks())
+
+    def prepare_trainer(self, trainer: Any) -> Any:
+        """The phase's trainer as the launcher wants it (every task calls this once, right after
+        building its trainer): `trainer` itself unless a launcher's hooks change it."""
+        return self.hooks.prepare_trainer(trainer, self)
+
+
+@dataclass
+class RestoredRun:
+    """Where a launcher restarts a run of the phase runner (a restarted Ray Train worker group).
+
+    Args:
+        finished (`dict[str, dict]`): The summaries of the phases that had finished, by phase
+            name: those phases are not run again.
+        phase (`str`, *optional*): The phase the checkpoint belongs to.
+        checkpoint (`str`, *optional*): The checkpoint folder `phase` resumes from.
+    """
+
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phase: str | None = None
+    checkpoint: str | None = None
+
+
+class PhaseHooks:
+    """What a launcher adds to the phase runner (`lewm_hf.tasks.runner.run_recipe`).
+
+    The runner is the same under every launcher; a launcher that needs more than the process
+    group (Ray Train: a report callback on every trainer, a restart from the last reported
+    checkpoint) subclasses this. The base class changes nothing.
+    """
+
+    def restore(self) -> RestoredRun | None:
+        """Where the run restarts, or None to run every phase from its start.
+
+        Returns:
+            `RestoredRun` or None.
+        """
+        return None
+
+    def prepare_trainer(self, trainer: Any, context: PhaseContext) -> Any:
+        """The trainer a phase will train with (called once per phase, before `train`).
+
+        Args:
+            trainer (`transformers.Trainer`): The phase's trainer.
+            context (`PhaseContext`): The phase.
+
+        Returns:
+            `transformers.Trainer`: The trainer to use (`trainer` itself here).
+        """
+        return trainer
+
+    def phase_finished(self, context: PhaseContext, summary: dict[str, Any]) -> None:
+        """Called when a phase has finished (or was restored as finished), with its summary."""
 
 
 def build_training_arguments(
@@ -115,6 +171,8 @@ def resolve_previous(value: str | None, context: PhaseContext, field: str) -> st
 
 __all__ = [
     "PhaseContext",
+    "PhaseHooks",
+    "RestoredRun",
     "build_training_arguments",
     "resolve_previous",
     "resolve_resume",

@@ -112,6 +112,7 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         eval_dataset=windows["validation"],
         processing_class=build_dna_tokenizer(),
     )
+    trainer = context.prepare_trainer(trainer)
 
     # Train
     trainer.train(resume_from_checkpoint=context.resume)

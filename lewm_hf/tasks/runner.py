@@ -21,7 +21,7 @@ from ..progress import set_progress_disabled
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
 from . import TASKS, get_task
-from .base import PhaseContext, resolve_resume
+from .base import PhaseContext, PhaseHooks, RestoredRun, resolve_resume
 
 # Keys the runner handles itself (never routed to a task's targets).
 RUNNER_KEYS = ("defaults", "phases", "name", "task", "output_dir", "resume_from_checkpoint")
@@ -160,69 +160,78 @@ def validate_recipe(
     return plans
 
 
-def launch_record(root: Path, launch: ElasticLaunch | None) -> dict[str, dict[str, Any]]:
-    """The phases an earlier attempt of this torchrun launch finished (name -> summary).
+class ElasticRestartHooks(PhaseHooks):
+    """The restart of a torchrun launch whose workers the elastic agent restarted
+    (`torchrun --max-restarts K`): no flag is needed to resume.
 
-    The first attempt (and any run outside torchrun) starts a new record: its main process
-    removes one left by another launch. A restarted attempt reads the record of its own launch
-    (the same `run_id`); a record of another launch is ignored.
+    - A phase an earlier attempt of the same launch finished is not run again: its summary is
+      read from `launch_record.json` in the run's output dir, which the main process writes
+      after each phase. The first attempt of a launch starts a new record (so a record left by
+      another launch is never used), and a record of another `run_id` is ignored.
+    - The first phase not finished resumes from its newest whole checkpoint
+      (`last_complete_checkpoint`), unless the recipe names one (`resume_from_checkpoint`).
 
     Args:
         root (`Path`): The run's output dir.
-        launch (`ElasticLaunch` or `None`): This process's launch (`elastic_launch()`).
-
-    Returns:
-        `dict[str, dict]`: the finished phases' summaries (empty outside a restart).
+        plans (`list[PhasePlan]`): The recipe's phases.
+        launch (`ElasticLaunch`): This process's launch (`lewm_hf.distributed.elastic_launch`).
     """
-    path = root / K.LAUNCH_RECORD_FILE
-    if launch is None or launch.restart_count == 0:
-        if int(os.environ.get("RANK", "0")) == 0 and path.is_file():
-            path.unlink()
-        return {}
-    record = json.loads(path.read_text()) if path.is_file() else None
-    if not isinstance(record, dict) or record.get("run_id") != launch.run_id:
-        return {}
-    return dict(record.get("phases", {}))
 
+    def __init__(self, root: Path, plans: list[PhasePlan], launch: ElasticLaunch) -> None:
+        self.path = root / K.LAUNCH_RECORD_FILE
+        self.plans = plans
+        self.launch = launch
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
 
-def record_phase(
-    root: Path, launch: ElasticLaunch | None, name: str, phase_summary: dict[str, Any]
-) -> None:
-    """Add a finished phase to the launch record (main process of a torchrun launch only)."""
-    if launch is None or int(os.environ.get("RANK", "0")) != 0:
-        return
-    path = root / K.LAUNCH_RECORD_FILE
-    record = json.loads(path.read_text()) if path.is_file() else None
-    if not isinstance(record, dict) or record.get("run_id") != launch.run_id:
-        record = {"run_id": launch.run_id, "phases": {}}
-    record["phases"][name] = phase_summary
-    write_json(path, record)
+    def _read(self) -> dict[str, Any]:
+        record = json.loads(self.path.read_text()) if self.path.is_file() else None
+        if not isinstance(record, dict) or record.get("run_id") != self.launch.run_id:
+            return {"run_id": self.launch.run_id, "phases": {}}
+        return record
 
+    def restore(self) -> RestoredRun | None:
+        if self.launch.restart_count == 0:
+            if self.is_main and self.path.is_file():
+                self.path.unlink()
+            return None
+        finished = dict(self._read()["phases"])
+        attempt = self.launch.restart_count
+        for plan in self.plans:
+            if plan.name in finished:
+                console(f"restart {attempt} of this launch: phase {plan.name} had finished")
+                continue
+            if plan.resume not in (None, False):
+                return RestoredRun(finished=finished)
+            checkpoint = last_complete_checkpoint(plan.output_dir, "resume_from_checkpoint")
+            where = f"resumes from {checkpoint}" if checkpoint else "starts over (no checkpoint)"
+            console(f"restart {attempt} of this launch: phase {plan.name} {where}")
+            return RestoredRun(finished=finished, phase=plan.name, checkpoint=checkpoint)
+        return RestoredRun(finished=finished)
 
-def restart_resume(plan: PhasePlan, launch: ElasticLaunch | None) -> str | None:
-    """The checkpoint a phase resumes from: the recipe's `resume_from_checkpoint`, else, in a
-    restarted torchrun attempt, the phase's newest whole checkpoint (no flag needed)."""
-    if plan.resume not in (None, False) or launch is None or launch.restart_count == 0:
-        return resolve_resume(plan.resume, plan.output_dir)
-    checkpoint = last_complete_checkpoint(plan.output_dir, "resume_from_checkpoint")
-    attempt = launch.restart_count
-    if checkpoint is None:
-        console(f"   restart {attempt} of this launch: no checkpoint yet, the phase starts over")
-    else:
-        console(f"   restart {attempt} of this launch: resuming from {checkpoint}")
-    return checkpoint
+    def phase_finished(self, context: PhaseContext, summary: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = self._read()
+        record["phases"][context.name] = summary
+        write_json(self.path, record)
 
 
 def run_recipe(
-    config: str | Path, overrides: list[tuple[str, Any]] | None = None
+    config: str | Path,
+    overrides: list[tuple[str, Any]] | None = None,
+    hooks: PhaseHooks | None = None,
 ) -> dict[str, Any]:
     """Run every phase of a recipe and write `summary.json` in its output dir.
 
-    Every phase is parsed (and so validated) before the first one runs.
+    Every phase is parsed (and so validated) before the first one runs. Every launcher runs
+    this same function in each process (`accelerate launch`, torchrun, a Ray Train worker).
 
     Args:
         config (`str` or `Path`): The recipe YAML.
         overrides (`list[tuple[str, Any]]`, *optional*): Command-line overrides.
+        hooks (`PhaseHooks`, *optional*): What the launcher adds: a restart point (phases that
+            had finished are skipped, the interrupted one resumes from the launcher's
+            checkpoint) and a change to each phase's trainer. None: nothing.
 
     Returns:
         `dict[str, Any]`: The summary: `phases.<name>.*`, `wall_time_s`, `output_dir`, `config`.
@@ -233,30 +242,37 @@ def run_recipe(
     plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
     check_hub_repos(plans)
     summary: dict[str, Any] = {"config": str(recipe.path), "output_dir": str(root), "phases": {}}
-    launch = elastic_launch()
-    finished = launch_record(root, launch)
+    if hooks is None:
+        launch = elastic_launch()
+        hooks = PhaseHooks() if launch is None else ElasticRestartHooks(root, plans, launch)
+    restored = hooks.restore()
     previous = None
     for index, plan in enumerate(plans):
+        if restored is not None and plan.name in restored.finished:
+            console(f"== phase {index + 1}/{len(plans)}: {plan.name} finished before the restart")
+            previous = restored.finished[plan.name]
+            summary["phases"][plan.name] = previous
+            hooks.phase_finished(PhaseContext(name=plan.name, index=index), previous)
+            continue
         console(
             f"== phase {index + 1}/{len(plans)}: {plan.name} ({plan.task}) -> {plan.output_dir}"
         )
-        if plan.name in finished:
-            # A restarted torchrun worker: an earlier attempt of this launch finished the phase.
-            console("   finished by an earlier attempt of this launch: reusing its results")
-            previous = finished[plan.name]
-            summary["phases"][plan.name] = previous
-            continue
+        if restored is not None and restored.phase == plan.name and restored.checkpoint:
+            resume = resolve_resume(restored.checkpoint, plan.output_dir)
+        else:
+            resume = resolve_resume(plan.resume, plan.output_dir)
         context = PhaseContext(
             name=plan.name,
             index=index,
             previous=previous,
-            resume=restart_resume(plan, launch),
+            resume=resume,
             recipe=plan.keys,
+            hooks=hooks,
         )
         set_progress_disabled(getattr(plan.args.training, "disable_tqdm", False))
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
-        record_phase(root, launch, plan.name, previous)
+        hooks.phase_finished(context, previous)
     summary["wall_time_s"] = time.time() - start
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(root / K.SUMMARY_FILE, summary)
@@ -264,11 +280,9 @@ def run_recipe(
 
 
 __all__ = [
+    "ElasticRestartHooks",
     "PhasePlan",
-    "launch_record",
     "parse_phase",
-    "record_phase",
-    "restart_resume",
     "run_recipe",
     "run_root",
     "validate_recipe",

@@ -182,6 +182,7 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         train_dataset=corpus["train"],
         eval_dataset=corpus["validation"],
     )
+    trainer = context.prepare_trainer(trainer)
 
     # Train
     if passed_state is None:

@@ -270,6 +270,7 @@ def run_world_model(
         eval_dataset=data.validation,
         **domain.trainer_kwargs(model, args.domain, data),
     )
+    trainer = context.prepare_trainer(trainer)
 
     # A saved world model is first evaluated as it is, on this run's data: `before_eval_*`.
     before = {}
