@@ -108,6 +108,14 @@ class WorldModelArguments:
             encoder). Its architecture comes from its `config.json`: a recipe may set only the
             loss keys, `dropout` and `encoder_mode` differently; any other `LeWMConfig` key must
             equal the saved value (else an error names it).
+        grow_action_vocab (`bool`, defaults to `True`): With `model_name_or_path`, when the
+            data has more actions than the saved model's `action_vocab_size` (a graph of larger
+            out-degree), give its action embedding rows for the new ones
+            (`LeWMModel.grow_action_vocab`): the new rows train in full, the saved rows are kept
+            (under LoRA bitwise, as every base weight). False: such data is an error. Only the
+            domains whose actions are ids counted by the data (graph moves) can grow; the edit
+            domain's action tokens are the DNA tokenizer's, fixed. Setting it without
+            `model_name_or_path` is an error (a new model is sized for its data).
     """
 
     encoder_path: str | None = option(
@@ -115,6 +123,10 @@ class WorldModelArguments:
     )
     model_name_or_path: str | None = option(
         None, help="A saved LeWMModel to start from (local path, Hub id or previous)."
+    )
+    grow_action_vocab: bool = option(
+        True,
+        help="With model_name_or_path: add action-embedding rows for data with more actions.",
     )
 
     def __post_init__(self) -> None:
