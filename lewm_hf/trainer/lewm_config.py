@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
+from .. import metric_keys as K
 from ..errors import LeWMConfigError
 from ..fields import (
     CollapseAction,
@@ -345,7 +346,7 @@ class WalkLMTrainingArguments(TrainingArguments):
         validate_fields(self)
         check_unused_arguments(self)
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
-            self.metric_for_best_model = "eval_loss"
+            self.metric_for_best_model = K.EVAL_LOSS
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
