@@ -135,8 +135,39 @@ def test_a_recipe_grows_a_saved_world_model_for_a_larger_graph(tmp_path, cache_d
     with pytest.raises(LeWMConfigError) as info:
         run_recipe(one_phase_recipe(tmp_path / "b", cache_dir, off))
     assert info.value.field == "action_vocab_size" and "grow_action_vocab" in str(info.value)
+    # Evaluating the saved model on that graph without training: still the typed error (the
+    # grown rows would be untrained).
+    from lewm_hf.data.walks import build_move_trajectories
+    from lewm_hf.evaluation.world_model import WorldModelEvalConfig, evaluate_world_model
+    from lewm_hf.tasks.runner import validate_recipe
+
+    plan = validate_recipe(one_phase_recipe(tmp_path / "b", cache_dir, off))[-1]
+    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)
+    config = WorldModelEvalConfig(num_items=8, num_rollouts=2, max_horizon=2, num_walks=4)
+    with pytest.raises(LeWMConfigError) as info:
+        evaluate_world_model(LeWMModel.from_pretrained(saved), clips, config)
+    assert info.value.field == "action_vocab_size"
     # A new model is sized for its data: the key is an error there.
     new = {**wm_phase("world_model", saved, grow_action_vocab=True), "model_name_or_path": None}
     with pytest.raises(LeWMConfigError) as info:
         run_recipe(one_phase_recipe(tmp_path / "c", cache_dir, new))
     assert info.value.field == "grow_action_vocab"
+
+
+def test_an_edit_world_model_does_not_grow(tmp_path, cache_dir):
+    # Edit actions are the DNA tokenizer's tokens: a fixed vocabulary, so a saved edit model too
+    # small for it stays the typed error (grow_action_vocab is on by default).
+    saved = save_world_model(
+        tmp_path / "saved",
+        vocab_size=7,
+        history_length=2,
+        num_action_ops=3,
+        pooling="centered",
+        action_position_origin="locus",
+        action_reference_offset=7,
+        action_vocab_size=10,
+    )
+    phase = wm_phase("edit_world_model", saved)
+    with pytest.raises(LeWMConfigError) as info:
+        run_recipe(one_phase_recipe(tmp_path / "a", cache_dir, phase))
+    assert "action_vocab_size >= 14" in str(info.value), str(info.value)
