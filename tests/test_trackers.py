@@ -172,7 +172,6 @@ print(json.dumps({run: SQLiteStorage.get_logs(project, run) for run in SQLiteSto
 """
 
 
-@pytest.mark.slow  # about 2 minutes on a shared 2-core machine (a subprocess, two phases)
 def test_trackio_local_store_carries_the_results(tmp_path, cache_dir):
     env = {
         **os.environ,
