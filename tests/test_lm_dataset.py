@@ -277,3 +277,26 @@ def test_early_stopping_stops_where_the_control_predicts(tmp_path):
             break
     assert expected is not None and expected < 60, evals
     assert stopped["stopped_early"] and stopped["global_step"] == expected
+
+
+def test_early_stopping_works_beside_the_gate_on_walks(tmp_path, cache_dir):
+    # The walk source keeps its gate (here out of reach) and may stop on eval_loss as well.
+    from _builders import write_walk_recipe
+
+    phase = {
+        **TINY_LM,
+        "max_steps": 40,
+        "learning_rate": 3e-2,
+        "lr_scheduler_type": "constant",
+        "gate_num_sequences": 8,
+        "gate_batch_size": 8,
+        "gate_log_other_decoding": False,
+        "gate_edge_threshold": 1.0,  # never passes: only early stopping can end the run early
+    }
+    control = run_recipe(write_walk_recipe(tmp_path / "c", cache_dir, [phase]))
+    stopped = run_recipe(
+        write_walk_recipe(tmp_path / "s", cache_dir, [{**phase, "early_stopping_patience": 1}])
+    )
+    assert control["phases"]["encoder"]["global_step"] == 40
+    assert not stopped["phases"]["encoder"]["gate_passed"]
+    assert stopped["phases"]["encoder"]["global_step"] < 40
