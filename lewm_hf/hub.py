@@ -146,6 +146,17 @@ CARDS = {
         ),
     ),
 }
+# The `lm` task on a dataset source (`dataset_name`): no graph, no gate.
+LM_DATASET_CARD = CardText(
+    world_model=False,
+    tags=("lewm_hf", "causal-lm"),
+    what=(
+        "A causal LM on a tokenized corpus, stopped on its held-out loss; the encoder phase of "
+        "a `lewm_hf` world model."
+    ),
+    dataset=lambda recipe: str(recipe.get("dataset_name")),
+    settings=("dataset_name", "dataset_config", "dataset_test_split", "max_length"),
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -322,7 +333,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
     task = recipe.get("task") or (
         "world_model" if adapter or config.get("model_type") == "lewm" else "lm"
     )
-    card = CARDS[task]
+    card = LM_DATASET_CARD if task == "lm" and recipe.get("dataset_name") else CARDS[task]
     name = (hub_model_id or out.resolve().name).split("/")[-1]
     repo = hub_model_id or str(out)
     base = (adapter or {}).get("base_model_name_or_path")

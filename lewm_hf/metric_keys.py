@@ -69,6 +69,8 @@ EVAL_PRED_MSE = EVAL_PREFIX + PRED_MSE
 EVAL_COPY_MSE = EVAL_PREFIX + COPY_MSE
 COLLAPSE_PREFIX = "collapse/"
 COLLAPSE_ALERTS = COLLAPSE_PREFIX + "alerts"
+# `result.json`: each collapse statistic's curve (name without the prefix -> step, value).
+COLLAPSE_STATISTICS = "collapse_statistics"
 
 # ---- evaluation suite (`lewm_hf.evaluation`: `eval_results.json`, result.json) -------------
 # The model card shows the action and planning keys where result.json has them.

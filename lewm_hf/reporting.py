@@ -156,7 +156,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """
     rows = [("phase", "task", "steps", "final loss", "gate / eval", "time (s)")]
     for name, p in summary["phases"].items():
-        if p["task"] == "lm":
+        if p["task"] == "lm" and K.GATE_PASSED in p:  # the walk LM (a dataset LM has no gate)
             gate = "passed" if p[K.GATE_PASSED] else f"failed: {p.get('failure_reason')}"
             detail = (
                 f"{gate} (edge {_fmt(p.get(K.EDGE_COMPLIANCE))}, "

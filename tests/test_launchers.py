@@ -160,7 +160,10 @@ def wait_all(procs) -> None:
 def test_lost_worker_restarts_and_resumes_bitwise(tmp_path, cache_dir, write_walk_recipe):
     # The corpus is built (and cached) once before the two launches run side by side.
     write_walk_recipe(tmp_path / "build", cache_dir, [dict(WORLD_MODEL, encoder_path=None)])
-    run_recipe(tmp_path / "build" / "recipe.yaml", [("max_steps", 1), ("save_strategy", "no")])
+    run_recipe(
+        tmp_path / "build" / "recipe.yaml",
+        [("max_steps", 1), ("warmup_steps", 0), ("save_strategy", "no")],
+    )
     launches = [
         start_elastic_launch(tmp_path / name, cache_dir, write_walk_recipe, kill=name == "killed")
         for name in ("killed", "full")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.integrations import is_tensorboard_available, is_trackio_available
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoints import check_checkpoint_dir
@@ -108,8 +109,13 @@ def build_training_arguments(
     # name in front, phases and runs do not overwrite each other's repos.
     if kwargs.get("push_to_hub") and not kwargs.get("hub_model_id"):
         kwargs["hub_model_id"] = f"{output_dir.parent.name}-{output_dir.name}"
+    # Trackers name a run after `run_name`: one per phase, the same on a rerun or resume (trackio
+    # resumes a run of that name, so the numbers reported after training join the same run).
+    if not kwargs.get("run_name"):
+        kwargs["run_name"] = f"{output_dir.parent.name}-{output_dir.name}"
     # Pinned memory only helps host-to-GPU copies (and warns at every epoch without a GPU).
     kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    check_trackers(kwargs.get("report_to"), source)
     try:
         return cls(**kwargs)
     except LeWMConfigError:
@@ -119,6 +125,33 @@ def build_training_arguments(
         if field in kwargs:
             raise LeWMConfigError(field, kwargs[field], str(err), source) from err
         raise LeWMConfigError(field, source, str(err)) from err
+
+
+# Local trackers of `report_to` and the check that their package is installed.
+LOCAL_TRACKERS = {
+    "tensorboard": is_tensorboard_available,
+    "trackio": is_trackio_available,
+}
+
+
+def check_trackers(report_to: Any, source: str | None = None) -> None:
+    """A tracker named in `report_to` must be installed before any phase runs (else the
+    Trainer would fail when the phase that names it starts, after the earlier ones trained).
+
+    Raises:
+        `LeWMConfigError`: naming `report_to` and the extra that installs the tracker.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        available = LOCAL_TRACKERS.get(name)
+        if available is not None and not available():
+            raise LeWMConfigError(
+                "report_to",
+                name,
+                f"{name} is not installed: pip install 'lewm_hf[trackers]' (tensorboard and "
+                "trackio), or set report_to: none",
+                source,
+            )
 
 
 def _named_field(kwargs: dict[str, Any], message: str) -> str:

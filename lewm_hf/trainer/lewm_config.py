@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import TrainingArguments
 
+from .. import metric_keys as K
 from ..errors import LeWMConfigError
 from ..fields import (
     CollapseAction,
@@ -251,6 +252,29 @@ def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bo
         )
 
 
+def check_early_stopping(args: TrainingArguments) -> None:
+    """Early stopping needs evaluations to compare; a threshold needs a patience.
+
+    Raises:
+        `LeWMConfigError`: for `early_stopping_patience` with `eval_strategy: "no"`, or an
+            `early_stopping_threshold` without `early_stopping_patience`.
+    """
+    if args.early_stopping_patience is None:
+        if args.early_stopping_threshold != 0.0:
+            raise LeWMConfigError(
+                "early_stopping_threshold",
+                args.early_stopping_threshold,
+                "does nothing without early_stopping_patience: set it or remove the threshold",
+            )
+        return
+    if _plain(args.eval_strategy) == "no":
+        raise LeWMConfigError(
+            "early_stopping_patience",
+            args.early_stopping_patience,
+            "counts evaluations, and eval_strategy is 'no': set eval_strategy to steps or epoch",
+        )
+
+
 # Rows the shuffle buffer of a streamed training split holds (`streaming_buffer_size`).
 DEFAULT_STREAMING_BUFFER_SIZE = 10_000
 
@@ -396,6 +420,13 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
 
     Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
 
+    Parameters that control early stopping (transformers' `EarlyStoppingCallback`, on any
+    source; with a `dataset_name` source, which has no gate, it is what stops training early):
+        early_stopping_patience (`int`, *optional*): Stop once this many evaluations in a row
+            did not improve `metric_for_best_model` (default `eval_loss`) by more than
+            `early_stopping_threshold`. Needs an `eval_strategy` other than `"no"`.
+        early_stopping_threshold (`float`, defaults to `0.0`): The improvement that counts.
+
     Defaults that differ from `TrainingArguments`: `logging_steps=1` (so `result.json` has the train
     loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a
     fraction), `save_strategy="epoch"`, `report_to="none"`.
@@ -415,6 +446,14 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
     gate_num_sequences: int = option(1000, help="Sequences per evaluation.", low=1)
     gate_batch_size: int = option(1000, help="Generation batch size.", low=1)
 
+    # Parameters that control early stopping
+    early_stopping_patience: int | None = option(
+        None, help="Stop after this many evaluations without a better eval_loss (null: off).", low=1
+    )
+    early_stopping_threshold: float = option(
+        0.0, help="Smallest eval_loss improvement that counts as better.", low=0
+    )
+
     # Defaults that differ from TrainingArguments
     logging_steps: float = option(1, help="Log every N steps.")
     eval_strategy: str = option("epoch", help="When to evaluate (and so run the gate).")
@@ -431,10 +470,13 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
         validate_fields(self)
         check_unused_arguments(self)
         use_cpu_without_accelerator(self)
+        if self.early_stopping_patience is not None and self.metric_for_best_model is None:
+            self.metric_for_best_model = K.EVAL_LOSS
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
         check_streaming(self)
+        check_early_stopping(self)
 
     def compliance_kwargs(self, decoding: str) -> dict[str, Any]:
         """Keyword arguments of `evaluate_compliance` for one decoding (the gate's or the other)."""
