@@ -79,6 +79,15 @@ EVAL_ACTION_CHANCE = EVAL_ACTION_PREFIX + "chance"
 EVAL_SURPRISE_AUROC = EVAL_PREFIX + "surprise_auroc"
 EVAL_SURPRISE_TRUE = EVAL_PREFIX + "surprise_true"
 EVAL_SURPRISE_TELEPORT = EVAL_PREFIX + "surprise_teleport"
+# ... with its references: the copy score `||z_t - z_obs||^2` and the model with the action
+# shuffled; and against hard negatives (another valid neighbour's window), which need the action.
+EVAL_SURPRISE_AUROC_COPY = EVAL_SURPRISE_AUROC + "_copy"
+EVAL_SURPRISE_AUROC_SHUFFLED = EVAL_SURPRISE_AUROC + "_shuffled"
+EVAL_SURPRISE_AUROC_HARD = EVAL_SURPRISE_AUROC + "_hard"
+EVAL_SURPRISE_AUROC_HARD_COPY = EVAL_SURPRISE_AUROC_HARD + "_copy"
+EVAL_SURPRISE_AUROC_HARD_SHUFFLED = EVAL_SURPRISE_AUROC_HARD + "_shuffled"
+EVAL_SURPRISE_HARD = EVAL_PREFIX + "surprise_hard"
+EVAL_SURPRISE_HARD_NUM_ITEMS = EVAL_SURPRISE_HARD + "_num_items"
 # Representation health of held-out latents.
 EVAL_EFFECTIVE_RANK = EVAL_PREFIX + "effective_rank"
 EVAL_VAR_PER_DIM = EVAL_PREFIX + "var_per_dim"
