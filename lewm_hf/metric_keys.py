@@ -129,6 +129,24 @@ EVAL_EDIT_ACTION_PREFIX = EVAL_PREFIX + "edit_action_"
 EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION_PREFIX + "r1"
 EVAL_EDIT_ACTION_R1_COPY = EVAL_EDIT_ACTION_R1 + "_copy"
 EVAL_EDIT_ACTION_CHANCE = EVAL_EDIT_ACTION_PREFIX + "chance"
+# ... chance under the SNV draw's own prior (within `locus +- radius`), the action-shuffled
+# controls, and edit-action Recall@1 of a perfect predictor (ties of identical next latents).
+EVAL_SNV_RECOVERY_CHANCE_PRIOR = EVAL_SNV_RECOVERY_CHANCE + "_prior"
+EVAL_SNV_RECOVERY_R1_SHUFFLED = EVAL_SNV_RECOVERY_R1 + "_shuffled"
+EVAL_EDIT_ACTION_R1_SHUFFLED = EVAL_EDIT_ACTION_R1 + "_shuffled"
+EVAL_EDIT_ACTION_R1_CEILING = EVAL_EDIT_ACTION_R1 + "_ceiling"
+# Variant effect (`evaluate_variant_effect`): nonsense vs synonymous SNVs in called genes of the
+# held-out region; AUROCs, each with `_ci` ([low, high], bootstrap 95%).
+EVAL_VARIANT_PREFIX = EVAL_PREFIX + "variant_"
+EVAL_VARIANT_AUROC_LM = EVAL_VARIANT_PREFIX + "auroc_lm"
+EVAL_VARIANT_AUROC_SURPRISE = EVAL_VARIANT_PREFIX + "auroc_surprise"
+EVAL_VARIANT_AUROC_KMER = EVAL_VARIANT_PREFIX + "auroc_kmer"
+EVAL_VARIANT_AUROC_KMER_BY_ORDER = EVAL_VARIANT_AUROC_KMER + "_by_order"
+EVAL_VARIANT_KMER_ORDER = EVAL_VARIANT_PREFIX + "kmer_order"
+EVAL_VARIANT_NUM_NONSENSE = EVAL_VARIANT_PREFIX + "num_nonsense"
+EVAL_VARIANT_NUM_SYNONYMOUS = EVAL_VARIANT_PREFIX + "num_synonymous"
+EVAL_VARIANT_SECONDS = EVAL_VARIANT_PREFIX + "seconds"
+CI_SUFFIX = "_ci"
 
 # ---- phase summaries (summary.json `phases.<name>`): items of the data a phase used --------
 TRAIN_WINDOWS = "train_windows"
