@@ -16,6 +16,7 @@ from lewm_hf.evaluation.variant_effect import (
     Gene,
     KmerMarkov,
     VariantEffectArguments,
+    around,
     bootstrap_auroc,
     coding_snvs,
     evaluate_variant_effect,
@@ -131,13 +132,29 @@ def test_two_strand_llr_adds_the_reverse_complement():
     np.testing.assert_array_equal(reverse_complement(encode_dna("AACGN")[None])[0], [4, 1, 2, 3, 3])
 
 
-def test_lm_log_likelihood_matches_a_position_loop():
+def tiny_lm(positions: int = 16) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=DNA_VOCAB_SIZE, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=32, max_position_embeddings=16,
+        num_key_value_heads=2, intermediate_size=32, max_position_embeddings=positions,
     )  # fmt: skip
-    lm = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+def test_around_keeps_the_snv_centred():
+    seq = (FLANK + GENE + FLANK).encode()
+    gene = Gene(len(FLANK), len(FLANK) + len(GENE), +1)
+    snvs = coding_snvs(seq, [gene], (0, len(seq)), 8, 4, max_per_class=100)
+    near = around(snvs, 2)
+    assert near.offset == 2 and near.ref.shape[1] == 5
+    np.testing.assert_array_equal(near.ref, snvs.ref[:, 2:7])
+    np.testing.assert_array_equal(near.alt_windows[:, 2], snvs.alt)
+    with pytest.raises(LeWMConfigError):
+        around(snvs, 4)  # only 3 bases after the SNV
+
+
+def test_lm_log_likelihood_matches_a_position_loop():
+    lm = tiny_lm()
     windows = np.random.default_rng(0).integers(0, 4, size=(5, 10))
     got = lm_log_likelihood(lm, windows, 4, batch_size=2)
     with torch.no_grad():
@@ -176,5 +193,11 @@ def test_benchmark_on_the_packaged_genome():
     low, high = out[K.EVAL_VARIANT_AUROC_KMER + K.CI_SUFFIX]
     assert low <= out[K.EVAL_VARIANT_AUROC_KMER] <= high
     assert K.EVAL_VARIANT_AUROC_LM not in out  # no LM given
+    small = VariantEffectArguments(variant_max_per_class=10, variant_bootstrap=20)
+    with_lm = evaluate_variant_effect(records, 0.1, 32, small, lm=tiny_lm(32))
+    low, high = with_lm[K.EVAL_VARIANT_AUROC_LM + K.CI_SUFFIX]
+    assert low <= with_lm[K.EVAL_VARIANT_AUROC_LM] <= high
+    # Context curve: 1 .. 15 bases fit around offset 16 of a 32-base window.
+    assert sorted(with_lm[K.EVAL_VARIANT_AUROC_LM_BY_CONTEXT], key=int) == ["1", "2", "4", "8"]
     with pytest.raises(LeWMInputError):  # a record without genes in its held-out region
         evaluate_variant_effect([FastaRecord("r", "r", b"ACGT" * 10_000)], 0.1, 32, args)

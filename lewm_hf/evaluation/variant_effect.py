@@ -26,7 +26,8 @@ resampled within each class.
 The LM of `recipes/configs/dna_lewm.yaml` attends through a sliding window of 8 tokens a layer,
 so it sees about 16 bases before a position: a few codons, usually not the gene's start, so the
 reading frame has to be guessed from the codon statistics nearby. [`kmer_context_curve`]
-measures what context buys the Markov baseline (order 1 to 8).
+measures what context buys the Markov baseline (order 1 to 8), [`lm_context_curve`] what it buys
+the LM (the SNV shown with 1 to 32 bases on each side).
 """
 
 from __future__ import annotations
@@ -362,6 +363,29 @@ def kmer_context_curve(
     return out
 
 
+def around(snvs: CodingSNVs, context: int) -> CodingSNVs:
+    """The same SNVs in windows of `2 context + 1` bases centred on them (`context` bases on
+    each side), so that either strand sees exactly `context` bases before the SNV."""
+    off = snvs.offset
+    if not 0 <= context <= min(off, snvs.ref.shape[1] - 1 - off):
+        raise LeWMConfigError("context", context, f"must fit around offset {off}")
+    ref = snvs.ref[:, off - context : off + context + 1]
+    return CodingSNVs(ref, snvs.alt, snvs.position, snvs.nonsense, context)
+
+
+def lm_context_curve(
+    lm: Any, snvs: CodingSNVs, contexts: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+) -> dict[str, float]:
+    """AUROC of the LM's two-strand log-likelihood ratio when it sees only `c` bases on each
+    side of the SNV, per `c` (those that fit the window): whether context is what limits it."""
+    most = min(snvs.offset, snvs.ref.shape[1] - 1 - snvs.offset)
+    out = {}
+    for c in (c for c in contexts if 1 <= c <= most):
+        llr = two_strand_llr(lambda w, t: lm_log_likelihood(lm, w, t), around(snvs, c))
+        out[str(c)] = bootstrap_auroc(llr, snvs.nonsense, 1)[0]
+    return out
+
+
 @dataclass
 class VariantEffectArguments:
     """The variant-effect benchmark (`lewm_hf.evaluation.variant_effect`) of a DNA phase.
@@ -455,7 +479,8 @@ def evaluate_variant_effect(
         `dict[str, Any]`: `eval_variant_num_nonsense` / `_num_synonymous`; for the k-mer
         baseline (best order), and the LM and the world model when given, `eval_variant_auroc_*`
         with `_ci` (`[low, high]`); `eval_variant_kmer_order` and `eval_variant_auroc_kmer_by_order`
-        (order -> AUROC); `eval_variant_seconds`.
+        (order -> AUROC); with an LM, `eval_variant_auroc_lm_by_context` (bases seen on each
+        side of the SNV -> AUROC); `eval_variant_seconds`.
     """
     started = time.perf_counter()
     snvs, train = variant_effect_snvs(records, holdout_fraction, window_length, args)
@@ -482,6 +507,7 @@ def evaluate_variant_effect(
         report(
             K.EVAL_VARIANT_AUROC_LM, two_strand_llr(lambda w, s: lm_log_likelihood(lm, w, s), snvs)
         )
+        out[K.EVAL_VARIANT_AUROC_LM_BY_CONTEXT] = lm_context_curve(lm, snvs)
     if world_model is not None:
         report(K.EVAL_VARIANT_AUROC_SURPRISE, world_model_surprise(world_model, snvs))
     out[K.EVAL_VARIANT_SECONDS] = time.perf_counter() - started
@@ -494,12 +520,14 @@ __all__ = [
     "Gene",
     "KmerMarkov",
     "VariantEffectArguments",
+    "around",
     "bootstrap_auroc",
     "call_genes",
     "coding_snvs",
     "evaluate_variant_effect",
     "held_out_region",
     "kmer_context_curve",
+    "lm_context_curve",
     "lm_log_likelihood",
     "reverse_complement",
     "translate_codon",
