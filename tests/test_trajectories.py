@@ -523,7 +523,8 @@ def test_a_dataset_key_on_a_walk_phase_names_the_task_that_reads_it(tmp_path, ca
     with pytest.raises(LeWMConfigError) as caught:
         validate_recipe(recipe)
     assert caught.value.field.endswith("dataset_name")
-    assert "read by task trajectory_world_model" in caught.value.reason
+    assert "unknown key for task world_model (read by task" in caught.value.reason
+    assert "trajectory_world_model" in caught.value.reason
 
 
 def test_ragged_rows_with_padding_train_and_evaluate(tmp_path):
