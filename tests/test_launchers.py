@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import TINY_PHASE_MODEL
 from safetensors.torch import load_file
+from test_pipeline import EASY_GATE, lm_phase
+from test_resume import PHASE as RESUME_PHASE
 
 from lewm_hf import metric_keys as K
 from lewm_hf.tasks.runner import run_recipe
@@ -44,48 +45,13 @@ CONTROL_MIN_DIFF = 1e-3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ENCODER = {
-    "name": "encoder",
-    "task": "lm",
-    "model_type": "llama",
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 32,
-    "learning_rate": 3e-3,
-    "warmup_steps": 0,
-    "max_steps": 4,
-    "eval_strategy": "steps",
-    "eval_steps": 2,
-    "save_strategy": "no",
-    "gate_decoding": "sample",
-    "gate_log_other_decoding": False,
-    "gate_num_sequences": 16,
-    "gate_edge_threshold": 0.0,
-    "gate_rule_threshold": 0.0,
-    "gate_min_rule_checks": 0,
-}
-
+# The encoder phase of the pipeline tests (its gate passes at step 2) and the world model of the
+# resume test (6 steps, checkpoints at 3 and 6, dropout on), at 8 rows per rank.
+ENCODER = lm_phase(**EASY_GATE, per_device_train_batch_size=8, max_steps=4, gate_num_sequences=16)
 WORLD_MODEL = {
-    "name": "world_model",
-    "task": "world_model",
+    **RESUME_PHASE,
     "encoder_path": "previous",
-    "encoder_mode": "train",
-    **TINY_PHASE_MODEL,
-    "dropout": 0.1,
-    "num_clips": 160,
-    "eval_clips": 32,
     "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 32,
-    "max_steps": 6,
-    "lr_schedule": "wsd",
-    "warmup_steps": 2,
-    "learning_rate": 3e-3,
-    "save_strategy": "steps",
-    "save_steps": 3,
-    "eval_strategy": "no",
     "run_evaluation": False,
 }
 
