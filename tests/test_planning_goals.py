@@ -3,12 +3,26 @@ successful episodes, and the `wide` graph preset on which goals 5 and 6 moves aw
 
 from __future__ import annotations
 
+import json
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+import yaml
+from _builders import TINY_CORPUS
 
+from lewm_hf import LeWMConfig, LeWMModel
 from lewm_hf import metric_keys as K
 from lewm_hf.data.graphs import Graph
-from lewm_hf.data.walks import WalkCorpusConfig, build_graph_and_jumpers, generate_walks
+from lewm_hf.data.walks import (
+    WalkCorpusConfig,
+    build_graph_and_jumpers,
+    build_walk_corpus,
+    generate_walks,
+    load_walk_metadata,
+)
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.evaluation.planning import (
     PlanningConfig,
@@ -22,6 +36,7 @@ from lewm_hf.evaluation.planning import (
 from lewm_hf.testing_utils import MoveOracle
 
 W, H = 4, 3
+REPO = Path(__file__).resolve().parents[1]
 
 
 def graph_from_lists(neighbours: list[list[int]]) -> Graph:
@@ -177,3 +192,45 @@ def test_wide_preset_has_goals_five_and_six_moves_away():
                                        np.random.default_rng(d), dist, goal_form=form)  # fmt: skip
             pairs = set(zip(problems.start.tolist(), problems.goal.tolist()))
             assert len(pairs) >= 50, (d, form, len(pairs))
+
+
+# ---- recipes/evaluate.py -------------------------------------------------------------------------
+
+
+def test_evaluate_script_keeps_the_recipes_planning_keys_and_writes_both_goal_forms(tmp_path):
+    cache = tmp_path / "cache"
+    recipe = tmp_path / "wm.yaml"
+    planning = {"distances": [1, 2], "budget_slack": 1, "goals_per_distance": 50}
+    recipe.write_text(
+        yaml.safe_dump({"task": "world_model", "corpus_preset": "small", "corpus": TINY_CORPUS,
+                        "corpus_cache_dir": str(cache), "history_length": 2,
+                        "planning": planning})
+    )  # fmt: skip
+    meta = load_walk_metadata(
+        build_walk_corpus(WalkCorpusConfig.preset("small", **TINY_CORPUS), cache)
+    )
+    torch.manual_seed(0)
+    LeWMModel(
+        LeWMConfig(vocab_size=meta.graph.num_vertices, d_state=16, d_model=32,
+                   projector_hidden=32, history_length=2,
+                   action_vocab_size=meta.graph.max_out_degree)
+    ).save_pretrained(tmp_path / "model")  # fmt: skip
+    main = runpy.run_path(str(REPO / "recipes" / "evaluate.py"))["main"]
+    out = tmp_path / "eval.json"
+    argv = [
+        "--model_path", str(tmp_path / "model"), "--config", str(recipe), "--output", str(out),
+        "--evaluation.num_items", "32", "--evaluation.num_rollouts", "8",
+        "--evaluation.max_horizon", "2", "--evaluation.num_walks", "32",
+        "--planning.goals_per_distance", "6", "--planning.seeds", "[0]",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    settings = results[K.EVAL_SETTINGS]["planning"]
+    # The recipe's distances and slack; the flags' sample (not the recipe's 50 goals).
+    assert settings["distances"] == [1, 2] and settings["budget_slack"] == 1
+    assert settings["goals_per_distance"] == 6 and settings["goal_forms"] == ["walk", "path"]
+    for form in ("walk", "path"):
+        numbers = results[K.EVAL_PLAN_BY_GOAL_FORM][form]
+        for key in (K.EVAL_PLAN_SUCCESS, K.EVAL_PLAN_CI, K.EVAL_PLAN_SUCCESS_RANDOM,
+                    K.EVAL_PLAN_DISTINCT_PAIRS, K.EVAL_PLAN_STEPS, K.EVAL_PLAN_STEPS_RATIO):  # fmt: skip
+            assert set(numbers[key]) == {"1", "2"}, (form, key)
