@@ -50,6 +50,8 @@ IupacPolicy = Literal["error", "n"]
 HookKind = Literal["method", "class", "attribute"]
 # Every clip of a walk (`MoveTrajectoryConfig.clips_per_walk`, beside a count).
 AllClips = Literal["all"]
+# The actions of a trajectory dataset (`lewm_hf.data.trajectories.TrajectoryInfo.action_type`).
+ActionType = Literal["discrete", "edit"]
 
 
 def choices(alias: Any) -> tuple[Any, ...]:
@@ -306,6 +308,7 @@ def validate_fields(obj: Any) -> None:
 
 
 __all__ = [
+    "ActionType",
     "AllClips",
     "CollapseAction",
     "ContextRule",

@@ -43,6 +43,7 @@ from .. import metric_keys as K
 from ..data.graphs import Graph
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
+from ..progress import progress
 from .held_out import neighbor_table
 from .planning_config import DEFAULT_MAX_ROWS as DEFAULT_MAX_ROWS
 from .planning_config import PlanningConfig
@@ -216,7 +217,8 @@ def _evaluate_stratum(
     budget = d + config.budget_slack
     pair_ids, wins, random_wins, steps, random_steps, per_seed = [], [], [], [], [], []
     plans, seconds, planners = 0, 0.0, []
-    for i, seed in enumerate(config.seeds):
+    seeds = progress(config.seeds, desc=f"planning d={d} ({form} goals)", unit="seed")
+    for i, seed in enumerate(seeds):
         # The `path` form keeps the seeds it always had, so its numbers stay comparable.
         tag = f"planning-goals-{d}" if form == "path" else f"planning-goals-{form}-{d}"
         rng = np.random.default_rng(derive_seed(seed, tag))
