@@ -41,6 +41,9 @@ LoRATarget = Literal["encoder", "predictor", "action_encoder"]
 Planner = Literal["auto", "exhaustive", "cem"]
 PlanCost = Literal["min", "final"]
 RankPrior = Literal["degree", "uniform"]
+# Planning goal windows: another held-out walk's window ending at the goal, or the start window
+# followed by a shortest path (`lewm_hf.evaluation.planning_problems`).
+GoalForm = Literal["walk", "path"]
 # FASTA reading (`DNASourceConfig.iupac`): refuse IUPAC ambiguity codes, or read them as N.
 IupacPolicy = Literal["error", "n"]
 # How a private hook of a library is checked (`lewm_hf.trainer.private_api.PrivateHook`).
@@ -311,6 +314,7 @@ __all__ = [
     "ContextRule",
     "Decoding",
     "EncoderMode",
+    "GoalForm",
     "HookKind",
     "IupacPolicy",
     "LRSchedule",

@@ -125,6 +125,16 @@ EVAL_PLAN_MISSING_DISTANCES = EVAL_PLAN_PREFIX + "missing_distances"
 EVAL_PLAN_TRIALS = EVAL_PLAN_PREFIX + "trials"
 EVAL_PLAN_BUDGET_SLACK = EVAL_PLAN_PREFIX + "budget_slack"
 EVAL_PLAN_SECONDS = EVAL_PLAN_PREFIX + "seconds"
+# Steps of the successful episodes (mean executed steps, mean ratio steps / d), the planner's and
+# random actions'; the goal form of the top-level planning numbers and every form's numbers
+# (`{form: {key: {d: value}}}`); how the intervals were computed.
+EVAL_PLAN_STEPS = EVAL_PLAN_PREFIX + "steps"
+EVAL_PLAN_STEPS_RANDOM = EVAL_PLAN_STEPS + "_random"
+EVAL_PLAN_STEPS_RATIO = EVAL_PLAN_STEPS + "_ratio"
+EVAL_PLAN_STEPS_RATIO_RANDOM = EVAL_PLAN_STEPS_RATIO + "_random"
+EVAL_PLAN_GOAL_FORM = EVAL_PLAN_PREFIX + "goal_form"
+EVAL_PLAN_BY_GOAL_FORM = EVAL_PLAN_PREFIX + "by_goal_form"
+EVAL_PLAN_CI_METHOD = EVAL_PLAN_CI + "_method"
 # The whole suite (`run_evaluation_suite`).
 EVAL_SETTINGS = EVAL_PREFIX + "settings"
 EVAL_SECONDS = EVAL_PREFIX + "seconds"
@@ -177,6 +187,17 @@ EVAL_RULE_COMPLIANCE = EVAL_PREFIX + RULE_COMPLIANCE
 EVAL_RULE_CHECKS = EVAL_PREFIX + RULE_CHECKS
 EVAL_DISTINCT_FRACTION = EVAL_PREFIX + DISTINCT_FRACTION
 EVAL_GATE_PASSED = EVAL_PREFIX + GATE_PASSED
+# The confirmation at a pass: the passing model again, on fresh held-out walks with another
+# sampling seed (`gate_confirmed_*` in result.json and the phase summary, `eval_gate_confirmed_*`
+# in the logs); the gate passes only if the confirmation passes too.
+GATE_CONFIRMED_PREFIX = "gate_confirmed_"
+GATE_CONFIRMED = "gate_confirmed"
+GATE_CONFIRMED_EDGE_COMPLIANCE = GATE_CONFIRMED_PREFIX + EDGE_COMPLIANCE
+GATE_CONFIRMED_RULE_COMPLIANCE = GATE_CONFIRMED_PREFIX + RULE_COMPLIANCE
+GATE_CONFIRMED_RULE_CHECKS = GATE_CONFIRMED_PREFIX + RULE_CHECKS
+GATE_CONFIRMED_DISTINCT_FRACTION = GATE_CONFIRMED_PREFIX + DISTINCT_FRACTION
+EVAL_GATE_CONFIRMED = EVAL_PREFIX + GATE_CONFIRMED
+EVAL_GATE_CONFIRMED_PREFIX = EVAL_PREFIX + GATE_CONFIRMED_PREFIX
 
 
 def decoding_name(decoding: str) -> str:

@@ -151,7 +151,32 @@ def format_evaluation(results: dict[str, Any]) -> str:
             + " ".join(f"d{d}:{success[d]:.2f}/{random.get(d, float('nan')):.2f}" for d in success)
             + "  (model/random)"
         )
+    lines += _plan_goal_form_lines(results.get(K.EVAL_PLAN_BY_GOAL_FORM) or {})
     return "\n".join(lines)
+
+
+def _plan_goal_form_lines(by_form: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Per goal form and distance: success [interval] against random, distinct (start, goal)
+    pairs, and the mean steps / d of the successes."""
+
+    def f(value: Any) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines = []
+    for form, numbers in by_form.items():
+        success = numbers.get(K.EVAL_PLAN_SUCCESS) or {}
+        ci = numbers.get(K.EVAL_PLAN_CI) or {}
+        random = numbers.get(K.EVAL_PLAN_SUCCESS_RANDOM) or {}
+        pairs = numbers.get(K.EVAL_PLAN_DISTINCT_PAIRS) or {}
+        ratio = numbers.get(K.EVAL_PLAN_STEPS_RATIO) or {}
+        lines.append(f"plan goals from {form}: d success [interval] random pairs steps/d")
+        for d in success:
+            low, high = ci.get(d, (None, None))
+            lines.append(
+                f"  d{d}: {f(success[d])} [{f(low)}, {f(high)}] {f(random.get(d))} "
+                f"{pairs.get(d, '-')} {f(ratio.get(d))}"
+            )
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -6,10 +6,14 @@ against random actions) on held-out walks of the model's graph, prints a table a
 `eval_results.json` beside the model (or to `--output`): the numbers, the settings with their
 seeds, and the command that reproduces them. The graph comes from the recipe (`--config`, by
 default the world-model recipe `recipes/configs/walk_lewm.yaml`), and so do the `evaluation:`
-settings; planning runs the full `PlanningConfig` set (300 goals x 3 seeds at every distance),
-not the recipe's lighter `planning:`, unless `--planning.<field>` flags say otherwise (e.g.
-`--planning.goals_per_distance 50`). `--help` (or `-h`) lists every option with its type,
-default and help.
+settings and the `planning:` ones (its distances, step budget and goal forms), except that
+planning runs the full `PlanningConfig` sample (300 goals x 3 seeds at every distance), not the
+recipe's lighter one, unless `--planning.<field>` flags say otherwise (e.g.
+`--planning.goals_per_distance 50`). Planning reports both goal forms (goal windows from other
+held-out walks, and the start window followed by a shortest path) with success, bootstrap
+intervals over (start, goal) pairs, distinct pairs and steps at every distance. On the `wide`
+graph (diameter 6): `--config recipes/configs/walk_lewm_wide.yaml`. `--help` (or `-h`) lists
+every option with its type, default and help.
 """
 
 from __future__ import annotations
@@ -41,15 +45,19 @@ HELP_FLAGS = ("-h", "--help")
 
 def recipe_settings(config: Path) -> tuple[PhasePlan, dict[str, Any], dict[str, Any]]:
     """The recipe's last world-model phase and the settings this script starts from: the
-    recipe's `evaluation:` keys, and the full planning set (`PlanningConfig`'s goals and seeds,
-    not the recipe's lighter `planning:`)."""
+    recipe's `evaluation:` keys, and its `planning:` keys with the full sample (`PlanningConfig`'s
+    goals and seeds, not the recipe's lighter ones)."""
     plans = [p for p in validate_recipe(config) if p.task == "world_model"]
     if not plans:
         raise LeWMConfigError("config", str(config), "has no world-model phase")
     plan = plans[-1]
     full = PlanningConfig()
     recipe_args = plan.args.domain.evaluation
-    planning = {"goals_per_distance": full.goals_per_distance, "seeds": full.seeds}
+    planning = {
+        **recipe_args.planning,
+        "goals_per_distance": full.goals_per_distance,
+        "seeds": full.seeds,
+    }
     return plan, dict(recipe_args.evaluation), planning
 
 
@@ -88,8 +96,8 @@ def usage(config: Path) -> str:
             flag="--",
         ),
         format_group(
-            "Planning settings (PlanningConfig; defaults: the full set, whatever the recipe's "
-            "planning: says):",
+            "Planning settings (PlanningConfig; defaults: the recipe's planning: keys with the "
+            "full sample of goals and seeds):",
             class_options(PlanningConfig, defaults=planning, prefix="planning."),
             flag="--",
         ),

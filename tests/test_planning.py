@@ -319,7 +319,8 @@ def test_perfect_model_reaches_every_goal_in_d_steps(walks, replan):
     for d in ("1", "2", "3"):
         assert out[K.EVAL_PLAN_SUCCESS_RANDOM][d] < 1.0
         low, high = out[K.EVAL_PLAN_CI][d]
-        assert low == pytest.approx(wilson_interval(80, 80)[0]) and high == 1.0
+        pairs = out[K.EVAL_PLAN_DISTINCT_PAIRS][d]  # every pair succeeded: Wilson over the pairs
+        assert low == pytest.approx(wilson_interval(pairs, pairs)[0]) and high == 1.0
         assert out[K.EVAL_PLANS_PER_SECOND][d] > 0
         assert out[K.EVAL_PLAN_SUCCESS_PER_SEED][d] == [1.0, 1.0]
     assert out[K.EVAL_PLAN_MISSING_DISTANCES] == []

@@ -1,6 +1,8 @@
 """Exact resume of a world-model run: SIGKILL after a checkpoint, resume, compare bitwise with an
 uninterrupted run (weights, curves, WSD learning rates, collapse alerts); a finished run resumed
-again trains no further step.
+again trains no further step. Controls that a run ignoring its checkpoint would fail: the
+optimizer steps run after resuming are counted (3 of 6, not 6), and resuming a deliberately
+changed copy of the checkpoint changes the result.
 
 The recipe is tiny (128 clips of the `small` preset's graph, the default tiny Llama encoder,
 6 steps of 16) and dropout stays on, so the RNG state of the checkpoint matters too.
@@ -10,15 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from _builders import TINY_PHASE_MODEL
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lewm_hf import metric_keys as K
 from lewm_hf.tasks.runner import run_recipe
@@ -76,6 +82,21 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@contextmanager
+def counting_optimizer_steps() -> Iterator[list[int]]:
+    """Count every `optimizer.step()` of any torch optimizer in this process: `[count]`."""
+    count = [0]
+
+    def hook(optimizer, args, kwargs) -> None:
+        count[0] += 1
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     ta, tb = load_file(str(a)), load_file(str(b))
     assert ta.keys() == tb.keys()
@@ -105,9 +126,23 @@ def test_killed_world_model_run_resumes_bitwise(tmp_path, write_walk_recipe):
     saved_monitor = state["stateful_callbacks"]["CollapseMonitorCallback"]["attributes"]
     assert saved_monitor["first_target_var"] is not None  # the monitor's state is checkpointed
 
-    resumed = run_recipe(killed, [("resume_from_checkpoint", True)])["phases"]["world_model"]
-    uninterrupted = run_recipe(full)["phases"]["world_model"]
+    # A copy of the run whose checkpoint-3 weights are changed (scaled by 1.01) before resuming.
+    tampered = write_walk_recipe(tmp_path / "tampered", cache, [PHASE])
+    tampered_out = tmp_path / "tampered" / "run" / "world_model"
+    shutil.copytree(out / "checkpoint-3", tampered_out / "checkpoint-3")
+    weights_3 = load_file(str(out / "checkpoint-3" / K.SAFE_WEIGHTS_FILE))
+    changed = {k: v * 1.01 if v.is_floating_point() else v for k, v in weights_3.items()}
+    save_file(changed, str(tampered_out / "checkpoint-3" / K.SAFE_WEIGHTS_FILE),
+              metadata={"format": "pt"})  # fmt: skip
+
+    with counting_optimizer_steps() as resumed_steps:
+        resumed = run_recipe(killed, [("resume_from_checkpoint", True)])["phases"]["world_model"]
+    with counting_optimizer_steps() as full_steps:
+        uninterrupted = run_recipe(full)["phases"]["world_model"]
     full_out = tmp_path / "full" / "run" / "world_model"
+    # The resumed run trained steps 4-6 only: a run that ignored the checkpoint and started
+    # again would have run 6 optimizer steps (and, being deterministic, matched all the same).
+    assert (resumed_steps[0], full_steps[0]) == (3, 6)
 
     assert resumed["global_step"] == uninterrupted["global_step"] == 6
     assert_same_weights(out / K.SAFE_WEIGHTS_FILE, full_out / K.SAFE_WEIGHTS_FILE)
@@ -124,10 +159,24 @@ def test_killed_world_model_run_resumes_bitwise(tmp_path, write_walk_recipe):
     # `WSDSchedulerCallback` too).
     assert result["curves"][K.LR_MULTIPLIER]["value"][:2] == [0.5, 1.0]
 
+    # The changed checkpoint is what the resumed run continues from: same step count, the
+    # logged curves of steps 1-3 (read from the checkpoint's state), other losses and weights after.
+    with counting_optimizer_steps() as tampered_steps:
+        run_recipe(tampered, [("resume_from_checkpoint", True)])
+    assert tampered_steps[0] == 3
+    changed_result = read_json(tampered_out / K.RESULT_FILE)
+    loss, changed_loss = (r["curves"][K.TRAIN_LOSS]["value"] for r in (expected, changed_result))
+    assert changed_loss[:3] == loss[:3]
+    assert all(a != b for a, b in zip(changed_loss[3:], loss[3:])), (changed_loss, loss)
+    changed_final = load_file(str(tampered_out / K.SAFE_WEIGHTS_FILE))
+    final_full = load_file(str(full_out / K.SAFE_WEIGHTS_FILE))
+    assert any(not torch.equal(changed_final[k], final_full[k]) for k in final_full)
+
     # Resuming the final checkpoint (max_steps reached) trains no further step.
     weights = load_file(str(out / K.SAFE_WEIGHTS_FILE))
-    again = run_recipe(killed, [("resume_from_checkpoint", True)])["phases"]["world_model"]
-    assert again["global_step"] == 6
+    with counting_optimizer_steps() as again_steps:
+        again = run_recipe(killed, [("resume_from_checkpoint", True)])["phases"]["world_model"]
+    assert again["global_step"] == 6 and again_steps[0] == 0
     result = read_json(out / K.RESULT_FILE)
     assert result["curves"][K.TRAIN_LOSS] == expected["curves"][K.TRAIN_LOSS]
     assert result["collapse_alerts"] == expected["collapse_alerts"]

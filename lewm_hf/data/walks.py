@@ -246,6 +246,20 @@ WALK_PRESETS: dict[str, dict[str, Any]] = {
         "corpus_size": 8000,
         "eval_size": 1000,
     },
+    # A graph large enough to need planning: 200 vertices in 8 blocks of 25 with rare
+    # cross-block edges has diameter 6, with about 7600 vertex pairs at distance 5 and 1200 at
+    # distance 6 (the `small` graph's diameter is 4, with 3 pairs at distance 4). The largest
+    # out-degree is 28, the mean 7.7.
+    "wide": {
+        "num_vertices": 200,
+        "num_blocks": 8,
+        "p_in": 0.5,
+        "p_out": 0.002,
+        "context_window": 16,
+        "walk_length": 64,
+        "corpus_size": 8000,
+        "eval_size": 1000,
+    },
 }
 
 
@@ -294,7 +308,7 @@ class WalkCorpusConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> WalkCorpusConfig:
-        """A named preset (`"anchor"` or `"small"`) with optional field overrides."""
+        """A named preset (`"anchor"`, `"small"` or `"wide"`) with optional field overrides."""
         if name not in WALK_PRESETS:
             raise LeWMConfigError("preset", name, f"must be one of {sorted(WALK_PRESETS)}")
         return cls(**{**WALK_PRESETS[name], **overrides})

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LeWMConfigError
-from ..fields import PlanCost, Planner, RankPrior, is_int_in, option, validate_fields
+from ..fields import GoalForm, PlanCost, Planner, RankPrior, is_int_in, option, validate_fields
 
 # Imagined prefixes per predictor call (see `PlanningConfig.max_rows`).
 DEFAULT_MAX_ROWS = 4096
@@ -45,7 +45,14 @@ class PlanningConfig:
             CPU, 65536 rows made every activation a fresh multi-hundred-MB allocation that the
             kernel maps and zeroes (system time equal to user time, 1.8x the wall time of
             1024-4096 rows, same results).
-        confidence (`float`, defaults to 0.95): Level of the Wilson intervals.
+        confidence (`float`, defaults to 0.95): Level of the bootstrap intervals.
+        goal_forms (`list[str]`, defaults to `["walk", "path"]`): The goal windows evaluated,
+            each on its own problems: `walk` (a window of another held-out walk ending at the
+            goal vertex: it names the place, not the way) and `path` (the start window followed
+            by a shortest path, so the goal latent carries the path). The first form's numbers
+            are the top-level ones.
+        bootstrap_resamples (`int`, defaults to 1000): Resamples of the (start, goal) pairs
+            behind each interval.
     """
 
     distances: list[int] = option(
@@ -68,7 +75,14 @@ class PlanningConfig:
         DEFAULT_MAX_ROWS, help="Imagined prefixes (rows) per predictor call.", low=1
     )
     confidence: float = option(
-        0.95, help="Wilson interval level.", low=0, high=1, low_open=True, high_open=True
+        0.95, help="Bootstrap interval level.", low=0, high=1, low_open=True, high_open=True
+    )
+    goal_forms: list[GoalForm] = option(
+        default_factory=lambda: ["walk", "path"],
+        help="Goal windows: walk (another walk's window at the goal) and/or path (start + path).",
+    )
+    bootstrap_resamples: int = option(
+        1000, help="Bootstrap resamples of (start, goal) pairs.", low=1
     )
 
     @classmethod
@@ -88,6 +102,8 @@ class PlanningConfig:
             raise LeWMConfigError("distances", self.distances, "must be distinct")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise LeWMConfigError("seeds", self.seeds, "must be distinct, at least one")
+        if not self.goal_forms or len(set(self.goal_forms)) != len(self.goal_forms):
+            raise LeWMConfigError("goal_forms", self.goal_forms, "must be distinct, at least one")
         if self.cem_elites > self.cem_samples:
             raise LeWMConfigError("cem_elites", self.cem_elites, "must not exceed cem_samples")
 

@@ -22,13 +22,14 @@ class WalkCorpusArguments:
     """Which walk corpus a task uses.
 
     Args:
-        corpus_preset (`str`, defaults to `"small"`): A `WalkCorpusConfig` preset (`small`, `anchor`).
+        corpus_preset (`str`, defaults to `"small"`): A `WalkCorpusConfig` preset (`small`, `wide`,
+            `anchor`).
         corpus (`dict`, defaults to `{}`): `WalkCorpusConfig` field overrides.
         corpus_cache_dir (`str`, *optional*): Corpus cache root (default `$LEWM_HF_CACHE` or
             `~/.cache/lewm_hf/corpora`).
     """
 
-    corpus_preset: str = option("small", help="WalkCorpusConfig preset: small or anchor.")
+    corpus_preset: str = option("small", help="WalkCorpusConfig preset: small, wide or anchor.")
     corpus: dict = option(default_factory=dict, help="WalkCorpusConfig field overrides.")
     corpus_cache_dir: str | None = option(None, help="Corpus cache root.")
 

@@ -293,6 +293,15 @@ def main(args: WalkLMTaskArguments, context: PhaseContext) -> dict[str, Any]:
             )
         },
         **{f"{name}_{K.RULE_COMPLIANCE}": value for name, value in by_decoding.items()},
+        **{
+            key: result.get(key)
+            for key in (
+                K.GATE_CONFIRMED,
+                K.GATE_CONFIRMED_RULE_COMPLIANCE,
+                K.GATE_CONFIRMED_RULE_CHECKS,
+                K.GATE_CONFIRMED_DISTINCT_FRACTION,
+            )
+        },
         "final_train_loss": losses[-1] if losses else None,
         "global_step": trainer.state.global_step,
         "wall_time_s": time.time() - start,

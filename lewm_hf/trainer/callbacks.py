@@ -16,6 +16,8 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from .. import metric_keys as K
+from ..data.walks import generate_walks
+from ..determinism import derive_seed
 from ..distributed import gather_rows
 from ..errors import LeWMConfigError, LeWMNonFiniteLossError
 from ..evaluation.compliance import ComplianceGate, ComplianceResult, evaluate_compliance
@@ -53,6 +55,12 @@ class ComplianceGateCallback(TrainerCallback):
     them), prints a one-line summary, and on a pass saves `<output_dir>/gate_checkpoint` (outside
     the `checkpoint-*` rotation, so `save_total_limit` never deletes it) and stops training.
 
+    With `gate_confirm` a pass is confirmed first: the same model, under the gate's decoding, on
+    `gate_num_sequences` fresh walks generated on the graph (`derive_seed(seed,
+    "gate-confirmation-walks")`) with another sampling seed (`derive_seed(seed,
+    "gate-confirmation")`). The gate passes only if the confirmation passes its thresholds too;
+    the confirmation's numbers are logged as `eval_gate_confirmed_*` and `eval_gate_confirmed`.
+
     Args:
         trainer (`WalkLMTrainer`): The trainer (for its arguments, `log` and `save_model`).
         graph (`Graph`), jumpers (`list[Jumper]`): The walk process.
@@ -73,6 +81,34 @@ class ComplianceGateCallback(TrainerCallback):
             min_rule_checks=args.gate_min_rule_checks,
         )
         self.last_failure: str | None = "no compliance evaluation ran"
+        self._confirmation_walks: np.ndarray | None = None
+
+    def confirmation_walks(self) -> np.ndarray:
+        """Fresh held-out walks for the confirmation: as many as the gate's sequences, of the
+        prompt walks' length, from a seed no corpus uses (generated once)."""
+        if self._confirmation_walks is None:
+            args = self.trainer.args
+            self._confirmation_walks = generate_walks(
+                self.graph,
+                self.jumpers,
+                args.gate_num_sequences,
+                int(self.prompt_walks.shape[1]),
+                seed=derive_seed(args.seed, "gate-confirmation-walks"),
+            )
+        return self._confirmation_walks
+
+    def confirm(self, model, decoding: str) -> ComplianceResult:
+        """Compliance of `model` on the fresh walks with the confirmation's sampling seed."""
+        kwargs = self.trainer.args.compliance_kwargs(decoding)
+        kwargs["seed"] = derive_seed(self.trainer.args.seed, "gate-confirmation")
+        return evaluate_compliance(
+            model,
+            self.graph,
+            self.jumpers,
+            self.confirmation_walks(),
+            self.context_window,
+            **kwargs,
+        )
 
     def evaluate(self, model, decoding: str) -> ComplianceResult:
         """Compliance of `model` under one decoding, with the gate's settings."""
@@ -107,6 +143,20 @@ class ComplianceGateCallback(TrainerCallback):
                 }
             )
         passed, reason = self.gate.check(result)
+        confirmed = None
+        if passed and args.gate_confirm:
+            confirmed = self.confirm(model, args.gate_decoding)
+            passed, reason = self.gate.check(confirmed)
+            reason = None if passed else f"confirmation on fresh walks: {reason}"
+            logs.update(
+                {
+                    K.EVAL_GATE_CONFIRMED_PREFIX + K.EDGE_COMPLIANCE: confirmed.edge_compliance,
+                    K.EVAL_GATE_CONFIRMED_PREFIX + K.RULE_COMPLIANCE: confirmed.rule_compliance,
+                    K.EVAL_GATE_CONFIRMED_PREFIX + K.RULE_CHECKS: float(confirmed.rule_checks),
+                    K.EVAL_GATE_CONFIRMED_PREFIX + K.DISTINCT_FRACTION: confirmed.distinct_fraction,
+                    K.EVAL_GATE_CONFIRMED: float(passed),
+                }
+            )
         logs[K.EVAL_GATE_PASSED] = float(passed)
         self.last_failure = reason
         self.trainer.log(dict(logs))
@@ -121,6 +171,12 @@ class ComplianceGateCallback(TrainerCallback):
             line += (
                 f" | {other.decoding}: edge {other.edge_compliance:.3f} "
                 f"rule {other.rule_compliance:.3f} (checks {other.rule_checks})"
+            )
+        if confirmed is not None:
+            line += (
+                f" | confirmed: edge {confirmed.edge_compliance:.3f} "
+                f"rule {confirmed.rule_compliance:.3f} (checks {confirmed.rule_checks}, "
+                f"distinct {confirmed.distinct_fraction:.2f})"
             )
         line += " | PASS" if passed else f" | not yet: {reason}"
         console(line, state)
@@ -165,6 +221,19 @@ class ComplianceGateCallback(TrainerCallback):
             out[prefix + name + K.EDGE_COMPLIANCE] = entry.get(other + K.EDGE_COMPLIANCE)
             out[prefix + name + K.RULE_COMPLIANCE] = entry.get(other + K.RULE_COMPLIANCE)
             out[prefix + name + K.RULE_CHECKS] = _as_int(entry.get(other + K.RULE_CHECKS))
+        # The confirmation of the pass (or, without one, of the last evaluation that passed the
+        # thresholds and failed its confirmation); None when none ran.
+        confirmations = [e for e in history if K.EVAL_GATE_CONFIRMED in e]
+        confirmation = entry if passes else (confirmations[-1] if confirmations else {})
+        confirmed = K.EVAL_GATE_CONFIRMED_PREFIX
+        out[K.GATE_CONFIRMED] = (
+            None if K.EVAL_GATE_CONFIRMED not in confirmation
+            else bool(confirmation[K.EVAL_GATE_CONFIRMED])
+        )  # fmt: skip
+        out[K.GATE_CONFIRMED_EDGE_COMPLIANCE] = confirmation.get(confirmed + K.EDGE_COMPLIANCE)
+        out[K.GATE_CONFIRMED_RULE_COMPLIANCE] = confirmation.get(confirmed + K.RULE_COMPLIANCE)
+        out[K.GATE_CONFIRMED_RULE_CHECKS] = _as_int(confirmation.get(confirmed + K.RULE_CHECKS))
+        out[K.GATE_CONFIRMED_DISTINCT_FRACTION] = confirmation.get(confirmed + K.DISTINCT_FRACTION)
         return out
 
 

@@ -417,6 +417,10 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
         gate_batch_size (`int`, defaults to `1000`): Generation batch size. On CPU the gate's
             evaluation of 1000 sequences ran about 2x faster in one batch of 1000 than in
             batches of 256 (`benchmarks/gate_cost.py`); lower it only to save memory.
+        gate_confirm (`bool`, defaults to `True`): At a pass, evaluate the passing model again on
+            fresh held-out walks (generated on the graph from a seed of their own) with another
+            sampling seed, and pass only if that confirmation passes too: a gate that stops at the
+            first pass of the same noisy evaluation reports the maximum of a noisy series.
 
     Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
 
@@ -445,6 +449,7 @@ class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
     gate_temperature: float = option(1.0, help="Sampling temperature.", low=0, low_open=True)
     gate_num_sequences: int = option(1000, help="Sequences per evaluation.", low=1)
     gate_batch_size: int = option(1000, help="Generation batch size.", low=1)
+    gate_confirm: bool = option(True, help="Confirm a pass on fresh walks with another seed.")
 
     # Parameters that control early stopping
     early_stopping_patience: int | None = option(
