@@ -34,6 +34,8 @@ CORPUS_META_FILE = "corpus.json"
 GRAPH_FILE = "graph.npz"
 JUMPERS_FILE = "jumpers.json"
 REGIONS_FILE = "regions.json"
+# A trajectory dataset's metadata, at its root (`lewm_hf.data.trajectories`).
+TRAJECTORY_INFO_FILE = "lewm_dataset.json"
 
 # ---- parameters and adaptation (result.json of every world-model run) ----------------------
 TRAINABLE_PARAMS = "trainable_params"

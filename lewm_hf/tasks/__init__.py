@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import LeWMConfigError
-from . import dna_lm, walk_lm
+from . import dna_lm, env_rollouts, walk_lm
 from .base import PhaseContext
 from .domains.edits import EDITS
 from .domains.walks import WALKS
@@ -38,6 +38,7 @@ TASKS: dict[str, Task] = {
     "world_model": WorldModelTask(WALKS),
     "dna_lm": dna_lm,
     "edit_world_model": WorldModelTask(EDITS),
+    "env_rollouts": env_rollouts,
 }
 
 

@@ -14,7 +14,8 @@ state. Everything else is derived here, once, for any adapter:
   state entered by a terminating transition is not expanded: the episode ends there);
 - [`rollout_trajectories`]: episodes of a uniformly random policy cut into rows of `K` steps
   (`input_ids`: `K + 1` token windows, `actions`: `K` ids; an episode's last row may be
-  shorter).
+  shorter), and [`write_environment_dataset`], which writes them as parquet with their
+  `lewm_dataset.json` (the trajectory format), deterministically from a seed.
 
 Adapters are registered by name in [`ENVIRONMENTS`] ([`make_environment`]); `Taxi-v4` is the
 first ([`lewm_hf.data.environments.taxi`], needing the optional `gym` extra).
@@ -22,12 +23,19 @@ first ([`lewm_hf.data.environments.taxi`], needing the optional `gym` extra).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from datasets import Dataset
 
+from ... import metric_keys as K
+from ...determinism import derive_seed
 from ...errors import LeWMConfigError, LeWMInputError
+from ...fields import option, validate_fields
 
 
 @runtime_checkable
@@ -216,6 +224,86 @@ def environment_info(env: EnvironmentAdapter) -> dict[str, Any]:
     }
 
 
+@dataclass
+class EnvironmentRolloutConfig:
+    """A trajectory dataset of an environment under a uniformly random policy.
+
+    Args:
+        environment (`str`, defaults to `"Taxi-v4"`): A registered environment
+            ([`ENVIRONMENTS`]).
+        train_episodes (`int`, defaults to 300): Episodes of the `train` split.
+        validation_episodes (`int`, defaults to 30): Episodes of the `validation` split (their
+            own reset seeds and actions).
+        max_episode_steps (`int`, defaults to 200): Longest episode (Taxi's own time limit).
+        steps_per_row (`int`, defaults to 4): Actions per row (`K`; a world model's
+            `history_length` must be at least this).
+        seed (`int`, defaults to 0): Base seed; each split's rollouts use
+            `derive_seed(seed, "rollouts-<split>")`.
+    """
+
+    environment: str = option("Taxi-v4", help="Registered environment name.")
+    train_episodes: int = option(300, help="Episodes of the train split.", low=1)
+    validation_episodes: int = option(30, help="Episodes of the validation split.", low=1)
+    max_episode_steps: int = option(200, help="Longest episode.", low=1)
+    steps_per_row: int = option(4, help="Actions per trajectory row (K).", low=1)
+    seed: int = option(0, help="Seed of the rollouts.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.environment not in ENVIRONMENTS:
+            raise LeWMConfigError(
+                "environment", self.environment, f"must be one of {sorted(ENVIRONMENTS)}"
+            )
+
+
+def write_environment_dataset(
+    config: EnvironmentRolloutConfig, folder: str | Path
+) -> dict[str, Any]:
+    """Roll out the random policy and write the dataset in the trajectory format.
+
+    Writes `train.parquet` and `validation.parquet` (columns `input_ids`, `actions`, `episode`,
+    `start_step`) and `lewm_dataset.json` ([`environment_info`], plus the rollout settings under
+    `rollouts`) into `folder`. The same config writes the same files.
+
+    Args:
+        config (`EnvironmentRolloutConfig`): What to roll out.
+        folder (`str` or `Path`): Output folder (created).
+
+    Returns:
+        `dict[str, Any]`: `dataset_path`, `train_rows`, `eval_rows`, `distinct_states` (over
+        both splits) and `environment`.
+    """
+    env = make_environment(config.environment)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    seen: set[int] = set()
+    for split, episodes in (
+        ("train", config.train_episodes),
+        ("validation", config.validation_episodes),
+    ):
+        columns = rollout_trajectories(
+            env,
+            episodes,
+            config.max_episode_steps,
+            config.steps_per_row,
+            derive_seed(config.seed, f"rollouts-{split}"),
+        )
+        Dataset.from_dict(columns).to_parquet(str(folder / f"{split}.parquet"))
+        rows[split] = len(columns["actions"])
+        for row in columns["input_ids"]:
+            seen.update(env.decode(np.asarray(row)).tolist())
+    info = {**environment_info(env), "rollouts": asdict(config)}
+    (folder / K.TRAJECTORY_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return {
+        "dataset_path": str(folder),
+        K.TRAIN_ROWS: rows["train"],
+        K.EVAL_ROWS: rows["validation"],
+        "distinct_states": len(seen),
+        "environment": config.environment,
+    }
+
+
 def _register_builtin() -> None:
     from .taxi import TaxiAdapter
 
@@ -227,6 +315,7 @@ _register_builtin()
 __all__ = [
     "ENVIRONMENTS",
     "EnvironmentAdapter",
+    "EnvironmentRolloutConfig",
     "environment_info",
     "make_environment",
     "register_environment",
@@ -234,4 +323,5 @@ __all__ = [
     "shortest_distances",
     "terminal_states",
     "transition_table",
+    "write_environment_dataset",
 ]
