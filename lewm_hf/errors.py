@@ -93,3 +93,31 @@ class LeWMDependencyError(LeWMError, RuntimeError):
         self.hook = hook
         self.reason = reason
         super().__init__(reason)
+
+
+class LeWMDatasetError(LeWMInputError):
+    """A trajectory dataset breaks its format (`lewm_hf.data.trajectories`).
+
+    Args:
+        column (`str`): The column (or metadata field) at fault.
+        row (`int`, *optional*): The first offending row of the split (None: the whole split).
+        value (`Any`): What was found there.
+        expected (`str`): What the format expects.
+        split (`str`, *optional*): The split the row belongs to.
+    """
+
+    def __init__(
+        self,
+        column: str,
+        row: int | None,
+        value: Any,
+        expected: str,
+        split: str | None = None,
+    ):
+        self.column = column
+        self.row = row
+        self.expected = expected
+        self.split = split
+        where = f"split {split!r}, " if split is not None else ""
+        where += f"row {row}, " if row is not None else ""
+        super().__init__(column, value, f"{where}expected {expected}")

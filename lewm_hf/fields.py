@@ -47,6 +47,8 @@ IupacPolicy = Literal["error", "n"]
 HookKind = Literal["method", "class", "attribute"]
 # Every clip of a walk (`MoveTrajectoryConfig.clips_per_walk`, beside a count).
 AllClips = Literal["all"]
+# The actions of a trajectory dataset (`lewm_hf.data.trajectories.TrajectoryInfo.action_type`).
+ActionType = Literal["discrete", "edit"]
 
 
 def choices(alias: Any) -> tuple[Any, ...]:
@@ -303,6 +305,7 @@ def validate_fields(obj: Any) -> None:
 
 
 __all__ = [
+    "ActionType",
     "AllClips",
     "CollapseAction",
     "ContextRule",

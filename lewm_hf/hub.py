@@ -69,6 +69,12 @@ def _genome_dataset(recipe: dict[str, Any]) -> str:
     return f"DNA windows of {source} (held out by region)"
 
 
+def _trajectory_dataset(recipe: dict[str, Any]) -> str:
+    name = recipe.get("dataset_name") or "a trajectory dataset"
+    config = recipe.get("dataset_config")
+    return f"{name} ({config})" if config else str(name)
+
+
 _WALK_SETTINGS = ("corpus_preset", "corpus", "per_device_eval_batch_size", "eval_strategy")
 _DNA_SETTINGS = ("genome", "fasta_path", "window_length", "holdout_fraction", "seed")
 # Per task name (`lewm_hf.tasks.TASKS`).
@@ -118,6 +124,26 @@ CARDS = {
         ),
         dataset=_genome_dataset,
         settings=(*_DNA_SETTINGS, "eval_items", "max_actions", "cluster_radius"),
+    ),
+    "trajectory_world_model": CardText(
+        world_model=True,
+        tags=("lewm", "lewm_hf", "world-model", "jepa", "trajectories"),
+        what=(
+            "A LeWM-style action-conditioned JEPA world model (`lewm_hf.LeWMModel`) trained on a "
+            "trajectory dataset (`lewm_hf.data.trajectories`): an HF backbone encodes a state (a "
+            "window of token ids) into a latent, and a causal AdaLN-zero transformer predicts the "
+            "next latent from the history of latents and discrete actions, trained with a latent "
+            "prediction loss and SIGReg."
+        ),
+        dataset=_trajectory_dataset,
+        settings=(
+            "dataset_name",
+            "dataset_config",
+            "dataset_train_split",
+            "dataset_test_split",
+            "history_length",
+            "evaluation",
+        ),
     ),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -34,7 +34,8 @@ CORPUS_META_FILE = "corpus.json"
 GRAPH_FILE = "graph.npz"
 JUMPERS_FILE = "jumpers.json"
 REGIONS_FILE = "regions.json"
-# A trajectory dataset's metadata, at its root (`lewm_hf.data.trajectories`).
+# A trajectory dataset's metadata at its root (`lewm_hf.data.trajectories`): vocabulary size,
+# number of actions, window length.
 TRAJECTORY_INFO_FILE = "lewm_dataset.json"
 
 # ---- parameters and adaptation (result.json of every world-model run) ----------------------
@@ -81,6 +82,8 @@ EVAL_ACTION_CHANCE = EVAL_ACTION_PREFIX + "chance"
 EVAL_SURPRISE_AUROC = EVAL_PREFIX + "surprise_auroc"
 EVAL_SURPRISE_TRUE = EVAL_PREFIX + "surprise_true"
 EVAL_SURPRISE_TELEPORT = EVAL_PREFIX + "surprise_teleport"
+# Surprise of the observed next state of another row (trajectory datasets, no graph).
+EVAL_SURPRISE_OTHER_ROW = EVAL_PREFIX + "surprise_other_row"
 # Representation health of held-out latents.
 EVAL_EFFECTIVE_RANK = EVAL_PREFIX + "effective_rank"
 EVAL_VAR_PER_DIM = EVAL_PREFIX + "var_per_dim"

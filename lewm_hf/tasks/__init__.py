@@ -18,6 +18,7 @@ from ..errors import LeWMConfigError
 from . import dna_lm, env_rollouts, walk_lm
 from .base import PhaseContext
 from .domains.edits import EDITS
+from .domains.trajectories import TRAJECTORIES
 from .domains.walks import WALKS
 from .world_model import WorldModelTask
 
@@ -38,6 +39,7 @@ TASKS: dict[str, Task] = {
     "world_model": WorldModelTask(WALKS),
     "dna_lm": dna_lm,
     "edit_world_model": WorldModelTask(EDITS),
+    "trajectory_world_model": WorldModelTask(TRAJECTORIES),
     "env_rollouts": env_rollouts,
 }
 

@@ -1,0 +1,309 @@
+"""The trajectory-dataset domain (task `trajectory_world_model`): any dataset in the format.
+
+The rows come from a trajectory dataset (`lewm_hf.data.trajectories`: a Hub id, a local
+folder, a `save_to_disk` folder, or `data_files` of a packaged builder), named with TRL's keys
+`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split` and `data_files`.
+Actions are discrete ids (one action token each, as graph moves are); the model's action
+vocabulary defaults to the dataset's `num_actions`, its history length to the longest row, and
+an encoder built from scratch to the dataset's `vocab_size` (an `encoder_path` checkpoint must
+cover it). The evaluation needs nothing but held-out rows
+(`lewm_hf.evaluation.trajectories`).
+
+This is a task of its own rather than `world_model` switched by `dataset_name`: the walk keys
+(corpus, clips, planning) would do nothing with a dataset, and a task whose targets do not
+declare them makes them unknown keys, reported before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset
+
+from ... import metric_keys as K
+from ...configuration_lewm import LeWMConfig
+from ...data.collators import DataCollatorForLeWM
+from ...data.trajectories import (
+    TrajectoryInfo,
+    load_trajectory_dataset,
+    select_split,
+    validate_trajectories,
+)
+from ...errors import LeWMConfigError
+from ...evaluation.trajectories import TrajectoryEvalConfig, evaluate_trajectory_model
+from ...fields import option, validate_fields
+from ...modeling_actions import ActionInputs
+from ...trainer.lewm_config import LeWMTrainingArguments
+from . import WorldModelData
+from .walks import MOVE_ACTION_FIXED
+
+
+@dataclass
+class TrajectoryDatasetArguments:
+    """Where the trajectories come from (TRL's dataset keys).
+
+    Args:
+        dataset_name (`str`): A Hub dataset id (`owner/name`), a local folder (data files, or a
+            `save_to_disk` folder), or a packaged builder (`parquet`, `json`, `arrow`, `csv`)
+            with `data_files`.
+        dataset_config (`str`, *optional*): The dataset's config name.
+        dataset_train_split (`str`, defaults to `"train"`): The training split.
+        dataset_test_split (`str`, defaults to `"test"`): The held-out split (evaluation during
+            and after training).
+        data_files (`str`, `list` or `dict`, *optional*): `load_dataset`'s `data_files`.
+        dataset_revision (`str`, *optional*): The Hub revision (a branch, tag or commit).
+    """
+
+    dataset_name: str | None = option(
+        None, help="Hub id, local folder, or parquet / json / arrow / csv with data_files."
+    )
+    dataset_config: str | None = option(None, help="The dataset's config name.")
+    dataset_train_split: str = option("train", help="The training split.")
+    dataset_test_split: str = option("test", help="The held-out split.")
+    data_files: str | list | dict | None = option(None, help="load_dataset's data_files.")
+    dataset_revision: str | None = option(None, help="The Hub revision.")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if not self.dataset_name:
+            raise LeWMConfigError(
+                "dataset_name",
+                self.dataset_name,
+                "is required: a Hub dataset id, a local folder, or parquet / json / arrow / csv "
+                "with data_files",
+            )
+        if self.dataset_train_split == self.dataset_test_split:
+            raise LeWMConfigError(
+                "dataset_test_split",
+                self.dataset_test_split,
+                "must differ from dataset_train_split (held-out rows are never trained on)",
+            )
+
+
+@dataclass
+class TrajectoryEvaluationArguments:
+    """The evaluation of a trajectory world model after training.
+
+    Args:
+        run_evaluation (`bool`, defaults to `True`): Evaluate after training.
+        evaluation (`dict`, defaults to `{}`): `TrajectoryEvalConfig` field overrides.
+    """
+
+    run_evaluation: bool = option(True, help="Evaluate the world model after training.")
+    evaluation: dict = option(
+        default_factory=dict, help="TrajectoryEvalConfig overrides.", settings=TrajectoryEvalConfig
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        self.config()  # a bad nested field fails when the recipe is parsed
+
+    def config(self) -> TrajectoryEvalConfig:
+        """The settings (typed errors name the nested key)."""
+        try:
+            return TrajectoryEvalConfig(**self.evaluation)
+        except TypeError as err:
+            raise LeWMConfigError("evaluation", self.evaluation, f"unknown field: {err}") from err
+        except LeWMConfigError as err:
+            raise LeWMConfigError(
+                f"evaluation.{err.field}", err.value, err.reason, element=err.element
+            ) from err
+
+
+@dataclass
+class TrajectoryArguments:
+    """The trajectory domain's arguments.
+
+    Args:
+        data (`TrajectoryDatasetArguments`): The dataset.
+        evaluation (`TrajectoryEvaluationArguments`): The evaluation.
+    """
+
+    data: TrajectoryDatasetArguments
+    evaluation: TrajectoryEvaluationArguments
+
+
+@dataclass
+class TrajectoryDataInfo:
+    """What the evaluation and the config checks need besides the rows.
+
+    Args:
+        info (`TrajectoryInfo`): The dataset's metadata.
+        max_steps (`int`): The longest row's number of actions (train and held-out).
+    """
+
+    info: TrajectoryInfo
+    max_steps: int
+
+
+@dataclass
+class TrajectoryCollator:
+    """`DataCollatorForLeWM` on trajectory rows, honouring `action_mask`.
+
+    A row's padded actions (mask 0) and their states are dropped first, then the collator pads
+    the batch to its longest row. A batch whose rows all have the same number of real actions
+    carries no mask, so it runs the model's unpadded path exactly as move clips do.
+    """
+
+    collator: DataCollatorForLeWM
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = []
+        for f in features:
+            mask = f.get("action_mask")
+            k = len(f["actions"]) if mask is None else int(sum(mask))
+            rows.append({"input_ids": f["input_ids"][: k + 1], "actions": f["actions"][:k]})
+        batch = self.collator(rows)
+        actions = batch["actions"]
+        if actions.mask is not None and bool(actions.mask.all()):
+            batch["actions"] = ActionInputs(ids=actions["ids"])
+        return batch
+
+
+class TrajectoryDomain:
+    """Any trajectory dataset with discrete actions (see the module docstring)."""
+
+    name = "trajectory_world_model"
+    description = "trajectory dataset"
+    targets: ClassVar[dict[str, type]] = {
+        "data": TrajectoryDatasetArguments,
+        "evaluation": TrajectoryEvaluationArguments,
+    }
+    owners: ClassVar[dict[str, str]] = {}
+    help_defaults: ClassVar[dict[str, Any]] = {
+        "action_vocab_size": "the dataset's num_actions",
+        "history_length": "the dataset's longest row (K)",
+        "vocab_size": "the dataset's vocab_size (a fresh encoder)",
+    }
+
+    def parse(
+        self, parts: dict[str, dict[str, Any]], training: LeWMTrainingArguments
+    ) -> TrajectoryArguments:
+        return TrajectoryArguments(
+            data=TrajectoryDatasetArguments(**parts["data"]),
+            evaluation=TrajectoryEvaluationArguments(**parts["evaluation"]),
+        )
+
+    def config_defaults(
+        self, args: TrajectoryArguments, config: dict[str, Any], data: WorldModelData | None
+    ) -> dict[str, Any]:
+        if data is None:
+            return {}
+        return {
+            "action_vocab_size": data.info.info.num_actions,
+            "history_length": data.info.max_steps,
+        }
+
+    def fresh_vocab_size(self, data: WorldModelData) -> int:
+        return data.info.info.vocab_size
+
+    def check_config(
+        self, config: LeWMConfig, args: TrajectoryArguments, data: WorldModelData | None
+    ) -> None:
+        for key, value in MOVE_ACTION_FIXED.items():
+            if getattr(config, key) != value:
+                raise LeWMConfigError(
+                    key,
+                    getattr(config, key),
+                    f"a trajectory dataset's actions are discrete ids, one token each: {key} "
+                    f"must be {value!r} (it codes edit actions)",
+                )
+        if config.pooling == "centered":
+            raise LeWMConfigError(
+                "pooling", config.pooling, "trajectory states have no locus: use last or mean"
+            )
+        if data is None:
+            return
+        info, name = data.info.info, args.data.dataset_name
+        if config.vocab_size is not None and config.vocab_size < info.vocab_size:
+            raise LeWMConfigError(
+                "vocab_size",
+                config.vocab_size,
+                f"the state encoder's vocabulary must cover the {info.vocab_size} token ids of "
+                f"{name}: give an encoder_path whose vocabulary covers them, or encoder_path: "
+                "null to build one from the dataset",
+            )
+        if config.action_vocab_size < info.num_actions:
+            raise LeWMConfigError(
+                "action_vocab_size",
+                config.action_vocab_size,
+                f"must be >= the {info.num_actions} actions of {name}",
+            )
+        if config.history_length < data.info.max_steps:
+            raise LeWMConfigError(
+                "history_length",
+                config.history_length,
+                f"rows of {name} have up to {data.info.max_steps} actions: must be >= that "
+                "(or write shorter rows)",
+            )
+
+    def build_data(self, args: TrajectoryArguments) -> WorldModelData:
+        source = args.data
+        dataset, info = load_trajectory_dataset(
+            source.dataset_name, source.dataset_config, source.data_files, source.dataset_revision
+        )
+        if info.action_type != "discrete":
+            raise LeWMConfigError(
+                "dataset_name",
+                source.dataset_name,
+                f"holds {info.action_type} actions: this task trains on discrete actions "
+                "(an `actions` column)",
+            )
+        splits = {}
+        for field, split in (
+            ("dataset_train_split", source.dataset_train_split),
+            ("dataset_test_split", source.dataset_test_split),
+        ):
+            rows = select_split(dataset, split, field, source.dataset_name)
+            validate_trajectories(rows, info, split)
+            splits[field] = rows
+        train, held_out = splits["dataset_train_split"], splits["dataset_test_split"]
+        max_steps = max(_longest(train), _longest(held_out))
+        return WorldModelData(
+            train=train,
+            validation=held_out,
+            info=TrajectoryDataInfo(info=info, max_steps=max_steps),
+            summary={K.TRAIN_ROWS: len(train), K.EVAL_ROWS: len(held_out)},
+        )
+
+    def trainer_kwargs(
+        self, model: Any, args: TrajectoryArguments, data: WorldModelData
+    ) -> dict[str, Any]:
+        return {"data_collator": TrajectoryCollator(DataCollatorForLeWM())}
+
+    def before_evaluation(
+        self, model: Any, args: TrajectoryArguments, data: WorldModelData
+    ) -> dict[str, Any]:
+        if not args.evaluation.run_evaluation:
+            return {}
+        metrics = self.evaluate(model, args, data)
+        return {k: v for k, v in metrics.items() if k.startswith(K.EVAL_ACTION_PREFIX)}
+
+    def evaluate(
+        self, model: Any, args: TrajectoryArguments, data: WorldModelData
+    ) -> dict[str, Any]:
+        return evaluate_trajectory_model(
+            model, data.validation, data.info.info.num_actions, args.evaluation.config()
+        )
+
+
+def _longest(rows: Dataset) -> int:
+    """The most actions in one row (validated rows: `K` is `len(actions)`)."""
+    lengths = pc.list_value_length(rows.with_format("arrow")[:].column("actions"))
+    return int(np.max(lengths.to_numpy(zero_copy_only=False)))
+
+
+TRAJECTORIES = TrajectoryDomain()
+
+__all__ = [
+    "TRAJECTORIES",
+    "TrajectoryArguments",
+    "TrajectoryCollator",
+    "TrajectoryDataInfo",
+    "TrajectoryDatasetArguments",
+    "TrajectoryDomain",
+    "TrajectoryEvaluationArguments",
+]

@@ -1,0 +1,502 @@
+"""Trajectory datasets (`lewm_hf.data.trajectories`) and the `trajectory_world_model` task.
+
+- the schema errors, as a table of bad inputs, each naming its column, row and expectation;
+- the readers: parquet / json / arrow `data_files`, a folder, a `save_to_disk` folder;
+- the export round trip: the walk move clips exported to the format train, through the runner,
+  to the same numbers as the built-in path with the same seed, and a shuffled export does not;
+- the Hub round trip, offline: a dataset repo laid out the way the Hub cache holds it is read
+  as `dataset_name: owner/name`, the trained model and the dataset are pushed through the
+  client boundary, and a fresh process loads both back from a Hub cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+from _builders import TINY_PHASE_MODEL, write_walk_recipe
+from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
+from test_hub import RecordingHfApi, files_in, hub  # noqa: F401  (the offline Hub fixture)
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lewm_hf import LeWMModel
+from lewm_hf import metric_keys as K
+from lewm_hf.data.collators import DataCollatorForLeWM
+from lewm_hf.data.trajectories import (
+    TrajectoryInfo,
+    export_trajectories,
+    load_trajectories,
+    load_trajectory_dataset,
+    push_trajectories,
+    validate_trajectories,
+    write_trajectories,
+)
+from lewm_hf.data.walks import build_move_trajectories, load_walk_metadata
+from lewm_hf.errors import LeWMConfigError, LeWMDatasetError
+from lewm_hf.tasks.domains.trajectories import TrajectoryCollator
+from lewm_hf.tasks.runner import run_recipe, validate_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+INFO = TrajectoryInfo(vocab_size=10, num_actions=3, window_length=2)
+EDIT_INFO = TrajectoryInfo(vocab_size=7, num_actions=3, window_length=4, action_type="edit")
+
+# A world-model phase on the tiny walk corpus (the built-in path of the round trip).
+WALK_PHASE = {
+    "name": "world_model",
+    "task": "world_model",
+    "encoder_path": None,
+    "encoder_mode": "frozen",
+    "dropout": 0.0,
+    **TINY_PHASE_MODEL,
+    "num_clips": 128,
+    "eval_clips": 32,
+    "max_steps": 8,
+    "learning_rate": 1e-2,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "save_strategy": "no",
+    "logging_steps": 2,
+    "run_evaluation": False,
+}
+# The same phase on a trajectory dataset: the clip keys are the walk task's, and the model's
+# history length defaults to the dataset's longest row (the clips' H).
+TRAJECTORY_PHASE = {
+    **{
+        k: v
+        for k, v in WALK_PHASE.items()
+        if k not in ("num_clips", "eval_clips", "history_length")
+    },
+    "task": "trajectory_world_model",
+    "dataset_test_split": "validation",
+}
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """`load_dataset` prepares its Arrow copy in a folder of the test's own."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+
+
+def dataset(**columns) -> Dataset:
+    return Dataset.from_dict(columns)
+
+
+GOOD = {"input_ids": [[[1, 2], [3, 4]], [[1, 2], [3, 4], [5, 6]]], "actions": [[0], [1, 2]]}
+
+
+def bad(**changes):
+    return {**GOOD, **changes}
+
+
+# (case, columns, info, column named, row named, words of the expectation)
+BAD_INPUTS = [
+    ("missing actions", {"input_ids": GOOD["input_ids"]}, INFO, "actions", None, "a column"),
+    ("missing input_ids", {"actions": GOOD["actions"]}, INFO, "input_ids", None, "a column"),
+    ("K+1 states, K-1 actions", bad(actions=[[0], [1]]), INFO, "actions", 1, "K actions"),
+    ("K+1 states, K+1 actions", bad(actions=[[0, 1], [1, 2]]), INFO, "actions", 0, "K actions"),
+    ("action id past num_actions", bad(actions=[[0], [1, 3]]), INFO, "actions", 1, "[0, 3)"),
+    ("negative action id", bad(actions=[[-1], [1, 2]]), INFO, "actions", 0, "action ids"),
+    (
+        "windows of unequal length",
+        bad(input_ids=[[[1, 2], [3, 4]], [[1, 2], [3, 4, 5], [5, 6]]]),
+        INFO,
+        "input_ids",
+        1,
+        "window_length",
+    ),
+    (
+        "token id past the vocabulary",
+        bad(input_ids=[[[1, 2], [3, 4]], [[1, 2], [3, 10], [5, 6]]]),
+        INFO,
+        "input_ids",
+        1,
+        "token ids in [0, 10)",
+    ),
+    (
+        "negative token id",
+        bad(input_ids=[[[1, -2], [3, 4]], [[1, 2], [3, 4], [5, 6]]]),
+        INFO,
+        "input_ids",
+        0,
+        "token ids",
+    ),
+    (
+        "one state, no action",
+        {"input_ids": [[[1, 2], [3, 4]], [[1, 2]]], "actions": [[0], []]},
+        INFO,
+        "input_ids",
+        1,
+        "K + 1 >= 2",
+    ),
+    ("empty split", {"input_ids": [], "actions": []}, INFO, "rows", None, "at least one"),
+    ("actions of strings", bad(actions=[["up"], ["up", "down"]]), INFO, "actions", None, "int"),
+    ("a null action", bad(actions=[[0], [1, None]]), INFO, "actions", 1, "no nulls"),
+    ("a null state", bad(input_ids=[[[1, 2], [3, 4]], None]), INFO, "input_ids", 1, "no nulls"),
+    ("mask of another length", bad(action_mask=[[1], [1]]), INFO, "action_mask", 1, "per action"),
+    ("mask value 2", bad(action_mask=[[1], [1, 2]]), INFO, "action_mask", 1, "[0, 2)"),
+    ("mask pads before", bad(action_mask=[[1], [0, 1]]), INFO, "action_mask", 1, "first action"),
+    (
+        "mask real after padding",
+        {
+            "input_ids": [[[1, 2]] * 4, [[1, 2]] * 4],
+            "actions": [[0, 0, 0], [0, 0, 0]],
+            "action_mask": [[1, 1, 1], [1, 0, 1]],
+        },
+        INFO,
+        "action_mask",
+        1,
+        "only after the last real action",
+    ),
+    (
+        "edit op out of range",
+        {
+            "input_ids": [[[0, 1, 2, 3], [0, 1, 2, 2]]],
+            "edit_ops": [[3]],
+            "edit_positions": [[3]],
+            "edit_tokens": [[[2]]],
+            "locus": [[3, 3]],
+        },
+        EDIT_INFO,
+        "edit_ops",
+        0,
+        "edit operations",
+    ),
+    (
+        "edit without a locus per state",
+        {
+            "input_ids": [[[0, 1, 2, 3], [0, 1, 2, 2]]],
+            "edit_ops": [[0]],
+            "edit_positions": [[3]],
+            "edit_tokens": [[[2]]],
+            "locus": [[3]],
+        },
+        EDIT_INFO,
+        "locus",
+        0,
+        "a locus per state",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("columns", "info", "column", "row", "expected"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_every_schema_error_names_column_row_and_expectation(columns, info, column, row, expected):
+    with pytest.raises(LeWMDatasetError) as caught:
+        validate_trajectories(dataset(**columns), info, "train")
+    err = caught.value
+    assert (err.column, err.row, err.split) == (column, row, "train"), str(err)
+    assert expected in err.expected, str(err)
+    assert "split 'train'" in str(err) and (row is None or f"row {row}," in str(err))
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"num_actions": 3, "window_length": 2}', "vocab_size"),
+        ('{"vocab_size": 0, "num_actions": 3, "window_length": 2}', "vocab_size"),
+        ('{"format": "other", "vocab_size": 1, "num_actions": 1, "window_length": 1}', "format"),
+        ('{"version": 9, "vocab_size": 1, "num_actions": 1, "window_length": 1}', "version"),
+        ('{"vocab_size": 1, "num_actions": 1, "window_length": 1, "colour": 1}', "colour"),
+        (
+            '{"vocab_size": 1, "num_actions": 2, "window_length": 1, "action_names": ["a"]}',
+            "action_names",
+        ),
+        (
+            '{"vocab_size": 1, "num_actions": 1, "window_length": 1, "action_type": "x"}',
+            "action_type",
+        ),
+        ("not json", "lewm_dataset"),
+    ],
+)
+def test_bad_metadata_is_a_config_error_naming_the_field(text, field):
+    with pytest.raises(LeWMConfigError) as caught:
+        TrajectoryInfo.from_json(text)
+    assert caught.value.field == field
+
+
+def test_the_metadata_round_trips_and_a_valid_split_passes(tmp_path):
+    info = TrajectoryInfo(5, 2, 3, action_names=["a", "b"], environment="toy")
+    assert TrajectoryInfo.from_json(info.to_json()) == info
+    assert json.loads(info.to_json())["format"] == "lewm-trajectories"
+    validate_trajectories(dataset(**GOOD, action_mask=[[1], [1, 0]]), INFO)
+    with pytest.raises(LeWMConfigError, match="differs from the metadata"):
+        write_trajectories(GOOD, INFO, tmp_path, "train")
+        write_trajectories(GOOD, TrajectoryInfo(11, 3, 2), tmp_path, "test")
+
+
+def test_every_reader_gives_the_same_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = {"input_ids": rng.integers(0, 10, (6, 4, 2)), "actions": rng.integers(0, 3, (6, 3))}
+    root = tmp_path / "folder"
+    write_trajectories(rows, INFO, root, "train")
+    write_trajectories(
+        {"input_ids": GOOD["input_ids"], "actions": GOOD["actions"]}, INFO, root, "test"
+    )
+    expected = load_trajectories(str(root), split="train")[0].to_dict()
+    assert np.array_equal(expected["input_ids"], rows["input_ids"])
+    card = huggingface_hub.DatasetCard.load(root / "README.md")
+    assert [c["split"] for c in card.data.configs[0]["data_files"]] == ["test", "train"]
+
+    # parquet / json / arrow data_files, with lewm_dataset.json beside them.
+    train = Dataset.from_dict(expected)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / K.TRAJECTORY_INFO_FILE).write_text(INFO.to_json())
+    train.to_parquet(str(files / "train.parquet"))
+    train.to_json(str(files / "train.jsonl"))
+    with pa.OSFile(str(files / "train.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, train.data.table.schema) as writer:
+            writer.write_table(train.data.table)
+    for builder, name in (
+        ("parquet", "train.parquet"),
+        ("json", "train.jsonl"),
+        ("arrow", "train.arrow"),
+    ):
+        got, info = load_trajectories(builder, data_files={"train": str(files / name)})
+        assert info == INFO and got.to_dict() == expected, builder
+
+    # A save_to_disk folder carrying its metadata in info.description; keys it would ignore fail.
+    train.info.description = INFO.to_json()
+    DatasetDict({"train": train}).save_to_disk(str(tmp_path / "saved"))
+    got, info = load_trajectories(str(tmp_path / "saved"))
+    assert info == INFO and got.to_dict() == expected
+    for key, value in (("dataset_config", "default"), ("data_files", "x.parquet")):
+        with pytest.raises(LeWMConfigError) as caught:
+            load_trajectory_dataset(str(tmp_path / "saved"), **{key: value})
+        assert caught.value.field == key
+    bare = tmp_path / "bare" / "files"
+    bare.mkdir(parents=True)
+    train.to_parquet(str(bare / "train.parquet"))
+    with pytest.raises(LeWMConfigError, match=r"no lewm_dataset\.json"):
+        load_trajectory_dataset("parquet", data_files=str(bare / "train.parquet"))
+    with pytest.raises(LeWMConfigError) as caught:
+        load_trajectories(str(root), split="validation")
+    assert "splits ['test', 'train']" in str(caught.value)
+
+
+def test_the_collator_drops_padding_and_an_all_real_mask():
+    collate = TrajectoryCollator(DataCollatorForLeWM())
+    rows = [
+        {"input_ids": [[1, 2], [3, 4], [5, 6]], "actions": [1, 2], "action_mask": [1, 0]},
+        {"input_ids": [[1, 2], [3, 4], [5, 6]], "actions": [0, 1], "action_mask": [1, 1]},
+    ]
+    batch = collate(rows)
+    assert batch["actions"].mask.tolist() == [[True, False], [True, True]]
+    assert batch["input_ids"][0, 2].tolist() == [3, 4]  # the padded state repeats the last real
+    batch = collate(rows[1:])
+    assert batch["actions"].mask is None and batch["actions"]["ids"].tolist() == [[0, 1]]
+
+
+# ---- round trips through the runner ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def walk_run(tmp_path_factory, cache_dir):
+    """The built-in path: a world model on the tiny walk corpus's move clips, and their export."""
+    root = tmp_path_factory.mktemp("builtin")
+    recipe = write_walk_recipe(root, cache_dir, [WALK_PHASE])
+    plan = validate_recipe(recipe)[0]
+    clips = build_move_trajectories(plan.args.domain.clips, cache_dir)
+    info = export_trajectories(clips, root / "export")
+    torch.set_num_threads(1)
+    run_recipe(recipe)
+    return root, clips, info
+
+
+def run_trajectory_phase(folder: Path, **keys) -> tuple[dict, Path]:
+    recipe = {
+        "output_dir": str(folder / "run"),
+        "seed": 0,
+        "disable_tqdm": True,
+        "phases": [{**TRAJECTORY_PHASE, **keys}],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run_recipe(folder / "recipe.yaml")
+    out = folder / "run" / "world_model"
+    return json.loads((out / K.RESULT_FILE).read_text()), out
+
+
+def numbers(result: dict) -> np.ndarray:
+    curves = result["curves"]
+    return np.array(
+        [
+            result[K.EVAL_PRED_MSE],
+            result[K.EVAL_COPY_MSE],
+            result[K.EVAL_PRED_LOSS],
+            result[K.EVAL_REG_LOSS],
+            *curves[K.PRED_LOSS]["value"],
+            *curves[K.REG_LOSS]["value"],
+        ]
+    )
+
+
+def test_export_round_trip_trains_to_the_built_in_numbers(tmp_path, walk_run):
+    root, clips, info = walk_run
+    assert (info.vocab_size, info.window_length) == (100, 8)
+    assert info.num_actions == load_walk_metadata(clips).graph.max_out_degree
+    # The export is the clips, row for row: windows of the span, the same actions.
+    exported, _ = load_trajectories(str(root / "export"), split="validation")
+    span = np.asarray(clips["validation"][0]["tokens"])
+    assert np.array_equal(exported[0]["input_ids"], [span[t : t + 8] for t in range(3)])
+    assert exported[0]["actions"] == clips["validation"][0]["actions"]
+
+    builtin = json.loads((root / "run" / "world_model" / K.RESULT_FILE).read_text())
+    result, out = run_trajectory_phase(tmp_path / "export", dataset_name=str(root / "export"))
+    assert np.abs(numbers(result) - numbers(builtin)).max() <= 1e-6
+    ours = load_file(out / K.SAFE_WEIGHTS_FILE)
+    theirs = load_file(root / "run" / "world_model" / K.SAFE_WEIGHTS_FILE)
+    assert ours.keys() == theirs.keys()
+    assert max((ours[k].float() - theirs[k].float()).abs().max().item() for k in ours) <= 1e-6
+
+    # Control: the same rows in another order give other numbers under the same seed.
+    shuffled = tmp_path / "shuffled"
+    for split in ("train", "validation"):
+        rows, _ = load_trajectories(str(root / "export"), split=split)
+        order = np.random.default_rng(1).permutation(len(rows))
+        write_trajectories(rows.select(order), info, shuffled, split)
+    control, _ = run_trajectory_phase(tmp_path / "control", dataset_name=str(shuffled))
+    assert np.abs(numbers(control) - numbers(builtin)).max() > 1e-3
+
+
+def test_keys_without_effect_and_a_small_encoder_vocabulary_are_errors(tmp_path, walk_run):
+    root, _, _ = walk_run
+    export = str(root / "export")
+    # Walk keys do nothing on a dataset: unknown keys of this task.
+    with pytest.raises(LeWMConfigError, match="unknown key"):
+        run_trajectory_phase(tmp_path / "a", dataset_name=export, num_clips=10)
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(tmp_path / "b", dataset_name=export, pooling="centered")
+    assert caught.value.field == "pooling"
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(tmp_path / "c", dataset_name=export, dataset_test_split="test")
+    assert caught.value.field == "dataset_test_split"
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(tmp_path / "d", dataset_name=export, history_length=1)
+    assert caught.value.field == "history_length"
+    # An encoder whose vocabulary does not cover the dataset's 100 tokens.
+    small = tmp_path / "small_lm"
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(small)
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(tmp_path / "e", dataset_name=export, encoder_path=str(small))
+    assert caught.value.field == "vocab_size" and "encoder_path" in caught.value.reason
+
+
+def lay_out_hub_cache(cache: Path, repo_type: str, repo_id: str, files: Path) -> Path:
+    """Put `files` in `cache` the way huggingface_hub's cache holds a repo: content-addressed
+    blobs, a snapshot of symlinks under a commit hash, and `refs/main` naming that commit."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    paths = sorted(p for p in files.rglob("*") if p.is_file())
+    commit = hashlib.sha1("".join(p.relative_to(files).as_posix() for p in paths).encode())
+    snapshot = repo / "snapshots" / commit.hexdigest()
+    for path in paths:
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(files)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit.hexdigest())
+    return snapshot
+
+
+FRESH_PROCESS = """
+import json, sys, torch
+import lewm_hf
+from datasets import load_dataset
+from huggingface_hub import snapshot_download
+from transformers import AutoModel
+from lewm_hf.data.collators import DataCollatorForLeWM
+from lewm_hf.data.trajectories import load_trajectories
+rows, info = load_trajectories("me/walk-moves", split="validation")
+raw = load_dataset(snapshot_download("me/walk-moves", repo_type="dataset"), split="validation")
+model = AutoModel.from_pretrained("me/traj-wm").eval()
+batch = DataCollatorForLeWM()(list(rows.select(range(8))))
+with torch.no_grad():
+    out = model(**batch)
+print(json.dumps({
+    "lewm_hf": lewm_hf.__file__, "rows": len(rows), "raw_equal": raw.to_dict() == rows.to_dict(),
+    "info": info.to_dict(), "latents": out.latents.flatten().tolist(),
+}))
+"""
+
+
+def test_hub_round_trip_offline(tmp_path, walk_run, hub, monkeypatch):  # noqa: F811
+    root, _, info = walk_run
+    cache = tmp_path / "hub_cache"
+    lay_out_hub_cache(cache, "dataset", "me/walk-moves", root / "export")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+
+    # Train from the Hub id (read from the cache, offline), evaluate, push the model.
+    result, out = run_trajectory_phase(
+        tmp_path / "hub_run",
+        dataset_name="me/walk-moves",
+        push_to_hub=True,
+        hub_model_id="me/traj-wm",
+        run_evaluation=True,
+        evaluation={"num_items": 32, "num_rollouts": 8},
+    )
+    assert result[K.EVAL_ACTION_R1_COPY] == pytest.approx(result[K.EVAL_ACTION_CHANCE])
+    assert result[K.EVAL_ACTION_CHANCE] == pytest.approx(1 / info.num_actions)
+    assert len(result[K.EVAL_ROLLOUT_L2]) == 2 and 0 <= result[K.EVAL_SURPRISE_AUROC] <= 1
+    pushed = hub.root / "me" / "traj-wm"
+    assert {K.CONFIG_FILE, K.SAFE_WEIGHTS_FILE, K.MODEL_CARD_FILE} <= files_in(pushed)
+    card = huggingface_hub.ModelCard.load(pushed / K.MODEL_CARD_FILE)
+    assert "trajectories" in card.data.tags and "me/walk-moves" in card.text
+
+    # Push the dataset (card, metadata, parquet) through the same client boundary.
+    datasets_hub = RecordingHfApi(tmp_path / "dataset_hub")
+    assert push_trajectories(root / "export", "me/walk-moves", api=datasets_hub) == "me/walk-moves"
+    dataset_repo = datasets_hub.root / "me" / "walk-moves"
+    assert files_in(dataset_repo) == files_in(root / "export")
+    assert huggingface_hub.DatasetCard.load(dataset_repo / "README.md").data.tags[0] == "lewm_hf"
+
+    # A fresh process, offline, loads both back from a Hub cache of the pushed repos.
+    fresh = tmp_path / "fresh_cache"
+    lay_out_hub_cache(fresh, "model", "me/traj-wm", pushed)
+    lay_out_hub_cache(fresh, "dataset", "me/walk-moves", dataset_repo)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(fresh),
+        "HF_DATASETS_CACHE": str(tmp_path / "fresh_datasets"),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS], env=env, capture_output=True, text=True,
+        timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(got["lewm_hf"]).is_relative_to(REPO)
+    assert got["rows"] == 32 and got["raw_equal"] and got["info"] == info.to_dict()
+    rows, _ = load_trajectories(str(root / "export"), split="validation")
+    local = LeWMModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = local(**DataCollatorForLeWM()(list(rows.select(range(8))))).latents
+    assert torch.equal(torch.tensor(got["latents"]), expected.flatten())
