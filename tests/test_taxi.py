@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import load_dataset
 
 pytest.importorskip("gymnasium")
 
@@ -27,6 +26,7 @@ from lewm_hf.data.environments import (
     write_environment_dataset,
 )
 from lewm_hf.data.environments.taxi import TaxiAdapter
+from lewm_hf.data.trajectories import load_trajectories
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.evaluation.discrimination import ActionCandidates, action_discrimination
 from lewm_hf.evaluation.distinct_actions import merge_equal_next_states
@@ -131,23 +131,26 @@ def test_rollouts_are_rows_of_one_episode_and_deterministic(taxi, table):
 def test_dataset_files_follow_the_format(tmp_path: Path):
     config = EnvironmentRolloutConfig(train_episodes=4, validation_episodes=2, seed=3)
     summary = write_environment_dataset(config, tmp_path / "taxi")
-    info = json.loads((tmp_path / "taxi" / K.TRAJECTORY_INFO_FILE).read_text())
-    assert info["format"] == "lewm-trajectories" and info["version"] == 1
-    assert (info["vocab_size"], info["num_actions"], info["window_length"]) == (19, 6, 4)
-    assert info["action_type"] == "discrete" and info["environment"] == "Taxi-v4"
-    data = load_dataset("parquet", data_dir=str(tmp_path / "taxi"))
-    assert set(data) == {"train", "validation"}
-    assert len(data["train"]) == summary[K.TRAIN_ROWS] > 0
-    for row in data["validation"]:
-        states = np.asarray(row["input_ids"])
-        assert states.shape == (len(row["actions"]) + 1, 4)
-        assert 0 <= states.min() and states.max() < 19
-        assert all(0 <= a < 6 for a in row["actions"])
-    again = write_environment_dataset(config, tmp_path / "again")
-    assert again[K.TRAIN_ROWS] == summary[K.TRAIN_ROWS]
+    # The format's own loader reads and validates both splits.
+    train, info = load_trajectories(str(tmp_path / "taxi"), split="train")
+    held_out, _ = load_trajectories(str(tmp_path / "taxi"), split="validation")
+    assert (info.vocab_size, info.num_actions, info.window_length) == (19, 6, 4)
+    assert info.action_type == "discrete" and info.environment == "Taxi-v4"
+    assert info.action_names[4] == "pickup"
+    assert len(train) == summary[K.TRAIN_ROWS] > 0 and len(held_out) == summary[K.EVAL_ROWS] > 0
+    meta = json.loads((tmp_path / "taxi" / K.TRAJECTORY_INFO_FILE).read_text())
+    assert meta["format"] == "lewm-trajectories" and meta["version"] == 1
+    # Deterministic from the seed: the same config writes the same bytes, another seed does not.
+    write_environment_dataset(config, tmp_path / "again")
+    other = EnvironmentRolloutConfig(train_episodes=4, validation_episodes=2, seed=4)
+    write_environment_dataset(other, tmp_path / "other")
     for split in ("train", "validation"):
-        first = (tmp_path / "taxi" / f"{split}.parquet").read_bytes()
-        assert first == (tmp_path / "again" / f"{split}.parquet").read_bytes()
+        name = f"data/{split}-00000-of-00001.parquet"
+        first = (tmp_path / "taxi" / name).read_bytes()
+        assert first == (tmp_path / "again" / name).read_bytes()
+        assert first != (tmp_path / "other" / name).read_bytes()
+    with pytest.raises(LeWMConfigError, match="environment"):
+        EnvironmentRolloutConfig(environment="Taxi-v3")
 
 
 def _problems(table, distance, num=24, seed=0):

@@ -14,8 +14,8 @@ state. Everything else is derived here, once, for any adapter:
   state entered by a terminating transition is not expanded: the episode ends there);
 - [`rollout_trajectories`]: episodes of a uniformly random policy cut into rows of `K` steps
   (`input_ids`: `K + 1` token windows, `actions`: `K` ids; an episode's last row may be
-  shorter), and [`write_environment_dataset`], which writes them as parquet with their
-  `lewm_dataset.json` (the trajectory format), deterministically from a seed.
+  shorter), and [`write_environment_dataset`], which writes them in the trajectory format of
+  `lewm_hf.data.trajectories` (parquet and `lewm_dataset.json`), deterministically from a seed.
 
 Adapters are registered by name in [`ENVIRONMENTS`] ([`make_environment`]); `Taxi-v4` is the
 first ([`lewm_hf.data.environments.taxi`], needing the optional `gym` extra).
@@ -23,19 +23,18 @@ first ([`lewm_hf.data.environments.taxi`], needing the optional `gym` extra).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from datasets import Dataset
 
 from ... import metric_keys as K
 from ...determinism import derive_seed
 from ...errors import LeWMConfigError, LeWMInputError
 from ...fields import option, validate_fields
+from ..trajectories import TrajectoryInfo, write_trajectories
 
 
 @runtime_checkable
@@ -209,19 +208,18 @@ def rollout_trajectories(
     return out
 
 
-def environment_info(env: EnvironmentAdapter) -> dict[str, Any]:
-    """The `lewm_dataset.json` fields an environment fixes (the trajectory format's metadata)."""
-    return {
-        "format": "lewm-trajectories",
-        "version": 1,
-        "vocab_size": env.vocab_size,
-        "num_actions": env.num_actions,
-        "window_length": env.window_length,
-        "action_type": "discrete",
-        "action_names": list(env.action_names),
-        "token_names": list(env.token_names),
-        "environment": env.name,
-    }
+def environment_info(env: EnvironmentAdapter) -> TrajectoryInfo:
+    """The trajectory format's metadata (`lewm_dataset.json`) of an environment's datasets; its
+    `environment` field is the registry name, so an evaluation can rebuild the environment."""
+    return TrajectoryInfo(
+        vocab_size=env.vocab_size,
+        num_actions=env.num_actions,
+        window_length=env.window_length,
+        action_type="discrete",
+        action_names=list(env.action_names),
+        token_names=list(env.token_names),
+        environment=env.name,
+    )
 
 
 @dataclass
@@ -261,21 +259,23 @@ def write_environment_dataset(
 ) -> dict[str, Any]:
     """Roll out the random policy and write the dataset in the trajectory format.
 
-    Writes `train.parquet` and `validation.parquet` (columns `input_ids`, `actions`, `episode`,
-    `start_step`) and `lewm_dataset.json` ([`environment_info`], plus the rollout settings under
-    `rollouts`) into `folder`. The same config writes the same files.
+    Writes the splits `train` and `validation` (columns `input_ids`, `actions`, and `episode`
+    and `start_step`, where each row lies) with `lewm_hf.data.trajectories.write_trajectories`
+    (parquet under `data/`, `lewm_dataset.json` from [`environment_info`], a dataset card), so
+    the folder loads with `load_trajectories(folder)` or as `dataset_name: <folder>`. The same
+    config writes the same files.
 
     Args:
         config (`EnvironmentRolloutConfig`): What to roll out.
-        folder (`str` or `Path`): Output folder (created).
+        folder (`str` or `Path`): The dataset root (created).
 
     Returns:
         `dict[str, Any]`: `dataset_path`, `train_rows`, `eval_rows`, `distinct_states` (over
         both splits) and `environment`.
     """
     env = make_environment(config.environment)
+    info = environment_info(env)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     rows: dict[str, int] = {}
     seen: set[int] = set()
     for split, episodes in (
@@ -289,12 +289,10 @@ def write_environment_dataset(
             config.steps_per_row,
             derive_seed(config.seed, f"rollouts-{split}"),
         )
-        Dataset.from_dict(columns).to_parquet(str(folder / f"{split}.parquet"))
+        write_trajectories(columns, info, folder, split)
         rows[split] = len(columns["actions"])
         for row in columns["input_ids"]:
             seen.update(env.decode(np.asarray(row)).tolist())
-    info = {**environment_info(env), "rollouts": asdict(config)}
-    (folder / K.TRAJECTORY_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return {
         "dataset_path": str(folder),
         K.TRAIN_ROWS: rows["train"],
