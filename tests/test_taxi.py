@@ -265,3 +265,40 @@ def test_oracle_discriminates_every_distinct_action(taxi, oracle):
     assert out[K.EVAL_DISTINCT_ACTION_CHANCE] > 1 / 6
     # With every action a candidate, the no-op twins tie and a perfect model scores below 1.
     assert out[K.EVAL_DISTINCT_ACTION_R1_ALL] < 0.9
+
+
+def test_taxi_recipe_writes_data_trains_and_evaluates_in_the_environment(tmp_path: Path):
+    """The recipe's two phases, shrunk: rollouts, then a world model from the folder with
+    `dataset_name`, evaluated on held-out rows and in Taxi itself."""
+    import yaml
+
+    from lewm_hf.tasks.runner import run_recipe
+
+    recipe = yaml.safe_load(Path("recipes/configs/taxi_lewm.yaml").read_text())
+    recipe["output_dir"] = str(tmp_path / "run")
+    data, world = recipe["phases"]
+    data.update(train_episodes=6, validation_episodes=2, max_episode_steps=40)
+    world.update(
+        dataset_name=str(tmp_path / "run" / "data"),
+        max_steps=4,
+        per_device_train_batch_size=16,
+        logging_steps=2,
+        collapse_monitor_steps=2,
+        disable_tqdm=True,
+        report_to="none",
+        evaluation={"num_items": 32, "num_rollouts": 8, "sigreg_num_slices": 16},
+        environment_planning={"distances": [1, 2], "goals_per_distance": 4},
+        discrimination_items=64,
+    )
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    summary = run_recipe(tmp_path / "recipe.yaml")
+    rollouts, model = summary["phases"]["data"], summary["phases"]["world_model"]
+    assert rollouts[K.TRAIN_ROWS] > 0 and rollouts["environment"] == "Taxi-v4"
+    assert model[K.EVAL_COPY_MSE] > 0 and model[K.TRAIN_ROWS] == rollouts[K.TRAIN_ROWS]
+    result = json.loads((tmp_path / "run" / "world_model" / K.RESULT_FILE).read_text())
+    assert set(result[K.EVAL_PLAN_SUCCESS]) == {"1", "2"}
+    assert set(result[K.EVAL_PLAN_SUCCESS_RANDOM]) == {"1", "2"}
+    assert result[K.EVAL_PLAN_ENVIRONMENT] == "Taxi-v4"
+    assert 0 <= result[K.EVAL_DISTINCT_ACTION_R1] <= 1
+    assert result[K.EVAL_DISTINCT_ACTION_CHANCE] > 1 / 6
+    assert K.EVAL_ACTION_R1 in result  # the dataset's own evaluation ran too

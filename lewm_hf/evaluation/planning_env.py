@@ -40,10 +40,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 
 from .. import metric_keys as K
 from ..data.environments import (
     EnvironmentAdapter,
+    make_environment,
     shortest_distances,
     terminal_states,
     transition_table,
@@ -51,6 +53,7 @@ from ..data.environments import (
 from ..data.graphs import Graph
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
+from ..fields import option, validate_fields
 from ..modeling_actions import ActionInputs
 from .discrimination import ActionCandidates, action_discrimination
 from .distinct_actions import merge_equal_next_states
@@ -450,12 +453,135 @@ def evaluate_planning_with(
     )
 
 
+# The environment planning's defaults (`EnvironmentEvaluationArguments.environment_planning`
+# overrides them): goals 1..8 steps away, 50 per distance, one seed.
+ENVIRONMENT_PLANNING_DEFAULTS: dict[str, Any] = {
+    "distances": [1, 2, 3, 4, 5, 6, 7, 8],
+    "goals_per_distance": 50,
+    "seeds": [0],
+}
+
+
+@dataclass
+class EnvironmentEvaluationArguments:
+    """The evaluation in the environment a trajectory dataset names (`lewm_dataset.json`'s
+    `environment`, when it is registered in `lewm_hf.data.environments.ENVIRONMENTS`).
+
+    Args:
+        environment_evaluation (`bool`, defaults to `True`): Run it where the dataset names a
+            registered environment (a dataset without one is evaluated on its rows alone).
+        environment_planning (`dict`, defaults to `{}`): `PlanningConfig` overrides, over
+            `ENVIRONMENT_PLANNING_DEFAULTS` (distances 1..8, 50 goals each, seed 0).
+        plan_horizon (`int`, *optional*): Longest plan searched per replanning; the remaining
+            budget if None.
+        discrimination_items (`int`, defaults to 2000): Held-out transitions ranked among the
+            actions whose next states differ.
+    """
+
+    environment_evaluation: bool = option(
+        True, help="Plan and discriminate actions in the environment the dataset names."
+    )
+    environment_planning: dict = option(
+        default_factory=dict,
+        help="PlanningConfig overrides for planning in the environment.",
+        settings=PlanningConfig,
+    )
+    plan_horizon: int | None = option(
+        None, help="Longest plan searched per replanning (None: the remaining budget).", low=1
+    )
+    discrimination_items: int = option(
+        2000, help="Held-out transitions ranked among distinct next states.", low=1
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        self.planning_config()  # a bad nested field fails when the recipe is parsed
+
+    def planning_config(self) -> PlanningConfig:
+        """The planning settings (typed errors name the nested key)."""
+        try:
+            return PlanningConfig(**{**ENVIRONMENT_PLANNING_DEFAULTS, **self.environment_planning})
+        except TypeError as err:
+            raise LeWMConfigError(
+                "environment_planning", self.environment_planning, f"unknown field: {err}"
+            ) from err
+        except LeWMConfigError as err:
+            raise LeWMConfigError(
+                f"environment_planning.{err.field}", err.value, err.reason, element=err.element
+            ) from err
+
+
+def held_out_transitions(
+    env: EnvironmentAdapter, rows: Dataset
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The states and transitions of held-out trajectory rows, as the environment's state ids.
+
+    Args:
+        env (`EnvironmentAdapter`): The environment the rows come from.
+        rows (`Dataset`): Validated discrete rows (`input_ids`, `actions`, optional
+            `action_mask`).
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, np.ndarray]`: every state `(M,)`, and the source states
+        and actions of every real transition, `(N,)` each.
+    """
+    table = rows.with_format("arrow")[:]
+    masks = table.column("action_mask").to_pylist() if "action_mask" in table.column_names else None
+    states, sources, actions = [], [], []
+    for i, (window, acts) in enumerate(
+        zip(table.column("input_ids").to_pylist(), table.column("actions").to_pylist())
+    ):
+        k = len(acts) if masks is None else int(np.sum(masks[i]))
+        ids = env.decode(np.asarray(window[: k + 1], dtype=np.int64))
+        states.append(ids)
+        sources.append(ids[:k])
+        actions.append(np.asarray(acts[:k], dtype=np.int64))
+    return np.concatenate(states), np.concatenate(sources), np.concatenate(actions)
+
+
+def evaluate_in_environment(
+    model: Any,
+    environment: str,
+    rows: Dataset,
+    args: EnvironmentEvaluationArguments,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Action discrimination among distinct next states and latent MPC in the environment.
+
+    Args:
+        model: The world model.
+        environment (`str`): A registered environment name.
+        rows (`Dataset`): Held-out trajectory rows of that environment (start states and
+            transitions).
+        args (`EnvironmentEvaluationArguments`): The settings.
+        seed (`int`, defaults to 0): Seed of the discrimination items.
+
+    Returns:
+        `dict[str, Any]`: [`environment_action_discrimination`]'s and
+        [`evaluate_environment_planning`]'s keys.
+    """
+    env = make_environment(environment)
+    states, sources, actions = held_out_transitions(env, rows)
+    rng = np.random.default_rng(derive_seed(seed, "environment-discrimination"))
+    pick = rng.permutation(sources.size)[: args.discrimination_items]
+    config = args.planning_config()
+    out = environment_action_discrimination(
+        model, env, sources[pick], actions[pick], seed=seed, batch_size=config.batch_size
+    )
+    out.update(evaluate_environment_planning(model, env, states, config, args.plan_horizon))
+    return out
+
+
 __all__ = [
+    "ENVIRONMENT_PLANNING_DEFAULTS",
+    "EnvironmentEvaluationArguments",
     "EnvironmentProblems",
     "environment_action_candidates",
     "environment_action_discrimination",
     "evaluate_environment_planning",
+    "evaluate_in_environment",
     "evaluate_planning_with",
+    "held_out_transitions",
     "random_environment_baseline",
     "run_environment_episodes",
     "sample_environment_problems",
