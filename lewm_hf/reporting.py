@@ -124,6 +124,8 @@ def format_evaluation(results: dict[str, Any]) -> str:
         f"  shuffled {f(results.get(K.EVAL_ACTION_R1_SHUFFLED))}  chance {f(results.get(K.EVAL_ACTION_CHANCE))}",
         f"surprise AUROC {f(results.get(K.EVAL_SURPRISE_AUROC))} (true moves vs teleports)",
     ]
+    if K.EVAL_SURPRISE_OTHER_ROW in results:  # a trajectory dataset: no teleports
+        lines[1] = lines[1].replace("true moves vs teleports", "observed vs another row's next")
     l2, copy = results.get(K.EVAL_ROLLOUT_L2) or [], results.get(K.EVAL_ROLLOUT_L2_COPY) or []
     if l2:
         lines.append(

@@ -34,6 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lewm_hf import LeWMModel
 from lewm_hf import metric_keys as K
 from lewm_hf.data.collators import DataCollatorForLeWM
+from lewm_hf.data.edits import EditCorpusConfig, build_edit_corpus
 from lewm_hf.data.trajectories import (
     TrajectoryInfo,
     export_trajectories,
@@ -500,3 +501,26 @@ def test_hub_round_trip_offline(tmp_path, walk_run, hub, monkeypatch):  # noqa: 
     with torch.no_grad():
         expected = local(**DataCollatorForLeWM()(list(rows.select(range(8))))).latents
     assert torch.equal(torch.tensor(got["latents"]), expected.flatten())
+
+
+def test_the_edit_corpus_exports_to_the_format_column_for_column(tmp_path):
+    config = EditCorpusConfig(
+        synthetic_records=2, synthetic_length=6000, window_length=48, window_stride=24, margin=6
+    )
+    corpus = build_edit_corpus(config, tmp_path / "cache")
+    info = export_trajectories(corpus, tmp_path / "edits", {"train": "train", "validation": "test"})
+    assert (info.action_type, info.window_length, info.num_actions) == ("edit", 48, 3)
+    assert info.action_names == ["SUB", "INS", "DEL"] and info.token_names[6] == "<end>"
+    for split, name in (("train", "train"), ("validation", "test")):
+        rows, loaded = load_trajectories(str(tmp_path / "edits"), split=name)
+        assert loaded == info and len(rows) == len(corpus[split])
+        for column in ("input_ids", "edit_ops", "edit_positions", "edit_tokens", "locus"):
+            assert rows[column] == corpus[split][column], (split, column)
+
+
+def test_a_dataset_key_on_a_walk_phase_names_the_task_that_reads_it(tmp_path, cache_dir):
+    recipe = write_walk_recipe(tmp_path, cache_dir, [{**WALK_PHASE, "dataset_name": "me/x"}])
+    with pytest.raises(LeWMConfigError) as caught:
+        validate_recipe(recipe)
+    assert caught.value.field.endswith("dataset_name")
+    assert "read by task trajectory_world_model" in caught.value.reason

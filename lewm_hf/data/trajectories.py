@@ -146,54 +146,67 @@ class TrajectoryInfo:
 class _Column:
     """One integer column of nested lists, flattened level by level.
 
-    `lengths[d]` are the list lengths at depth `d` (per item of depth `d`), `rows[d]` the row
-    of every item of depth `d` (`rows[0]` is `arange(num_rows)`), `values` the leaf integers and
-    `value_rows` their rows.
+    `lengths[d]` are the list lengths of the items at depth `d` (depth 0: the rows) and `values`
+    the leaf integers (an Arrow array, never copied unless a check fails). Where an item or a
+    leaf sits (its row) is computed only for the first bad one, from the offsets.
     """
 
     def __init__(self, table: pa.Table, name: str, depth: int, split: str | None):
+        self.name = name
+        self.split = split
+        self.lengths: list[np.ndarray] = []
         array = table.column(name).combine_chunks()
         shape = "a list of " * depth + "integers"
-        rows = np.arange(len(array))
-        self.lengths: list[np.ndarray] = []
-        self.rows: list[np.ndarray] = []
-        for _ in range(depth):
-            if not (
+        for level in range(depth + 1):
+            if level < depth and not (
                 pa.types.is_list(array.type)
                 or pa.types.is_large_list(array.type)
                 or pa.types.is_fixed_size_list(array.type)
             ):
                 raise LeWMDatasetError(name, None, str(array.type), shape, split)
+            if level == depth and not pa.types.is_integer(array.type):
+                raise LeWMDatasetError(name, None, str(array.type), shape, split)
             if array.null_count:
                 first = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-                raise LeWMDatasetError(name, int(rows[first]), None, shape + ", no nulls", split)
-            lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
-            self.lengths.append(lengths)
-            self.rows.append(rows)
+                raise LeWMDatasetError(
+                    name, self.row_of(level, first), None, shape + ", no nulls", split
+                )
+            if level < depth:
+                lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+                self.lengths.append(lengths.astype(np.int64))
+                array = array.flatten()
+        self.values = array
+
+    def row_of(self, depth: int, index: int) -> int:
+        """The row of item `index` of depth `depth` (depth 0: the rows themselves)."""
+        for level in range(depth - 1, -1, -1):
+            offsets = np.cumsum(self.lengths[level])
+            index = int(np.searchsorted(offsets, index, side="right"))
+        return index
+
+    def value_rows(self) -> np.ndarray:
+        """The row of every leaf value (for small columns: one entry per value)."""
+        rows = np.arange(len(self.lengths[0]))
+        for lengths in self.lengths:
             rows = np.repeat(rows, lengths)
-            array = array.flatten()
-        if not pa.types.is_integer(array.type):
-            raise LeWMDatasetError(name, None, str(array.type), shape, split)
-        if array.null_count:
-            first = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-            raise LeWMDatasetError(name, int(rows[first]), None, shape + ", no nulls", split)
-        self.values = array.to_numpy(zero_copy_only=False).astype(np.int64)
-        self.value_rows = rows
-        self.name = name
-        self.split = split
+        return rows
 
     def check_range(self, low: int, high: int, what: str) -> None:
         """Every leaf value in `[low, high)`, else an error at the first row breaking it."""
-        bad = (self.values < low) | (self.values >= high)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise LeWMDatasetError(
-                self.name,
-                int(self.value_rows[i]),
-                int(self.values[i]),
-                f"{what} in [{low}, {high})",
-                self.split,
-            )
+        if len(self.values) == 0:
+            return
+        bounds = pc.min_max(self.values)
+        if bounds["min"].as_py() >= low and bounds["max"].as_py() < high:
+            return
+        values = self.values.to_numpy(zero_copy_only=False)
+        i = int(np.flatnonzero((values < low) | (values >= high))[0])
+        raise LeWMDatasetError(
+            self.name,
+            self.row_of(len(self.lengths), i),
+            int(values[i]),
+            f"{what} in [{low}, {high})",
+            self.split,
+        )
 
     def check_lengths(self, depth: int, expected: np.ndarray | int, what: str) -> None:
         """The list lengths at `depth` equal `expected` (per item), else an error."""
@@ -203,7 +216,7 @@ class _Column:
             want = expected if np.isscalar(expected) else int(np.asarray(expected)[i])
             raise LeWMDatasetError(
                 self.name,
-                int(self.rows[depth][i]),
+                self.row_of(depth, i),
                 f"length {int(self.lengths[depth][i])}",
                 f"{what} ({want})",
                 self.split,
@@ -285,19 +298,21 @@ def validate_trajectories(dataset: Dataset, info: TrajectoryInfo, split: str | N
         mask.check_range(0, 2, "mask values")
         # Trailing padding only: within a row, a value is never above the one before it, and
         # the first action is real.
+        values = mask.values.to_numpy(zero_copy_only=False)
+        rows = mask.value_rows()
         first = np.concatenate([[0], np.cumsum(mask.lengths[0])[:-1]])
-        head = mask.values[first]
+        head = values[first]
         if (head != 1).any():
             row = int(np.flatnonzero(head != 1)[0])
             raise LeWMDatasetError(
                 ACTION_MASK_COLUMN, row, 0, "a first action that is real (1)", split
             )
-        rises = np.flatnonzero(np.diff(mask.values) > 0) + 1
-        rises = rises[mask.value_rows[rises] == mask.value_rows[rises - 1]]
+        rises = np.flatnonzero(np.diff(values) > 0) + 1
+        rises = rises[rows[rises] == rows[rises - 1]]
         if rises.size:
             raise LeWMDatasetError(
                 ACTION_MASK_COLUMN,
-                int(mask.value_rows[rises[0]]),
+                int(rows[rises[0]]),
                 "1 after 0",
                 "padding (0) only after the last real action",
                 split,
@@ -355,7 +370,10 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         ) from err
     except Exception as err:  # the Hub's errors: not found, offline without a cached copy, ...
         raise LeWMConfigError(
-            "dataset_name", repo_id, f"cannot be loaded from the Hub: {type(err).__name__}: {err}"
+            "dataset_name",
+            repo_id,
+            "is no local folder and cannot be loaded from the Hub (with HF_HUB_OFFLINE=1, only "
+            f"from the Hub cache): {type(err).__name__}: {err}",
         ) from err
 
 

@@ -16,7 +16,7 @@ from .. import metric_keys as K
 from ..errors import LeWMConfigError
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
-from . import get_task
+from . import TASKS, get_task
 from .base import PhaseContext, resolve_resume
 
 # Keys the runner handles itself (never routed to a task's targets).
@@ -85,15 +85,33 @@ def parse_phase(recipe: Recipe, index: int, root: Path) -> PhasePlan:
         # One repo per phase: a shared `hub_model_id` names the run, each phase pushes to
         # `<hub_model_id>-<phase name>` (the same rule as without one: `<run>-<phase>`).
         phase["hub_model_id"] = f"{shared_repo}-{name}"
-    parts = split_phase_keys(
-        recipe, index, owners, tuple(task.TARGETS), RUNNER_KEYS + for_other_phases
-    )
+    try:
+        parts = split_phase_keys(
+            recipe, index, owners, tuple(task.TARGETS), RUNNER_KEYS + for_other_phases
+        )
+    except LeWMConfigError as err:
+        raise _with_task_hint(err, task_name) from err
     output_dir = root / name
     args = task.parse(parts, output_dir, recipe.phase_source(index, "name"))
     keys = {"name": name, "task": task_name, **{k: v for k, v in phase.items() if k != "defaults"}}
     return PhasePlan(
         name, task_name, output_dir, args, phase.get("resume_from_checkpoint"), keys=keys
     )
+
+
+def _with_task_hint(err: LeWMConfigError, task_name: str) -> LeWMConfigError:
+    """An unknown key's error, naming the tasks that do read it (`dataset_name` on a
+    `world_model` phase: task `trajectory_world_model` reads it)."""
+    key = err.field.rsplit(".", 1)[-1]
+    readers = [
+        name
+        for name, other in TASKS.items()
+        if name != task_name and key in key_owners(other.TARGETS, other.OWNERS)
+    ]
+    if err.reason != "unknown key" or not readers:
+        return err
+    reason = f"unknown key for task {task_name} (read by task {', '.join(readers)})"
+    return LeWMConfigError(err.field, err.value, reason, err.source)
 
 
 def check_hub_repos(plans: list[PhasePlan]) -> None:
