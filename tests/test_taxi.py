@@ -302,3 +302,19 @@ def test_taxi_recipe_writes_data_trains_and_evaluates_in_the_environment(tmp_pat
     assert 0 <= result[K.EVAL_DISTINCT_ACTION_R1] <= 1
     assert result[K.EVAL_DISTINCT_ACTION_CHANCE] > 1 / 6
     assert K.EVAL_ACTION_R1 in result  # the dataset's own evaluation ran too
+
+
+def test_two_dataset_folders_of_the_same_name_are_not_confused(tmp_path: Path):
+    small = EnvironmentRolloutConfig(train_episodes=2, validation_episodes=1, seed=1)
+    large = EnvironmentRolloutConfig(train_episodes=5, validation_episodes=1, seed=2)
+    rows = {}
+    for name, config in (("a", small), ("b", large)):
+        written = write_environment_dataset(config, tmp_path / name / "data")
+        loaded, _ = load_trajectories(str(tmp_path / name / "data"), split="train")
+        rows[name] = (written[K.TRAIN_ROWS], len(loaded))
+    assert rows["a"][0] == rows["a"][1] and rows["b"][0] == rows["b"][1]
+    assert rows["a"][0] != rows["b"][0]
+    # A folder written again is read again.
+    written = write_environment_dataset(small, tmp_path / "b" / "data")
+    loaded, _ = load_trajectories(str(tmp_path / "b" / "data"), split="train")
+    assert len(loaded) == written[K.TRAIN_ROWS] == rows["a"][0]
