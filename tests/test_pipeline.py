@@ -276,6 +276,7 @@ SHIPPED_TASKS = {
     "walk_lm.yaml": ["lm"],
     "walk_lewm.yaml": ["world_model"],
     "walk_lewm_lora.yaml": ["world_model"],
+    "taxi_lewm.yaml": ["env_rollouts", "trajectory_world_model"],
 }
 
 

@@ -43,6 +43,8 @@ from lewm_hf.evaluation.planning_env import (
 from lewm_hf.modeling_actions import ActionInputs
 from lewm_hf.testing_utils import TransitionOracle
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def taxi():
@@ -274,7 +276,7 @@ def test_taxi_recipe_writes_data_trains_and_evaluates_in_the_environment(tmp_pat
 
     from lewm_hf.tasks.runner import run_recipe
 
-    recipe = yaml.safe_load(Path("recipes/configs/taxi_lewm.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "configs" / "taxi_lewm.yaml").read_text())
     recipe["output_dir"] = str(tmp_path / "run")
     data, world = recipe["phases"]
     data.update(train_episodes=6, validation_episodes=2, max_episode_steps=40)
