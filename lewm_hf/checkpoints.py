@@ -14,12 +14,18 @@ with `torch.load(weights_only=True)` (transformers >= 5), and nothing in `lewm_h
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from . import metric_keys as K
 from .errors import LeWMConfigError, LeWMInputError
+
+logger = logging.getLogger(__name__)
+# The Trainer's checkpoint folders: `checkpoint-<global step>`.
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 # Element sizes of the safetensors dtypes, to check that each tensor's byte range fits its shape.
 _DTYPE_BYTES = {
@@ -204,6 +210,38 @@ def check_checkpoint_dir(path: str | os.PathLike, field: str) -> dict[str, Any]:
     return state
 
 
+def last_complete_checkpoint(output_dir: str | os.PathLike, field: str) -> str | None:
+    """The newest `checkpoint-<step>` folder of `output_dir` that is whole, or None.
+
+    A worker killed while a checkpoint was being written leaves a folder without its trainer
+    state or with truncated weights; such a folder is skipped (with a warning naming it) and
+    the one before it is used.
+
+    Args:
+        output_dir (`str` or `PathLike`): A phase's output dir.
+        field (`str`): What asks (named in the warning).
+
+    Returns:
+        `str` or `None`: the checkpoint folder, or None when there is no whole one.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir():
+            steps.append((int(match.group(1)), child))
+    for _, child in sorted(steps, reverse=True):
+        try:
+            check_checkpoint_dir(child, field)
+        except LeWMInputError as err:
+            logger.warning("%s: skipping %s (%s)", field, child, err)
+            continue
+        return str(child)
+    return None
+
+
 def check_checkpoint_fits(checkpoint: str | os.PathLike, model: Any, field: str) -> None:
     """The checkpoint to resume from was saved by a run of this phase's model.
 
@@ -261,4 +299,5 @@ __all__ = [
     "check_model_dir",
     "check_safetensors",
     "check_weights",
+    "last_complete_checkpoint",
 ]

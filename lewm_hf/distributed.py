@@ -14,7 +14,9 @@ loads into a plain `LeWMModel` with `nn.BatchNorm1d` layers.
 
 from __future__ import annotations
 
+import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,8 +24,61 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import LeWMConfigError
+
 # The float dtype of the statistics: float64 stays float64, everything else is reduced in float32.
 _STAT_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class ElasticLaunch:
+    """The torchrun launch this process is a worker of.
+
+    Args:
+        run_id (`str`): The launch's run id (`TORCHELASTIC_RUN_ID`), the same in every attempt.
+        restart_count (`int`): How many times the agent restarted the workers
+            (`TORCHELASTIC_RESTART_COUNT`): 0 in the first attempt.
+    """
+
+    run_id: str
+    restart_count: int
+
+
+def elastic_launch() -> ElasticLaunch | None:
+    """The torchrun (elastic agent) launch of this process, or None outside torchrun.
+
+    `torchrun --max-restarts N` (and `accelerate launch` on several processes, which runs it)
+    restarts every worker when one fails; the restarted workers see a `restart_count` above 0
+    and the same `run_id`.
+
+    Raises:
+        `LeWMConfigError`: when `TORCHELASTIC_RESTART_COUNT` is not an integer, or when torchrun
+            may restart gloo workers over its shared rendezvous store (they could not connect
+            again: set `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`).
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if run_id is None or count is None:
+        return None
+    try:
+        restart_count = int(count)
+    except ValueError:
+        raise LeWMConfigError(
+            "TORCHELASTIC_RESTART_COUNT", count, "an integer >= 0 (set by torchrun)"
+        ) from None
+    max_restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if max_restarts not in ("", "0") and shared_store and not torch.cuda.is_available():
+        # Measured with torch 2.13: the agent's shared store keeps the gloo addresses of the
+        # first attempt's workers, so a restarted rank connects to a dead one and times out.
+        raise LeWMConfigError(
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+            os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE"),
+            "1 in the environment of torchrun when it may restart gloo (CPU) workers "
+            f"(--max-restarts {max_restarts}): with the shared rendezvous store, restarted "
+            "workers find the failed attempt's addresses and cannot connect",
+        )
+    return ElasticLaunch(run_id, restart_count)
 
 
 def is_distributed(process_group: Any = None) -> bool:
@@ -235,9 +290,11 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ElasticLaunch",
     "GlobalBatchNorm1d",
     "all_reduce_with_grad",
     "convert_to_global_batchnorm",
+    "elastic_launch",
     "gather_rows",
     "global_batchnorm_layers",
     "is_distributed",

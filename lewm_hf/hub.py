@@ -146,6 +146,17 @@ CARDS = {
         ),
     ),
 }
+# The `lm` task on a dataset source (`dataset_name`): no graph, no gate.
+LM_DATASET_CARD = CardText(
+    world_model=False,
+    tags=("lewm_hf", "causal-lm"),
+    what=(
+        "A causal LM on a tokenized corpus, stopped on its held-out loss; the encoder phase of "
+        "a `lewm_hf` world model."
+    ),
+    dataset=lambda recipe: str(recipe.get("dataset_name")),
+    settings=("dataset_name", "dataset_config", "dataset_test_split", "max_length"),
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -229,17 +240,175 @@ def _world_model_tables(result: dict[str, Any]) -> list[str]:
                 f"| `{key}` | {_fmt(action[key])} | {_fmt(action.get(key + '_copy'))} | "
                 f"{_fmt(action.get(key + '_shuffled'))} | {_fmt(chance)} |"
             )
-    for title, prefix in (
-        ("Planning", K.EVAL_PLAN_PREFIX),
-        ("SNV recovery", K.EVAL_SNV_RECOVERY_PREFIX),
-        ("Edit discrimination", K.EVAL_EDIT_ACTION_PREFIX),
-    ):
-        numbers = {
-            k: v for k, v in result.items() if k.startswith(prefix) and isinstance(v, (int, float))
-        }
-        if numbers:
-            lines += ["", f"{title}:", "", "| metric | value |", "|---|---|"]
-            lines += [f"| `{k}` | {_fmt(v)} |" for k, v in sorted(numbers.items())]
+    lines += _planning_table(result)
+    lines += _rollout_table(result)
+    lines += _surprise_table(result)
+    lines += _edit_tables(result)
+    lines += _variant_effect_table(result)
+    return lines
+
+
+def _interval(value: Any) -> str:
+    """`[low, high]` of a two-number interval, else `-`."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
+    return "-"
+
+
+def _by_distance(result: dict[str, Any], key: str) -> dict[str, Any]:
+    value = result.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _planning_table(result: dict[str, Any]) -> list[str]:
+    """Planning success by true goal distance `d`, with its interval, beside random actions."""
+    success = result.get(K.EVAL_PLAN_SUCCESS)
+    if not isinstance(success, dict) or not success:
+        return []
+    ci = _by_distance(result, K.EVAL_PLAN_CI)
+    random = _by_distance(result, K.EVAL_PLAN_SUCCESS_RANDOM)
+    ci_random = _by_distance(result, K.EVAL_PLAN_CI_RANDOM)
+    pairs = _by_distance(result, K.EVAL_PLAN_DISTINCT_PAIRS)
+    shortest = _by_distance(result, K.EVAL_PLAN_SHORTEST_RATE)
+    lines = [
+        "",
+        "Planning (reach a goal vertex at true shortest-path distance `d`, checked on the true "
+        "graph; 95% intervals), beside random valid moves with the same budget:",
+        "",
+        "| d | success | interval | random | random interval | shortest-path rate | "
+        "distinct (start, goal) pairs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in sorted(success, key=lambda k: int(k) if str(k).isdigit() else str(k)):
+        lines.append(
+            f"| {d} | {_fmt(success[d])} | {_interval(ci.get(d))} | {_fmt(random.get(d))} | "
+            f"{_interval(ci_random.get(d))} | {_fmt(shortest.get(d))} | {_fmt(pairs.get(d))} |"
+        )
+    missing = result.get(K.EVAL_PLAN_MISSING_DISTANCES)
+    if missing:
+        lines += [
+            "",
+            f"No goal at distance {', '.join(str(d) for d in missing)} in held-out walks.",
+        ]
+    return lines
+
+
+def _rollout_table(result: dict[str, Any]) -> list[str]:
+    """Rollout error by horizon, against the copy baseline (`z_0` at every horizon)."""
+    l2, l2_copy = result.get(K.EVAL_ROLLOUT_L2), result.get(K.EVAL_ROLLOUT_L2_COPY)
+    if not isinstance(l2, list) or not isinstance(l2_copy, list):
+        return []
+    cos = result.get(K.EVAL_ROLLOUT_COS) or [None] * len(l2)
+    cos_copy = result.get(K.EVAL_ROLLOUT_COS_COPY) or [None] * len(l2)
+    horizons = result.get(K.EVAL_ROLLOUT_HORIZONS) or list(range(1, len(l2) + 1))
+    lines = [
+        "",
+        "Latent rollouts from `z_0` (predictions fed back), against copy (`z_0` at every horizon):",
+        "",
+        "| horizon | L2 | L2 copy | cosine | cosine copy |",
+        "|---|---|---|---|---|",
+    ]
+    for h, a, b, c, e in zip(horizons, l2, l2_copy, cos, cos_copy, strict=False):
+        lines.append(f"| {h} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {_fmt(e)} |")
+    return lines
+
+
+def _surprise_table(result: dict[str, Any]) -> list[str]:
+    """Surprise AUROCs for teleports and hard negatives, beside copy and the shuffled action."""
+    rows = [
+        ("teleport (a non-neighbour)", K.EVAL_SURPRISE_AUROC),
+        ("hard negative (another valid neighbour)", K.EVAL_SURPRISE_AUROC_HARD),
+    ]
+    rows = [(name, key) for name, key in rows if key in result]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Surprise (AUROC of the prediction error, true next state against a negative; an "
+        "action-blind model scores 0.5 on hard negatives):",
+        "",
+        "| negative | this model | copy `‖z_t - z_obs‖²` | shuffled action |",
+        "|---|---|---|---|",
+    ]
+    for name, key in rows:
+        lines.append(
+            f"| {name} | {_fmt(result[key])} | {_fmt(result.get(key + '_copy'))} | "
+            f"{_fmt(result.get(key + '_shuffled'))} |"
+        )
+    return lines
+
+
+def _edit_tables(result: dict[str, Any]) -> list[str]:
+    """SNV recovery and edit discrimination, with their references and chance levels."""
+    lines: list[str] = []
+    if K.EVAL_SNV_RECOVERY_R1 in result:
+        snv = K.EVAL_SNV_RECOVERY_PREFIX
+        lines += [
+            "",
+            "SNV recovery (the true SNV among every single-base substitution of the window):",
+            "",
+            "| metric | this model | copy | shuffled actions | chance (all substitutions) | "
+            "chance (the draw's prior, `locus ± radius`) |",
+            "|---|---|---|---|---|---|",
+            f"| `{K.EVAL_SNV_RECOVERY_R1}` | {_fmt(result[K.EVAL_SNV_RECOVERY_R1])} | "
+            f"{_fmt(result.get(K.EVAL_SNV_RECOVERY_R1_COPY))} | "
+            f"{_fmt(result.get(K.EVAL_SNV_RECOVERY_R1_SHUFFLED))} | "
+            f"{_fmt(result.get(K.EVAL_SNV_RECOVERY_CHANCE))} | "
+            f"{_fmt(result.get(K.EVAL_SNV_RECOVERY_CHANCE_PRIOR))} |",
+        ]
+        lines += [
+            f"| `{snv}{name}` | {_fmt(result[snv + name])} | - | - | - | - |"
+            for name in ("r5", "mrr")
+            if snv + name in result
+        ]
+    if K.EVAL_EDIT_ACTION_R1 in result:
+        edit = K.EVAL_EDIT_ACTION_PREFIX
+        lines += [
+            "",
+            "Edit discrimination (the true edit among the other bases at its position and "
+            "random edits; a perfect predictor's Recall@1 is the ceiling left by edits the "
+            "encoder cannot tell apart):",
+            "",
+            "| metric | this model | copy | shuffled actions | chance | perfect predictor |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("r1", "r5", "mrr"):
+            key = edit + name
+            if key not in result:
+                continue
+            chance = result.get(edit + ("chance" if name == "r1" else f"chance_{name}"))
+            ceiling = result.get(K.EVAL_EDIT_ACTION_R1_CEILING) if name == "r1" else None
+            lines.append(
+                f"| `{key}` | {_fmt(result[key])} | {_fmt(result.get(key + '_copy'))} | "
+                f"{_fmt(result.get(key + '_shuffled'))} | {_fmt(chance)} | {_fmt(ceiling)} |"
+            )
+    return lines
+
+
+def _variant_effect_table(result: dict[str, Any]) -> list[str]:
+    """Nonsense vs synonymous AUROCs with their bootstrap intervals."""
+    rows = [
+        (f"k-mer Markov baseline (order {result.get(K.EVAL_VARIANT_KMER_ORDER)})",
+         K.EVAL_VARIANT_AUROC_KMER),
+        ("DNA LM log-likelihood ratio", K.EVAL_VARIANT_AUROC_LM),
+        ("world-model surprise", K.EVAL_VARIANT_AUROC_SURPRISE),
+    ]  # fmt: skip
+    rows = [(name, key) for name, key in rows if key in result]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Variant effect: {_fmt(result.get(K.EVAL_VARIANT_NUM_NONSENSE))} nonsense against "
+        f"{_fmt(result.get(K.EVAL_VARIANT_NUM_SYNONYMOUS))} synonymous SNVs in the held-out "
+        "region's genes (pyrodigal calls); chance is 0.5:",
+        "",
+        "| score | AUROC | 95% bootstrap interval |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {_fmt(result[key])} | {_interval(result.get(key + K.CI_SUFFIX))} |"
+        for name, key in rows
+    ]
     return lines
 
 
@@ -258,7 +427,7 @@ def _lm_tables(result: dict[str, Any]) -> list[str]:
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in rows if v is not None]
     if result.get("failure_reason"):
         lines += ["", f"Gate failure: {result['failure_reason']}"]
-    return lines
+    return lines + _variant_effect_table(result)
 
 
 def _eval_results(result: dict[str, Any], card: CardText, dataset_name: str) -> list[EvalResult]:
@@ -267,11 +436,13 @@ def _eval_results(result: dict[str, Any], card: CardText, dataset_name: str) -> 
         task_type, task_name = "world-modeling", "Next-latent prediction"
         keys = [K.EVAL_PRED_MSE, K.EVAL_COPY_MSE, K.EVAL_ACTION_R1]
         keys += [k for k in sorted(result) if k.startswith(K.EVAL_PLAN_SUCCESS)]
-        keys += [K.EVAL_SNV_RECOVERY_R1, K.EVAL_EDIT_ACTION_R1]
+        keys += [K.EVAL_SURPRISE_AUROC, K.EVAL_SURPRISE_AUROC_HARD]
+        keys += [K.EVAL_SNV_RECOVERY_R1, K.EVAL_EDIT_ACTION_R1, K.EVAL_VARIANT_AUROC_SURPRISE]
     else:
         task_type, task_name = "text-generation", "Next-token prediction"
         prefix = "" if result.get(K.GATE_PASSED) else "final_"
         keys = [prefix + K.EDGE_COMPLIANCE, prefix + K.RULE_COMPLIANCE, "final_eval_loss"]
+        keys += [K.EVAL_VARIANT_AUROC_LM]
     out = []
     for key in keys:
         value = result.get(key)
@@ -322,7 +493,7 @@ def build_model_card(output_dir: str | os.PathLike, hub_model_id: str | None = N
     task = recipe.get("task") or (
         "world_model" if adapter or config.get("model_type") == "lewm" else "lm"
     )
-    card = CARDS[task]
+    card = LM_DATASET_CARD if task == "lm" and recipe.get("dataset_name") else CARDS[task]
     name = (hub_model_id or out.resolve().name).split("/")[-1]
     repo = hub_model_id or str(out)
     base = (adapter or {}).get("base_model_name_or_path")

@@ -12,6 +12,8 @@ EVAL_PREFIX = "eval_"
 # ---- files -------------------------------------------------------------------------------
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
+# The phases a torchrun launch has finished (read when its workers are restarted).
+LAUNCH_RECORD_FILE = "launch_record.json"
 CURVES_PLOT = "curves.png"
 GATE_CHECKPOINT = "gate_checkpoint"
 DETERMINISM_FILE = "determinism.json"
@@ -67,6 +69,8 @@ EVAL_PRED_MSE = EVAL_PREFIX + PRED_MSE
 EVAL_COPY_MSE = EVAL_PREFIX + COPY_MSE
 COLLAPSE_PREFIX = "collapse/"
 COLLAPSE_ALERTS = COLLAPSE_PREFIX + "alerts"
+# `result.json`: each collapse statistic's curve (name without the prefix -> step, value).
+COLLAPSE_STATISTICS = "collapse_statistics"
 
 # ---- evaluation suite (`lewm_hf.evaluation`: `eval_results.json`, result.json) -------------
 # The model card shows the action and planning keys where result.json has them.
@@ -84,6 +88,15 @@ EVAL_SURPRISE_TRUE = EVAL_PREFIX + "surprise_true"
 EVAL_SURPRISE_TELEPORT = EVAL_PREFIX + "surprise_teleport"
 # Surprise of the observed next state of another row (trajectory datasets, no graph).
 EVAL_SURPRISE_OTHER_ROW = EVAL_PREFIX + "surprise_other_row"
+# ... with its references: the copy score `||z_t - z_obs||^2` and the model with the action
+# shuffled; and against hard negatives (another valid neighbour's window), which need the action.
+EVAL_SURPRISE_AUROC_COPY = EVAL_SURPRISE_AUROC + "_copy"
+EVAL_SURPRISE_AUROC_SHUFFLED = EVAL_SURPRISE_AUROC + "_shuffled"
+EVAL_SURPRISE_AUROC_HARD = EVAL_SURPRISE_AUROC + "_hard"
+EVAL_SURPRISE_AUROC_HARD_COPY = EVAL_SURPRISE_AUROC_HARD + "_copy"
+EVAL_SURPRISE_AUROC_HARD_SHUFFLED = EVAL_SURPRISE_AUROC_HARD + "_shuffled"
+EVAL_SURPRISE_HARD = EVAL_PREFIX + "surprise_hard"
+EVAL_SURPRISE_HARD_NUM_ITEMS = EVAL_SURPRISE_HARD + "_num_items"
 # Representation health of held-out latents.
 EVAL_EFFECTIVE_RANK = EVAL_PREFIX + "effective_rank"
 EVAL_VAR_PER_DIM = EVAL_PREFIX + "var_per_dim"
@@ -139,6 +152,25 @@ EVAL_EDIT_ACTION_PREFIX = EVAL_PREFIX + "edit_action_"
 EVAL_EDIT_ACTION_R1 = EVAL_EDIT_ACTION_PREFIX + "r1"
 EVAL_EDIT_ACTION_R1_COPY = EVAL_EDIT_ACTION_R1 + "_copy"
 EVAL_EDIT_ACTION_CHANCE = EVAL_EDIT_ACTION_PREFIX + "chance"
+# ... chance under the SNV draw's own prior (within `locus +- radius`), the action-shuffled
+# controls, and edit-action Recall@1 of a perfect predictor (ties of identical next latents).
+EVAL_SNV_RECOVERY_CHANCE_PRIOR = EVAL_SNV_RECOVERY_CHANCE + "_prior"
+EVAL_SNV_RECOVERY_R1_SHUFFLED = EVAL_SNV_RECOVERY_R1 + "_shuffled"
+EVAL_EDIT_ACTION_R1_SHUFFLED = EVAL_EDIT_ACTION_R1 + "_shuffled"
+EVAL_EDIT_ACTION_R1_CEILING = EVAL_EDIT_ACTION_R1 + "_ceiling"
+# Variant effect (`evaluate_variant_effect`): nonsense vs synonymous SNVs in called genes of the
+# held-out region; AUROCs, each with `_ci` ([low, high], bootstrap 95%).
+EVAL_VARIANT_PREFIX = EVAL_PREFIX + "variant_"
+EVAL_VARIANT_AUROC_LM = EVAL_VARIANT_PREFIX + "auroc_lm"
+EVAL_VARIANT_AUROC_LM_BY_CONTEXT = EVAL_VARIANT_AUROC_LM + "_by_context"
+EVAL_VARIANT_AUROC_SURPRISE = EVAL_VARIANT_PREFIX + "auroc_surprise"
+EVAL_VARIANT_AUROC_KMER = EVAL_VARIANT_PREFIX + "auroc_kmer"
+EVAL_VARIANT_AUROC_KMER_BY_ORDER = EVAL_VARIANT_AUROC_KMER + "_by_order"
+EVAL_VARIANT_KMER_ORDER = EVAL_VARIANT_PREFIX + "kmer_order"
+EVAL_VARIANT_NUM_NONSENSE = EVAL_VARIANT_PREFIX + "num_nonsense"
+EVAL_VARIANT_NUM_SYNONYMOUS = EVAL_VARIANT_PREFIX + "num_synonymous"
+EVAL_VARIANT_SECONDS = EVAL_VARIANT_PREFIX + "seconds"
+CI_SUFFIX = "_ci"
 
 # ---- phase summaries (summary.json `phases.<name>`): items of the data a phase used --------
 TRAIN_WINDOWS = "train_windows"

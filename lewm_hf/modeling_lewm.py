@@ -387,6 +387,51 @@ class LeWMModel(LeWMPreTrainedModel):
         model.encoder.load_state_dict(encoder.state_dict(), strict=True)
         return model
 
+    def grow_action_vocab(self, new_size: int, seed: int = 0) -> list[int]:
+        """Give the action-token embedding rows for the ids `[action_vocab_size, new_size)`.
+
+        The existing rows are copied unchanged; the new ones are drawn from N(0, 1), as a fresh
+        table's rows are (`_init_weights`), from a generator seeded with `seed`, so growing the
+        same model twice gives the same weights (a resumed run rebuilds it). The new ids are
+        recorded in `grown_action_tokens`: under LoRA the trainer trains exactly these rows in
+        full (`lewm_hf.trainer.lora`) and keeps the others bitwise as loaded. The model is no
+        longer the checkpoint it was loaded from, so its `name_or_path` is cleared.
+
+        Args:
+            new_size (`int`): The new `action_vocab_size` (at least the current one).
+            seed (`int`, *optional*, defaults to 0): Seed of the new rows.
+
+        Returns:
+            `list[int]`: The new action ids (empty when `new_size` is the current size).
+
+        Raises:
+            `LeWMInputError`: when `new_size` is below the current size.
+        """
+        old = self.config.action_vocab_size
+        if new_size < old:
+            raise LeWMInputError(
+                "action_vocab_size", new_size, f"cannot shrink the action vocabulary of {old}"
+            )
+        if new_size == old:
+            return []
+        table = self.action_encoder.token_embedding
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.randn(new_size - old, table.embedding_dim, generator=generator)
+        grown = nn.Embedding(new_size, table.embedding_dim)
+        with torch.no_grad():
+            weight = torch.cat([table.weight.detach(), rows.to(table.weight)], dim=0)
+            grown.weight = nn.Parameter(weight, requires_grad=table.weight.requires_grad)
+        setattr(grown, _UNIT_INIT, True)
+        self.action_encoder.token_embedding = grown
+        self.config.action_vocab_size = new_size
+        # The model is no longer the checkpoint it was loaded from: nothing may name it as such
+        # (under LoRA the trainer then saves this base beside the adapters, which name it).
+        self.name_or_path = ""
+        self.config.name_or_path = ""
+        added = list(range(old, new_size))
+        self.grown_action_tokens = list(getattr(self, "grown_action_tokens", [])) + added
+        return added
+
     # ----------------------------------------------------------------------------------------
     # Encoder
 

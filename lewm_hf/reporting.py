@@ -126,6 +126,16 @@ def format_evaluation(results: dict[str, Any]) -> str:
     ]
     if K.EVAL_SURPRISE_OTHER_ROW in results:  # a trajectory dataset: no teleports
         lines[1] = lines[1].replace("true moves vs teleports", "observed vs another row's next")
+    if K.EVAL_SURPRISE_AUROC_HARD in results:
+        lines[-1] += (
+            f"  copy {f(results.get(K.EVAL_SURPRISE_AUROC_COPY))}"
+            f"  shuffled {f(results.get(K.EVAL_SURPRISE_AUROC_SHUFFLED))}"
+        )
+        lines.append(
+            f"surprise AUROC {f(results.get(K.EVAL_SURPRISE_AUROC_HARD))} (vs hard negatives)"
+            f"  copy {f(results.get(K.EVAL_SURPRISE_AUROC_HARD_COPY))}"
+            f"  shuffled {f(results.get(K.EVAL_SURPRISE_AUROC_HARD_SHUFFLED))}"
+        )
     l2, copy = results.get(K.EVAL_ROLLOUT_L2) or [], results.get(K.EVAL_ROLLOUT_L2_COPY) or []
     if l2:
         lines.append(
@@ -156,7 +166,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """
     rows = [("phase", "task", "steps", "final loss", "gate / eval", "time (s)")]
     for name, p in summary["phases"].items():
-        if p["task"] == "lm":
+        if p["task"] == "lm" and K.GATE_PASSED in p:  # the walk LM (a dataset LM has no gate)
             gate = "passed" if p[K.GATE_PASSED] else f"failed: {p.get('failure_reason')}"
             detail = (
                 f"{gate} (edge {_fmt(p.get(K.EDGE_COMPLIANCE))}, "
@@ -186,6 +196,31 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1))} (copy "
                 f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1_COPY))}, chance "
                 f"{_fmt(p.get(K.EVAL_EDIT_ACTION_CHANCE))})"
+            )
+            if K.EVAL_SNV_RECOVERY_CHANCE_PRIOR in p:
+                lines.append(
+                    f"{name} evaluation: SNV recovery chance under the draw's prior "
+                    f"{_fmt(p[K.EVAL_SNV_RECOVERY_CHANCE_PRIOR])}, shuffled actions "
+                    f"{_fmt(p.get(K.EVAL_SNV_RECOVERY_R1_SHUFFLED))}; edit action R@1 shuffled "
+                    f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1_SHUFFLED))}, perfect predictor "
+                    f"{_fmt(p.get(K.EVAL_EDIT_ACTION_R1_CEILING))}"
+                )
+        variants = [
+            (label, key)
+            for label, key in (
+                ("LM", K.EVAL_VARIANT_AUROC_LM),
+                ("surprise", K.EVAL_VARIANT_AUROC_SURPRISE),
+                ("k-mer", K.EVAL_VARIANT_AUROC_KMER),
+            )
+            if key in p
+        ]
+        if variants:
+            lines.append(
+                f"{name} variant effect (nonsense vs synonymous AUROC, 95% CI): "
+                + "; ".join(
+                    f"{label} {_fmt(p[key])} [{', '.join(_fmt(v) for v in p.get(key + K.CI_SUFFIX) or [])}]"
+                    for label, key in variants
+                )
             )
         if K.EVAL_ACTION_R1 in p:
             lines.append(f"{name} evaluation:")

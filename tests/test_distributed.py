@@ -236,6 +236,27 @@ def test_ddp_matches_one_process_curves_weights_and_metrics(runs):
         assert max_diff(weights[key], value) <= PARITY_ATOL, key
 
 
+def test_ddp_streams_the_one_process_batches(runs, tmp_path):
+    """A streamed split under DDP: rank r's batch is the r-th half of one process's batch at the
+    global batch size (every rank reads the stream and keeps its part), and the losses match."""
+    ranks, _, _ = runs
+    collator = RecordingCollator()
+    args = make_args(tmp_path, dataset_streaming=True, streaming_buffer_size=32)
+    trainer = LeWMTrainer(
+        tiny_model(), args, train_dataset=clip_dataset(128), data_collator=collator
+    )
+    trainer.train()
+    batches = collator.batches[:STEPS]
+    assert len({i for batch in batches for i in batch}) > GLOBAL_BATCH  # not one batch again
+    for step, batch in enumerate(batches):
+        assert ranks[0]["streaming"]["batches"][step] + ranks[1]["streaming"]["batches"][step] == (
+            batch
+        )
+    reference = curves(trainer, (K.LOSS,))[K.LOSS]
+    for rank in ranks:
+        assert max_diff(rank["streaming"]["curves"][K.LOSS], reference) <= PARITY_ATOL
+
+
 def test_control_without_global_statistics_differs(runs):
     """Per-rank BatchNorm and SIGReg: the comparison above would fail, so it can."""
     ranks, reference, _ = runs

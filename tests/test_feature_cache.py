@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +223,77 @@ def test_default_build_batch_size_follows_the_threads():
     finally:
         torch.set_num_threads(threads)
     assert default_build_batch_size(torch.device("cuda")) == 2048
+
+
+def _mapping_of(tensor: torch.Tensor, path) -> dict[str, int] | None:
+    """The `/proc/self/smaps` entry (its kB fields) of the mapping of file `path` that holds
+    `tensor`'s data, or None when its data lies in no mapping of that file."""
+    target, pointer = os.path.realpath(path), tensor.data_ptr()
+    entry: dict[str, int] | None = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            low, high = (int(x, 16) for x in head[0].split("-"))
+            hit = len(head) == 6 and head[5] == target and low <= pointer < high
+            entry = {} if hit else None
+        elif entry is not None and head[0].endswith(":") and len(head) == 3:
+            entry[head[0][:-1]] = int(head[1])
+        if entry is not None and "Rss" in entry and "Size" in entry:
+            return entry
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc")
+def test_cache_on_disk_is_bitwise_the_cache_in_memory_and_memory_mapped(
+    tmp_path, tiny_lewm_model, tiny_clips
+):
+    model = tiny_lewm_model(encoder_mode="frozen")
+    train, held_out = tiny_clips(64), tiny_clips(24, seed=1)
+    collator = DataCollatorForLeWM(window=W)
+    memory, memory_idx = FeatureCache.build(model, [train, held_out], collator, batch_size=16)
+    assert memory.path is None
+    size = memory.features.numel() * memory.features.element_size()
+    # Spilled from the first chunk on (0 bytes), and part-way through the build.
+    for limit in (0, size // 3):
+        path = tmp_path / f"features-{limit}.bin"
+        disk, disk_idx = FeatureCache.build(
+            model, [train, held_out], collator, batch_size=16, max_memory_bytes=limit, path=path
+        )
+        assert disk.path == path and path.stat().st_size == size
+        # The tensor is a view of the file's mapping, none of whose pages is resident yet.
+        mapping = _mapping_of(disk.features, path)
+        assert mapping is not None and mapping["Size"] * 1024 >= size and mapping["Rss"] == 0
+        assert torch.equal(disk.features.view(torch.uint8), memory.features.view(torch.uint8))
+        for a, b in zip(disk_idx, memory_idx):
+            assert a["feature_index"] == b["feature_index"]
+        rows = list(disk_idx[0].select(range(8)))
+        batch = FeatureCacheCollator(collator, disk)(rows)
+        expected = FeatureCacheCollator(collator, memory)(rows)
+        assert torch.equal(batch["state_features"], expected["state_features"])
+    # Control: the in-memory cache is in no mapping of the file.
+    assert _mapping_of(memory.features, tmp_path / "features-0.bin") is None
+    # A threshold above the cache's size keeps it in memory.
+    kept, _ = FeatureCache.build(
+        model, [train], collator, max_memory_bytes=size, path=tmp_path / "unused.bin"
+    )
+    assert kept.path is None and not (tmp_path / "unused.bin").exists()
+
+
+def test_trainer_with_cache_on_disk_trains_bitwise_alike(
+    tmp_path, tiny_lewm_model, tiny_clips, tiny_training_args
+):
+    data, held_out = tiny_clips(64), tiny_clips(32, seed=1)
+    weights = []
+    for megabytes in (1024.0, 0.0):
+        args = tiny_training_args(
+            tmp_path / str(megabytes), max_steps=4, feature_cache_memory_mb=megabytes
+        )
+        model = tiny_lewm_model(encoder_mode="frozen")
+        trainer = LeWMTrainer(model, args, train_dataset=data, eval_dataset=held_out, window=W)
+        assert (trainer.feature_cache.path is not None) == (megabytes == 0.0)
+        trainer.train()
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key, value in weights[0].items():
+        assert torch.equal(weights[1][key], value), key
+    with pytest.raises(LeWMConfigError, match="feature_cache_memory_mb"):
+        tiny_training_args(tmp_path, feature_cache_memory_mb=-1.0)

@@ -328,7 +328,18 @@ def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):
         K.EVAL_ACTION_R1_SHUFFLED: 0.0625,
         K.EVAL_ACTION_CHANCE: 0.05,
         K.EVAL_ACTION_MRR: 0.75,
-        K.EVAL_PLAN_SUCCESS: 0.375,
+        K.EVAL_PLAN_SUCCESS: {"1": 1.0, "2": 0.375},
+        K.EVAL_PLAN_CI: {"1": [0.9, 1.0], "2": [0.25, 0.5]},
+        K.EVAL_PLAN_SUCCESS_RANDOM: {"1": 0.125, "2": 0.0},
+        K.EVAL_PLAN_DISTINCT_PAIRS: {"1": 40, "2": 50},
+        K.EVAL_PLAN_BUDGET_SLACK: 0,
+        K.EVAL_PLAN_SECONDS: 12.5,
+        K.EVAL_PLAN_TRIALS: 50,
+        K.EVAL_ROLLOUT_L2: [0.5, 0.75],
+        K.EVAL_ROLLOUT_L2_COPY: [1.5, 2.0],
+        K.EVAL_SURPRISE_AUROC_HARD: 0.96,
+        K.EVAL_SURPRISE_AUROC_HARD_COPY: 0.5,
+        K.EVAL_SURPRISE_AUROC_HARD_SHUFFLED: 0.51,
         K.TRAINABLE_PARAMS: 10,
         K.TOTAL_PARAMS: 1000,
         K.TRAINABLE_FRACTION: 0.01,
@@ -341,7 +352,7 @@ def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):
         K.EVAL_PRED_MSE: 0.25,
         K.EVAL_COPY_MSE: 4.0,
         K.EVAL_ACTION_R1: 0.625,
-        K.EVAL_PLAN_SUCCESS: 0.375,
+        K.EVAL_SURPRISE_AUROC_HARD: 0.96,
     }
     assert {r.dataset_name for r in card.data.eval_results} == {
         "graph walks (small preset, corpus seed 21)"
@@ -350,6 +361,53 @@ def test_hub_card_shows_evaluation_rows_equal_to_result(tmp_path):
     assert "| `eval_pred_mse` / `eval_copy_mse` | 0.25 | 4 | 0.0625 |" in text
     assert "| before adaptation (the starting model on this data) | 3.5 | 4 | 0.875 |" in text
     assert "| `eval_action_r1` | 0.625 | 0.125 | 0.0625 | 0.05 |" in text
-    assert "| `eval_plan_success` | 0.375 |" in text
+    # Planning by distance with intervals and the random baseline; rollouts against copy;
+    # surprise with its references. Timing and budget settings are not evaluation results.
+    assert "| 2 | 0.375 | [0.25, 0.5] | 0 | - | - | 50 |" in text
+    assert "| 1 | 0.5 | 1.5 | - | - |" in text and "| 2 | 0.75 | 2 | - | - |" in text
+    assert "| hard negative (another valid neighbour) | 0.96 | 0.5 | 0.51 |" in text
+    for key in (K.EVAL_PLAN_BUDGET_SLACK, K.EVAL_PLAN_SECONDS, K.EVAL_PLAN_TRIALS):
+        assert key not in text, key
     assert "10 of 1,000 (1.00%)" in text
     assert "> [!WARNING]" not in text
+
+
+def test_dna_cards_show_snv_edit_and_variant_numbers_with_chance(tmp_path):
+    result = {
+        "phase": "world_model",
+        "curves": {},
+        K.EVAL_PRED_MSE: 1.0,
+        K.EVAL_COPY_MSE: 5.0,
+        K.EVAL_SNV_RECOVERY_R1: 0.85,
+        K.EVAL_SNV_RECOVERY_R1_COPY: 0.0,
+        K.EVAL_SNV_RECOVERY_R1_SHUFFLED: 0.01,
+        K.EVAL_SNV_RECOVERY_CHANCE: 0.005,
+        K.EVAL_SNV_RECOVERY_CHANCE_PRIOR: 0.037,
+        K.EVAL_EDIT_ACTION_R1: 0.64,
+        K.EVAL_EDIT_ACTION_R1_COPY: 0.06,
+        K.EVAL_EDIT_ACTION_R1_SHUFFLED: 0.07,
+        K.EVAL_EDIT_ACTION_CHANCE: 0.057,
+        K.EVAL_EDIT_ACTION_R1_CEILING: 0.92,
+        K.EVAL_VARIANT_NUM_NONSENSE: 500,
+        K.EVAL_VARIANT_NUM_SYNONYMOUS: 500,
+        K.EVAL_VARIANT_AUROC_KMER: 0.73,
+        K.EVAL_VARIANT_AUROC_KMER + K.CI_SUFFIX: [0.7, 0.76],
+        K.EVAL_VARIANT_KMER_ORDER: 1,
+        K.EVAL_VARIANT_AUROC_SURPRISE: 0.5,
+        K.EVAL_VARIANT_AUROC_SURPRISE + K.CI_SUFFIX: [0.46, 0.53],
+    }
+    (tmp_path / K.RESULT_FILE).write_text(json.dumps(result))
+    (tmp_path / K.RECIPE_FILE).write_text("task: edit_world_model\n")
+    text = ModelCard.load(write_model_card(tmp_path, "me/dna")).text
+    assert "| `eval_snv_recovery_r1` | 0.85 | 0 | 0.01 | 0.005 | 0.037 |" in text
+    assert "| `eval_edit_action_r1` | 0.64 | 0.06 | 0.07 | 0.057 | 0.92 |" in text
+    assert "500 nonsense against 500 synonymous" in text
+    assert "| k-mer Markov baseline (order 1) | 0.73 | [0.7, 0.76] |" in text
+    assert "| world-model surprise | 0.5 | [0.46, 0.53] |" in text
+    # The encoder phase's card shows its own variant-effect row.
+    lm = {"phase": "encoder", "curves": {}, "final_eval_loss": 1.3}
+    lm.update({K.EVAL_VARIANT_AUROC_LM: 0.73, K.EVAL_VARIANT_AUROC_LM + K.CI_SUFFIX: [0.7, 0.76]})
+    (tmp_path / K.RESULT_FILE).write_text(json.dumps(lm))
+    (tmp_path / K.RECIPE_FILE).write_text("task: dna_lm\n")
+    text = ModelCard.load(write_model_card(tmp_path, "me/dna-lm")).text
+    assert "| DNA LM log-likelihood ratio | 0.73 | [0.7, 0.76] |" in text

@@ -15,6 +15,7 @@ import json
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from _builders import TINY_CORPUS as CORPUS
@@ -26,6 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import lewm_hf  # noqa: F401  (registers the `lewm` model type)
 from lewm_hf import LeWMConfig, LeWMModel
+from lewm_hf.data.trajectories import TrajectoryInfo, write_trajectories
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.tasks import TASKS
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
@@ -177,7 +179,20 @@ def wm_phase(task: str, path: Path, **keys) -> dict:
     }
     if task == "world_model":
         phase.update(num_clips=32, eval_clips=16, history_length=2)
+    if task == "trajectory_world_model":  # the dataset `save_trajectory_world_model` wrote
+        phase.update(dataset_name=str(path.parent / "trajectories"))
     return phase
+
+
+def save_trajectory_world_model(folder: Path) -> Path:
+    """A saved world model and, beside it, a trajectory dataset it reads (10 tokens, 3 actions,
+    rows of 2 actions)."""
+    rng = np.random.default_rng(0)
+    info = TrajectoryInfo(vocab_size=10, num_actions=3, window_length=4)
+    for split in ("train", "test"):
+        rows = {"input_ids": rng.integers(0, 10, (8, 3, 4)), "actions": rng.integers(0, 3, (8, 2))}
+        write_trajectories(rows, info, folder.parent / "trajectories", split)
+    return save_world_model(folder, vocab_size=10, history_length=2, action_vocab_size=3)
 
 
 DNA_CORPUS = {
@@ -206,6 +221,8 @@ def one_phase_recipe(tmp_path: Path, cache_dir: str, phase: dict) -> Path:
     }
     if phase["task"] in ("lm", "world_model"):
         recipe.update(corpus_preset="small", corpus=CORPUS)
+    elif phase["task"] == "trajectory_world_model":  # a dataset, no corpus
+        del recipe["corpus_cache_dir"]
     elif phase["task"] == "dna_lm":  # the genome and its windows only (`DNASourceConfig`)
         recipe.update({k: DNA_CORPUS[k] for k in DNA_SOURCE_KEYS})
     else:
@@ -255,6 +272,13 @@ SAVED_CASES = {
         {"reg_weight": 0.25},
         ("reg_weight", 0.25),
         {"action_position_origin": "window"},
+    ),
+    "trajectory_world_model": (
+        save_trajectory_world_model,
+        wm_phase,
+        {"reg_weight": 0.25},
+        ("reg_weight", 0.25),
+        {"d_state": 8},
     ),
 }
 

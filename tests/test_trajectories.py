@@ -523,4 +523,34 @@ def test_a_dataset_key_on_a_walk_phase_names_the_task_that_reads_it(tmp_path, ca
     with pytest.raises(LeWMConfigError) as caught:
         validate_recipe(recipe)
     assert caught.value.field.endswith("dataset_name")
-    assert "read by task trajectory_world_model" in caught.value.reason
+    assert "unknown key for task world_model (read by task" in caught.value.reason
+    assert "trajectory_world_model" in caught.value.reason
+
+
+def test_ragged_rows_with_padding_train_and_evaluate(tmp_path):
+    # Rows of 1 to 4 actions, some padded by action_mask, through the frozen feature cache.
+    rng = np.random.default_rng(0)
+    info = TrajectoryInfo(vocab_size=12, num_actions=4, window_length=3)
+    for split, count in (("train", 48), ("test", 16)):
+        steps = rng.integers(1, 5, size=count)
+        rows = {
+            "input_ids": [rng.integers(0, 12, (k + 1, 3)).tolist() for k in steps],
+            "actions": [rng.integers(0, 4, k).tolist() for k in steps],
+            "action_mask": [[1] * (k - int(k > 2)) + [0] * int(k > 2) for k in steps],
+        }
+        write_trajectories(rows, info, tmp_path / "ragged", split)
+    result, out = run_trajectory_phase(
+        tmp_path / "run",
+        dataset_name=str(tmp_path / "ragged"),
+        dataset_test_split="test",
+        max_steps=4,
+        run_evaluation=True,
+        evaluation={"num_items": 16, "num_rollouts": 4, "max_horizon": 8},
+    )
+    config = json.loads((out / K.CONFIG_FILE).read_text())
+    # The history covers the longest real row (3 actions: padding does not count).
+    assert config["history_length"] == 3
+    assert (config["action_vocab_size"], config["vocab_size"]) == (4, 12)
+    assert np.isfinite(result[K.EVAL_PRED_MSE]) and result[K.EVAL_ACTION_CHANCE] == 0.25
+    # Rollouts go as far as the real (unpadded) rows allow: 3 actions.
+    assert result[K.EVAL_ROLLOUT_HORIZONS] == [1, 2, 3]

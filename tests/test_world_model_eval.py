@@ -15,11 +15,13 @@ from torch import nn
 from lewm_hf import metric_keys as K
 from lewm_hf.data.graphs import Graph, make_dcsbm_graph
 from lewm_hf.data.walks import WalkCorpusConfig, WalkMetadata, generate_walks
+from lewm_hf.determinism import derive_seed
 from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.evaluation.discrimination import (
     ActionCandidates,
     action_discrimination,
     move_action_candidates,
+    shuffled_actions,
 )
 from lewm_hf.evaluation.held_out import (
     HeldOutWalks,
@@ -29,10 +31,16 @@ from lewm_hf.evaluation.held_out import (
     sample_spans,
 )
 from lewm_hf.evaluation.inference import imagine_latents
-from lewm_hf.evaluation.latents import representation_health
+from lewm_hf.evaluation.latents import effective_rank, representation_health
 from lewm_hf.evaluation.retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
 from lewm_hf.evaluation.rollouts import latent_rollout
-from lewm_hf.evaluation.surprise import auroc, surprise, teleport_vertices
+from lewm_hf.evaluation.surprise import (
+    auroc,
+    hard_negative_vertices,
+    surprise,
+    surprise_separation,
+    teleport_vertices,
+)
 from lewm_hf.evaluation.world_model import WorldModelEvalConfig, evaluate_world_model
 from lewm_hf.modeling_lewm import ActionInputs
 from lewm_hf.testing_utils import MoveOracle
@@ -193,7 +201,9 @@ def test_blind_predictor_scores_the_rank_zero_fraction(graph, walks):
     out = action_discrimination(oracle, cand)
     true_rank = move_actions(graph, spans, W)[:, -1]
     assert out["r1"] == pytest.approx(np.mean(true_rank == 0))
-    assert out["r1"] < 0.8
+    # Blind to its action: the shuffled-action control scores exactly what the model does.
+    for key in ("r1", "r5", "mrr"):
+        assert out[f"{key}_shuffled"] == out[key], key
 
 
 def test_shuffled_baseline_is_chance_for_a_perfect_predictor(graph, walks):
@@ -372,7 +382,52 @@ def test_surprise_separates_moves_from_teleports(graph, walks):
     assert (s_tele == 2).all()  # two distinct one-hot latents
     scores = torch.cat([s_true, s_tele])
     labels = torch.cat([torch.zeros(200), torch.ones(200)]).bool()
-    assert auroc(scores, labels) >= 0.95
+    assert auroc(scores, labels) == 1.0
+
+
+def test_hard_negatives_are_the_other_valid_neighbours(graph):
+    rng = np.random.default_rng(0)
+    sources = rng.integers(0, graph.num_vertices, size=2000)
+    table = neighbor_table(graph)
+    taken = table[sources, (rng.random(2000) * graph.out_degree[sources]).astype(np.int64)]
+    hard = hard_negative_vertices(graph, sources, taken, rng)
+    single = graph.out_degree[sources] == 1
+    assert (hard[single] == -1).all()
+    assert graph.has_edges(sources[~single], hard[~single]).all()
+    assert (hard[~single] != taken[~single]).all()
+    # Uniform over the other neighbours of one source: each appears.
+    v = int(np.flatnonzero(graph.out_degree >= 3)[0])
+    first = table[v, 0]
+    many = hard_negative_vertices(graph, np.full(3000, v), np.full(3000, first), rng)
+    assert set(many.tolist()) == set(graph.neighbors(v).tolist()) - {first}
+    counts = np.bincount(many, minlength=graph.num_vertices)[many[:1]]
+    assert abs(counts[0] / 3000 - 1 / (graph.out_degree[v] - 1)) < 0.05
+    with pytest.raises(LeWMInputError):
+        hard_negative_vertices(graph, sources[:1], sources[:1], rng)  # no self-loops
+
+
+def test_surprise_separation_of_hard_negatives_needs_the_action(graph, walks):
+    """A perfect model tells the true next window from another neighbour's; the copy score
+    (one-hot latents: every other vertex is at distance 2) and an action-blind model cannot."""
+    spans, states = spans_and_states(graph, walks, W + H, 3000, seed=5)
+    oracle = MoveOracle(graph, history_length=H)
+    cand = move_action_candidates(oracle, graph, spans, W, batch_size=4096)
+    source, taken = spans[:, W + H - 2], spans[:, W + H - 1]
+    hard = hard_negative_vertices(graph, source, taken, np.random.default_rng(1))
+    keep = torch.from_numpy(np.flatnonzero(hard >= 0))
+    z_true = oracle.encode(states[:, H])[keep]
+    z_hard = oracle.embedding[torch.from_numpy(hard)[keep]]
+    shuffled = shuffled_actions(cand, seed=3)
+    args = (cand.z_hist[keep], cand.actions.select(keep), shuffled.select(keep), z_true, z_hard)
+    out = surprise_separation(oracle, *args)
+    assert out["auroc"] == 1.0 and out["true"] == 0.0 and out["negative"] == 2.0
+    assert out["auroc_copy"] == 0.5  # all tied
+    assert out["num_items"] == keep.numel()
+    assert abs(out["auroc_shuffled"] - 0.5) < 0.03
+    blind = surprise_separation(NeighbourhoodModel(graph, history_length=H), *args)
+    assert blind["auroc"] == pytest.approx(0.5, abs=1e-3)  # both neighbours: same surprise
+    with pytest.raises(LeWMInputError):
+        surprise_separation(oracle, *args[:3], z_true[:-1], z_hard)
 
 
 # ---- health ----------------------------------------------------------------------------------
@@ -410,9 +465,21 @@ def test_evaluate_world_model_with_a_perfect_oracle(graph):
         assert key in out, key
     assert out[K.EVAL_ACTION_R1] == 1.0
     assert out[K.EVAL_SURPRISE_AUROC] == 1.0
+    assert out[K.EVAL_SURPRISE_AUROC_HARD] == 1.0
+    assert out[K.EVAL_SURPRISE_AUROC_COPY] == 0.5  # one-hot latents: copy ties everything
+    assert out[K.EVAL_SURPRISE_AUROC_HARD_COPY] == 0.5
+    assert abs(out[K.EVAL_SURPRISE_AUROC_HARD_SHUFFLED] - 0.5) < 0.08
     assert out[K.EVAL_ROLLOUT_L2] == [0.0] * 8
     assert all(v > 0 for v in out[K.EVAL_ROLLOUT_L2_COPY])
-    assert out[K.EVAL_EFFECTIVE_RANK] > 10  # one-hot latents spread over the vertices
+    # The items: the source states and true next vertices the evaluation draws.
+    data = held_out_walks(meta, settings.num_walks, None, settings.seed)
+    rng = np.random.default_rng(derive_seed(settings.seed, "world-model-items"))
+    spans = sample_spans(data.walks, W + H, settings.num_items, rng)
+    multi = graph.out_degree[spans[:, W + H - 2]] > 1
+    assert out[K.EVAL_SURPRISE_HARD_NUM_ITEMS] == multi.sum()
+    # Health of the one-hot latents of the source vertices.
+    want = effective_rank(torch.eye(graph.num_vertices)[torch.from_numpy(spans[:, W + H - 2])])
+    assert out[K.EVAL_EFFECTIVE_RANK] == pytest.approx(want.item(), rel=1e-5)
     # Deterministic given the seed; a different seed draws other items.
     again = evaluate_world_model(oracle, meta, settings)
     assert again[K.EVAL_ACTION_R1_SHUFFLED] == out[K.EVAL_ACTION_R1_SHUFFLED]
@@ -428,6 +495,11 @@ def test_teleports_in_the_evaluation_leave_the_neighbourhood(graph, walks):
     settings = WorldModelEvalConfig(num_items=400, num_rollouts=8, max_horizon=2)
     out = evaluate_world_model(model, HeldOutWalks(graph, walks, W), settings)
     assert out[K.EVAL_SURPRISE_AUROC] == 1.0
+    # Blind to the action: a hard negative (another neighbour) is exactly as unsurprising, and
+    # shuffling the action changes nothing.
+    assert out[K.EVAL_SURPRISE_AUROC_HARD] == pytest.approx(0.5, abs=1e-2)
+    assert out[K.EVAL_SURPRISE_AUROC_HARD_SHUFFLED] == pytest.approx(0.5, abs=1e-2)
+    assert out[K.EVAL_SURPRISE_AUROC_SHUFFLED] == out[K.EVAL_SURPRISE_AUROC]
 
 
 def test_tiny_lewm_untrained_equals_copy(graph, walks, tiny_lewm_model):
@@ -450,11 +522,17 @@ def test_tiny_lewm_untrained_equals_copy(graph, walks, tiny_lewm_model):
     assert out[K.EVAL_ROLLOUT_L2] == out[K.EVAL_ROLLOUT_L2_COPY]
     assert len(out[K.EVAL_ROLLOUT_L2]) == 5 and len(out[K.EVAL_ROLLOUT_COS_COPY]) == 5
     assert out[K.EVAL_SURPRISE_TRUE] > 0
-    assert 0.0 <= out[K.EVAL_SURPRISE_AUROC] <= 1.0
-    assert 1.0 <= out[K.EVAL_EFFECTIVE_RANK] <= 16.0
-    assert out[K.EVAL_VAR_PER_DIM] > 0
-    assert np.isfinite(out[K.EVAL_SIGREG])
-    assert 0 < out[K.EVAL_ACTION_CHANCE] < 1
+    # Surprise is the copy score, whatever the action.
+    for key in (K.EVAL_SURPRISE_AUROC, K.EVAL_SURPRISE_AUROC_HARD):
+        assert out[key] == pytest.approx(out[key + "_copy"], abs=1e-12), key
+        assert out[key] == out[key + "_shuffled"], key
+    # The items are the model's business only through its latents: the chance level is the
+    # perfect oracle's on the same settings.
+    oracle = evaluate_world_model(
+        MoveOracle(graph, history_length=H), HeldOutWalks(graph, walks, W), settings
+    )
+    assert out[K.EVAL_ACTION_CHANCE] == oracle[K.EVAL_ACTION_CHANCE]
+    assert out[K.EVAL_SURPRISE_HARD_NUM_ITEMS] == oracle[K.EVAL_SURPRISE_HARD_NUM_ITEMS]
 
 
 def test_settings_are_validated_in_one_place():

@@ -44,7 +44,7 @@ from .walks import load_walk_metadata
 TRAJECTORY_FORMAT = "lewm-trajectories"
 TRAJECTORY_FORMAT_VERSION = 1
 # Packaged `datasets` builders that read `data_files` (`load_dataset("parquet", data_files=...)`).
-FILE_BUILDERS = ("parquet", "json", "arrow", "csv")
+FILE_BUILDERS = ("parquet", "json", "arrow")
 # The columns of each action type (besides `input_ids` and the optional `action_mask`).
 ACTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "discrete": ("actions",),
@@ -319,6 +319,23 @@ def validate_trajectories(dataset: Dataset, info: TrajectoryInfo, split: str | N
             )
 
 
+def real_steps(dataset: Dataset) -> np.ndarray:
+    """The real actions of every row of a validated discrete split: `K`, or the sum of its
+    `action_mask` (read from the Arrow buffers).
+
+    Returns:
+        `np.ndarray`: `(num_rows,)` int64.
+    """
+    table = _arrow_table(dataset)
+    if ACTION_MASK_COLUMN in table.column_names:
+        mask = table.column(ACTION_MASK_COLUMN).combine_chunks()
+        values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
+        parents = pc.list_parent_indices(mask).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=values, minlength=len(table)).astype(np.int64)
+    lengths = pc.list_value_length(table.column("actions").combine_chunks())
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -389,7 +406,7 @@ def load_trajectory_dataset(
 
     - a folder written by `save_to_disk` (read with `load_from_disk`; `dataset_config` and
       `data_files` must then be None);
-    - a packaged builder of `FILE_BUILDERS` (`parquet`, `json`, `arrow`, `csv`) with
+    - a packaged builder of `FILE_BUILDERS` (`parquet`, `json`, `arrow`) with
       `data_files` (`lewm_dataset.json` beside the first file, or one folder up);
     - a local folder of data files (`load_dataset(folder, name=dataset_config,
       data_files=...)`);
@@ -738,6 +755,7 @@ __all__ = [
     "load_trajectory_dataset",
     "nested_int_array",
     "push_trajectories",
+    "real_steps",
     "select_split",
     "validate_trajectories",
     "write_trajectories",

@@ -30,6 +30,7 @@ from .. import metric_keys as K
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMGraphError, LeWMInputError
 from ..fields import AllClips, is_int_in
+from ..progress import progress
 from . import corpus as corpus_cache
 from .graphs import (
     Graph,
@@ -172,6 +173,8 @@ def generate_walks(
     splice = np.ascontiguousarray(paths.paths, dtype=np.int32)
     path_r = paths.path_r.astype(np.int64)
 
+    bar = progress(desc="walks", total=num_walks, unit="walk")
+
     def run(c: int) -> None:
         _walk_kernel(
             walks[c * WALK_CHUNK : (c + 1) * WALK_CHUNK],
@@ -183,6 +186,7 @@ def generate_walks(
             path_r,
             paths.pool,
         )
+        bar.update(min(WALK_CHUNK, num_walks - c * WALK_CHUNK))  # tqdm locks its counter
 
     workers = min(num_chunks, os.cpu_count() or 1)
     if workers > 1:  # the kernel releases the GIL; chunks are independent
@@ -191,6 +195,7 @@ def generate_walks(
     else:
         for c in range(num_chunks):
             run(c)
+    bar.close()
     return walks
 
 

@@ -146,6 +146,35 @@ def move_action_candidates(
     )
 
 
+def shuffled_actions(
+    candidates: ActionCandidates, seed: int = 0, purpose: str = "shuffled-actions"
+) -> ActionInputs:
+    """The true actions with the last step replaced by a uniformly random *valid* candidate
+    action, drawn independently of the true one (it may coincide with it): the action-blind
+    control of action discrimination and of surprise.
+
+    Args:
+        candidates (`ActionCandidates`): The items and their candidate actions.
+        seed (`int`, defaults to 0): Base seed of the draw.
+        purpose (`str`, defaults to `"shuffled-actions"`): Derives the draw's seed from `seed`.
+
+    Returns:
+        [`ActionInputs`]: `(N, T)` actions, equal to `candidates.actions` but in the last step.
+    """
+    cand = candidates
+    num, width = cand.candidate_mask.shape
+    generator = torch.Generator().manual_seed(derive_seed(seed, purpose))
+    noise = torch.rand(num, width, generator=generator).to(cand.candidate_mask.device)
+    pick = noise.masked_fill(~cand.candidate_mask, -1.0).argmax(1)  # uniform valid (N,)
+    rows = torch.arange(num, device=pick.device)
+    shuffled = {}
+    for name, value in cand.actions.items():
+        value = value.clone()
+        value[:, -1] = cand.candidate_actions[name][rows, pick]
+        shuffled[name] = value
+    return ActionInputs(shuffled)
+
+
 def action_discrimination(
     model: Any,
     candidates: ActionCandidates,
@@ -182,17 +211,9 @@ def action_discrimination(
     cand = candidates
     with evaluating(model):
         z_hat = predict_last(model, cand.z_hist, cand.actions, batch_size)  # (N, D)
-        num, width = cand.candidate_mask.shape
-        generator = torch.Generator().manual_seed(derive_seed(seed, "shuffled-actions"))
-        noise = torch.rand(num, width, generator=generator).to(cand.candidate_mask.device)
-        pick = noise.masked_fill(~cand.candidate_mask, -1.0).argmax(1)  # uniform valid (N,)
-        rows = torch.arange(num, device=pick.device)
-        shuffled = {}
-        for name, value in cand.actions.items():
-            value = value.clone()
-            value[:, -1] = cand.candidate_actions[name][rows, pick]
-            shuffled[name] = value
-        z_shuffled = predict_last(model, cand.z_hist, ActionInputs(shuffled), batch_size)
+        num = cand.candidate_mask.shape[0]
+        shuffled = shuffled_actions(cand, seed)
+        z_shuffled = predict_last(model, cand.z_hist, shuffled, batch_size)
     args = (cand.candidate_latents, cand.candidate_mask, cand.target)
     out = retrieval_metrics(*retrieval_ranks(z_hat, *args), ks)
     copy = retrieval_metrics(*retrieval_ranks(cand.z_hist[:, -1], *args), ks)
@@ -206,4 +227,9 @@ def action_discrimination(
     return out
 
 
-__all__ = ["ActionCandidates", "action_discrimination", "move_action_candidates"]
+__all__ = [
+    "ActionCandidates",
+    "action_discrimination",
+    "move_action_candidates",
+    "shuffled_actions",
+]

@@ -4,7 +4,11 @@
   single-base substitutions of the window (every position, every other base: about `3L`) by
   the distance of their *predicted* latent to the *observed* (encoded) edited latent; Recall@1
   of the true SNV (`eval_snv_recovery_r1`). A model that ignores its action ranks every
-  candidate alike, so the reference is chance `1 / (3L)`. The copy baseline
+  candidate alike, so one reference is chance `1 / (3L)` (`eval_snv_recovery_chance`); but the
+  SNV is drawn within `locus +- radius`, and a guess that knows this scores `1 / (3 (2 radius +
+  1))` (`eval_snv_recovery_chance_prior`, the chance under the draw's own prior), the level to
+  beat. The action-blind control (`eval_snv_recovery_r1_shuffled`) is the same model with the
+  candidates' actions shuffled (their predictions permuted within each item). The copy baseline
   (`eval_snv_recovery_r1_copy`) ranks the candidates' *true* next latents (each candidate
   window encoded) by distance to the source latent `z_t`: it asks whether the true edit is the
   one that moves the latent least, which it is not by construction.
@@ -12,7 +16,11 @@
   first edit, candidates are the true edit, the substitutions of the other bases at the same
   position, and random other edits (SUB/INS/DEL from the corpus sampler), each with its true
   next state encoded; rank by distance to the prediction (`eval_edit_action_r1`, with copy,
-  shuffled and chance references).
+  shuffled and chance references). Candidates that lead to the same next state (window and
+  locus) as an earlier one are the same transition and are masked. Distinct states can still
+  share a latent (an edit the centered, causal encoder does not see); no predictor can tell
+  those apart, and `eval_edit_action_r1_ceiling` (Recall@1 of a perfect predictor, whose
+  prediction is the true next latent) says how much of Recall@1 that leaves to gain.
 
 Candidate actions are coded as the model was trained to read them (`action_coding`: the
 `action_position_origin` and `action_reference_offset` fields of its `LeWMConfig`, through
@@ -39,6 +47,7 @@ from ..data.edits.sampling import EditSampler
 from ..determinism import derive_seed
 from ..fields import PositionOrigin, option, validate_fields
 from ..modeling_actions import ActionInputs
+from ..progress import progress
 from .discrimination import ActionCandidates, action_discrimination
 from .inference import evaluating, model_device
 from .retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
@@ -124,7 +133,9 @@ def snv_recovery(
 
     Returns:
         `dict[str, float]`: `eval_snv_recovery_r1`, `_r5`, `_mrr`, `_r1_copy` (on the first
-        `copy_items` items), `_chance` (mean `1 / candidates`), `_num_items`.
+        `copy_items` items), `_r1_shuffled` (the candidates' predictions permuted within each
+        item), `_chance` (mean `1 / candidates`), `_chance_prior` (mean `1 / candidates within
+        locus +- radius`, where the SNV is drawn), `_num_items`.
     """
     windows = np.asarray(windows, dtype=np.int64)
     loci = np.asarray(loci, dtype=np.int64)
@@ -163,13 +174,31 @@ def snv_recovery(
         preds = torch.cat(
             [
                 model.predict(z_rep[rows], acts.select(rows))[:, -1].float()
-                for rows in (slice(i, i + batch_size) for i in range(0, num * width, batch_size))
+                for rows in progress(
+                    [slice(i, i + batch_size) for i in range(0, num * width, batch_size)],
+                    desc="SNV recovery",
+                    unit="batch",
+                )
             ]
         ).view(num, width, -1)
         mask_d, target_d = mask.to(device), target.to(device)
         metrics = retrieval_metrics(*retrieval_ranks(z_obs, preds, mask_d, target_d))
         out = {K.EVAL_SNV_RECOVERY_PREFIX + key: value for key, value in metrics.items()}
         out[K.EVAL_SNV_RECOVERY_CHANCE] = chance_metrics(mask.sum(1))["r1"]
+        lo = torch.from_numpy(np.clip(loci - radius, 0, length - 1))
+        hi = torch.from_numpy(np.clip(loci + radius, 0, length - 1))
+        prior = (cand_pos >= lo.unsqueeze(1)) & (cand_pos <= hi.unsqueeze(1)) & mask  # (N, C)
+        out[K.EVAL_SNV_RECOVERY_CHANCE_PRIOR] = chance_metrics(prior.sum(1))["r1"]
+        # Each candidate is scored with the prediction of a uniformly random valid candidate's
+        # action, drawn independently of its own (it may coincide with it).
+        generator = torch.Generator().manual_seed(derive_seed(seed, "snv-shuffled"))
+        order = torch.rand(num, width, generator=generator).masked_fill(~mask, 2.0).argsort(1)
+        draw = torch.rand(num, width, generator=generator) * mask.sum(1, keepdim=True)
+        perm = order.gather(1, draw.long().clamp(max=width - 1))  # valid candidates first
+        shuffled = preds.gather(1, perm.to(device).unsqueeze(-1).expand_as(preds))
+        out[K.EVAL_SNV_RECOVERY_R1_SHUFFLED] = retrieval_metrics(
+            *retrieval_ranks(z_obs, shuffled, mask_d, target_d)
+        )["r1"]
         out[K.EVAL_SNV_RECOVERY_NUM_ITEMS] = num
         m = min(copy_items, num)
         if m > 0:
@@ -180,7 +209,9 @@ def snv_recovery(
             z_cand = torch.cat(
                 [
                     model.encode(flat[i : i + batch_size], locus=cand_loc[i : i + batch_size])
-                    for i in range(0, flat.shape[0], batch_size)
+                    for i in progress(
+                        range(0, flat.shape[0], batch_size), desc="SNV copy", unit="batch"
+                    )
                 ]
             ).float()
             z_cand = z_cand.view(m, width, -1)
@@ -204,7 +235,24 @@ def edit_action_candidates(
     Candidates: the true edit; `SUB` of each other base at its position (single base, the
     reference excluded, the true edit's own substitution skipped); `num_random` random edits of
     the corpus sampler near the locus. Each candidate's true next window is encoded (at the
-    locus mapped through it). Duplicate edits are masked.
+    locus mapped through it). A candidate whose next state (window and mapped locus) equals an
+    earlier candidate's is masked: the same transition (a duplicate edit, or e.g. deleting
+    either base of an `AA` run); the true edit, first, is always kept.
+
+    Args:
+        model: A `LeWMModel` (or an object with `encode(input_ids, locus=...)`, `predict` and
+            `config.action_position_origin` / `config.action_reference_offset`).
+        rows (`list[dict[str, Any]]`): Held-out edit-corpus rows (`input_ids`, `locus`, edits).
+        sampler (`EditSampler`): Draws the random other edits.
+        radius (`int`, *optional*): Random edits touch `locus +- radius` (anywhere if None).
+        num_random (`int`, defaults to 16): Random other edits per item.
+        seed (`int`, defaults to 0): Seed of the random edits.
+        end_token (`int`, defaults to `DNA_END_ID`): Closes every action's tokens.
+        batch_size (`int`, defaults to 1024): States per encoder call.
+
+    Returns:
+        `ActionCandidates`: `z_hist` `(N, 1, D)`; candidates `(N, C)` coded as the model reads
+        them, the true edit at index 0 (`target` all zeros).
     """
     rng = np.random.default_rng(derive_seed(seed, "edit-candidates"))
     sources = np.stack([np.asarray(r["input_ids"][0], dtype=np.int64) for r in rows])
@@ -235,18 +283,21 @@ def edit_action_candidates(
     next_states = np.full((num, width, length), N_ID, dtype=np.int64)
     next_loci = np.zeros((num, width), dtype=np.int64)
     for i, items in enumerate(cands):
-        seen = set()
+        seen = set()  # next states (window, locus) already among the candidates
         for j, e in enumerate(items):
-            if e in seen:
+            state = apply_edit(sources[i], e)
+            locus = map_locus(loci[i], int(e.op), e.pos, e.length, length)
+            key = (state.tobytes(), int(locus))
+            if key in seen:  # the same transition as an earlier candidate (or the same edit)
                 continue
-            seen.add(e)
+            seen.add(key)
             row = [*e.tokens, end_token]
             ops[i, j], positions[i, j] = int(e.op), e.pos
             tokens[i, j, : len(row)] = torch.tensor(row)
             token_mask[i, j, : len(row)] = True
             mask[i, j] = True
-            next_states[i, j] = apply_edit(sources[i], e)
-            next_loci[i, j] = map_locus(loci[i], int(e.op), e.pos, e.length, length)
+            next_states[i, j] = state
+            next_loci[i, j] = locus
     device = model_device(model)
     flat = torch.from_numpy(next_states[mask.numpy()])
     flat_loc = torch.from_numpy(next_loci[mask.numpy()]).to(device)
@@ -259,7 +310,9 @@ def edit_action_candidates(
                 model.encode(
                     flat[i : i + batch_size].to(device), locus=flat_loc[i : i + batch_size]
                 )
-                for i in range(0, flat.shape[0], batch_size)
+                for i in progress(
+                    range(0, flat.shape[0], batch_size), desc="edit actions", unit="batch"
+                )
             ]
         ).float()
     z_src, z_next = z_src.clone(), z_next.clone()  # ordinary tensors, outside inference mode
@@ -301,7 +354,7 @@ def evaluate_edit_model(
 
     Returns:
         `dict[str, float]`: `eval_snv_recovery_*` and `eval_edit_action_*` (`r1`, `r5`, `mrr`,
-        `r1_copy`, `r1_shuffled`, `chance`, ...).
+        `r1_copy`, `r1_shuffled`, `chance`, ..., and `r1_ceiling`: a perfect predictor's).
     """
     rows = rows[: args.eval_items]
     windows = np.stack([np.asarray(r["input_ids"][0], dtype=np.int64) for r in rows])
@@ -312,6 +365,10 @@ def evaluate_edit_model(
     )
     metrics = action_discrimination(model, cands, seed=args.eval_seed)
     out.update({K.EVAL_EDIT_ACTION_PREFIX + key: value for key, value in metrics.items()})
+    rows_t = torch.arange(cands.target.shape[0], device=cands.target.device)
+    perfect = cands.candidate_latents[rows_t, cands.target]  # a perfect predictor's prediction
+    ceiling = retrieval_ranks(perfect, cands.candidate_latents, cands.candidate_mask, cands.target)
+    out[K.EVAL_EDIT_ACTION_R1_CEILING] = retrieval_metrics(*ceiling)["r1"]
     return out
 
 

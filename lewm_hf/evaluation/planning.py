@@ -37,6 +37,7 @@ from .. import metric_keys as K
 from ..data.graphs import Graph
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError, LeWMInputError
+from ..progress import progress
 from .held_out import neighbor_table
 from .planning_config import DEFAULT_MAX_ROWS as DEFAULT_MAX_ROWS
 from .planning_config import PlanningConfig
@@ -176,7 +177,7 @@ def evaluate_planning(
         pairs: set[tuple[int, int]] = set()
         wins, random_wins, shortest, per_seed = 0, 0, 0, []
         plans, seconds = 0, 0.0
-        for i, seed in enumerate(config.seeds):
+        for i, seed in enumerate(progress(config.seeds, desc=f"planning d={d}", unit="seed")):
             rng = np.random.default_rng(derive_seed(seed, f"planning-goals-{d}"))
             problems = sample_problems(
                 graph, walks, window, history, d, config.goals_per_distance, rng, dist

@@ -1,6 +1,14 @@
 """Surprise: the squared prediction error of an observed next state. A true move should be
 unsurprising and a *teleport* (a next window ending at a vertex that is no out-neighbour of the
 current one, under the action actually taken) surprising; [`auroc`] measures the separation.
+
+A teleport can be told from a move without the action: most teleports leave the current block
+and most moves do not, so a model that ignores its action separates them too. A *hard negative*
+([`hard_negative_vertices`]) is the window of a valid out-neighbour other than the one the action
+chose: only a model that reads its action finds it surprising. [`surprise_separation`] scores
+either kind of negative beside two references on the same items: the copy score
+`||z_t - z_obs||^2` (no predictor at all) and an action-blind control (the same model with the
+last action replaced by a uniformly random valid one, drawn independently of the true one).
 """
 
 from __future__ import annotations
@@ -87,6 +95,93 @@ def teleport_vertices(graph: Graph, sources: np.ndarray, rng: np.random.Generato
     return (np.cumsum(allowed, axis=1) > pick[:, None]).argmax(1)  # the pick-th allowed vertex
 
 
+def hard_negative_vertices(
+    graph: Graph, sources: np.ndarray, taken: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A uniform random out-neighbour of `v` other than the one the action took, per source `v`.
+
+    Args:
+        graph (`Graph`): The graph.
+        sources (`np.ndarray`): `(N,)` source vertices.
+        taken (`np.ndarray`): `(N,)` the out-neighbour each source actually moved to.
+        rng (`np.random.Generator`): Random source.
+
+    Returns:
+        `np.ndarray`: `(N,)` int64 hard-negative vertices, -1 where `v` has no other
+        out-neighbour (out-degree 1).
+    """
+    sources = np.asarray(sources, dtype=np.int64)
+    taken = np.asarray(taken, dtype=np.int64)
+    if sources.shape != taken.shape:
+        raise LeWMInputError("taken", taken.shape, f"must match sources {sources.shape}")
+    if not graph.has_edges(sources, taken).all():
+        raise LeWMInputError("taken", "a non-edge", "must be an out-neighbour of its source")
+    table = neighbor_table(graph)[sources]  # (N, A), -1 padded
+    allowed = (table >= 0) & (table != taken[:, None])
+    count = allowed.sum(1)
+    pick = np.minimum((rng.random(sources.shape[0]) * count).astype(np.int64), count - 1)
+    column = (np.cumsum(allowed, axis=1) > pick[:, None]).argmax(1)
+    out = table[np.arange(sources.shape[0]), column]
+    return np.where(count > 0, out, -1)
+
+
+def surprise_separation(
+    model: Any,
+    z_hist: torch.Tensor,
+    actions: Actions,
+    shuffled_actions: Actions,
+    z_true: torch.Tensor,
+    z_negative: torch.Tensor,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """How well surprise tells observed true next states from negatives, beside its references.
+
+    Every score is an AUROC with the negatives as positives (higher surprise means "negative"),
+    on the same items:
+
+    - `auroc`: the model's surprise under the action actually taken;
+    - `auroc_copy`: the copy score `||z_t - z_obs||^2`, with `z_t = z_hist[:, -1]`;
+    - `auroc_shuffled`: the model's surprise under `shuffled_actions` (the same history with the
+      last action replaced independently of the true one), the action-blind control. For hard
+      negatives it is 0.5 in expectation whatever the model: the shuffled action is as likely to
+      be the one that leads to the negative as the one that leads to the true next state.
+
+    Args:
+        model: An object with `predict`.
+        z_hist (`torch.Tensor` of shape `(N, T, D)`): True latents up to the source state.
+        actions (`torch.LongTensor` of shape `(N, T)` or [`ActionInputs`]): The true actions.
+        shuffled_actions (`torch.LongTensor` of shape `(N, T)` or [`ActionInputs`]): The same
+            with the last action shuffled.
+        z_true (`torch.Tensor` of shape `(N, D)`): Latent of the observed true next state.
+        z_negative (`torch.Tensor` of shape `(N, D)`): Latent of the negative next state.
+        batch_size (`int`, defaults to 1024): Rows per predictor call.
+
+    Returns:
+        `dict[str, float]`: `auroc`, `auroc_copy`, `auroc_shuffled`; `true` and `negative` (mean
+        surprise of each under the true action); `num_items`.
+    """
+    num = z_hist.shape[0]
+    for name, value in (("z_true", z_true), ("z_negative", z_negative)):
+        if value.dim() != 2 or value.shape[0] != num:
+            raise LeWMInputError(name, tuple(value.shape), f"must be ({num}, D)")
+    labels = torch.cat([torch.zeros(num), torch.ones(num)]).bool()
+    s_true = surprise_from_latents(model, z_hist, actions, z_true, batch_size)
+    s_neg = surprise_from_latents(model, z_hist, actions, z_negative, batch_size)
+    b_true = surprise_from_latents(model, z_hist, shuffled_actions, z_true, batch_size)
+    b_neg = surprise_from_latents(model, z_hist, shuffled_actions, z_negative, batch_size)
+    z_t = z_hist[:, -1].float()
+    c_true = (z_true.float() - z_t).pow(2).sum(-1)
+    c_neg = (z_negative.float() - z_t).pow(2).sum(-1)
+    return {
+        "auroc": auroc(torch.cat([s_true, s_neg]), labels),
+        "auroc_copy": auroc(torch.cat([c_true, c_neg]), labels),
+        "auroc_shuffled": auroc(torch.cat([b_true, b_neg]), labels),
+        "true": s_true.mean().item(),
+        "negative": s_neg.mean().item(),
+        "num_items": num,
+    }
+
+
 def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
     """Area under the ROC curve from ranks (Mann-Whitney U), ties counting one half.
 
@@ -118,4 +213,11 @@ def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) 
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-__all__ = ["auroc", "surprise", "surprise_from_latents", "teleport_vertices"]
+__all__ = [
+    "auroc",
+    "hard_negative_vertices",
+    "surprise",
+    "surprise_from_latents",
+    "surprise_separation",
+    "teleport_vertices",
+]

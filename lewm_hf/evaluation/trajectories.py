@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 
 from .. import metric_keys as K
+from ..data.trajectories import real_steps
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
@@ -88,18 +88,6 @@ def trajectory_rows(dataset: Dataset, indices: np.ndarray) -> list[tuple[np.ndar
         k = len(a) if m is None else int(np.sum(m))
         out.append((np.asarray(s[: k + 1], dtype=np.int64), np.asarray(a[:k], dtype=np.int64)))
     return out
-
-
-def _num_steps(dataset: Dataset) -> np.ndarray:
-    """Real actions per row (`K`, or the `action_mask` sum), from the Arrow buffers."""
-    table = dataset.with_format("arrow")[:]
-    if "action_mask" in table.column_names:
-        mask = table.column("action_mask").combine_chunks()
-        values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
-        parents = pc.list_parent_indices(mask).to_numpy(zero_copy_only=False)
-        return np.bincount(parents, weights=values, minlength=len(table)).astype(np.int64)
-    lengths = pc.list_value_length(table.column("actions").combine_chunks())
-    return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def action_ranking(
@@ -178,7 +166,7 @@ def evaluate_trajectory_model(
     history = model.config.history_length
     bs = config.batch_size
     rng = np.random.default_rng(derive_seed(config.seed, "trajectory-items"))
-    steps = _num_steps(held_out)
+    steps = real_steps(held_out)
 
     # Items: a random row, a random transition in it, its history of at most H steps.
     rows = rng.integers(0, len(held_out), size=config.num_items)

@@ -31,7 +31,11 @@ beside a reference that says what it means:
   against the copy baseline (`z_0` at every horizon).
 - **Surprise**: the squared prediction error of the observed next state. A true move should be
   unsurprising, a *teleport* (a next window ending at a vertex that is no out-neighbour of the
-  current one, under the action actually taken) surprising; the separation is an AUROC.
+  current one, under the action actually taken) surprising; the separation is an AUROC. Teleports
+  mostly leave the current block, so a model blind to its action separates them as well; the
+  *hard negative* (the window of a valid out-neighbour other than the one the action chose)
+  needs the action. Each AUROC comes with the copy score `||z_t - z_obs||^2` and the same model
+  with the action shuffled (action-blind control, 0.5 in expectation on hard negatives).
 - **Health**: effective rank, mean per-dimension variance and the SIGReg statistic of held-out
   latents (one state per item).
 
@@ -55,7 +59,13 @@ from ..data.walks import WalkMetadata
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
-from .discrimination import ActionCandidates, action_discrimination, move_action_candidates
+from ..progress import progress
+from .discrimination import (
+    ActionCandidates,
+    action_discrimination,
+    move_action_candidates,
+    shuffled_actions,
+)
 from .held_out import HeldOutWalks, held_out_walks, move_actions, neighbor_table, sample_spans
 from .inference import Actions as Actions
 from .inference import encode_states, evaluating, imagine_latents, predict_last
@@ -64,7 +74,14 @@ from .latents import representation_health
 from .retrieval import RECALL_KS as RECALL_KS
 from .retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
 from .rollouts import latent_rollout
-from .surprise import auroc, surprise, surprise_from_latents, teleport_vertices
+from .surprise import (
+    auroc,
+    hard_negative_vertices,
+    surprise,
+    surprise_from_latents,
+    surprise_separation,
+    teleport_vertices,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -115,7 +132,7 @@ def evaluate_world_model(
 
     Items: `num_items` spans of `w + H` vertices (history `s_0 .. s_{H-1}`, true next `s_H`) for
     action discrimination, surprise (true next state against a teleport from the same source
-    under the same action) and health (the latents of the source states `s_{H-1}`);
+    under the same action, and against a hard negative: another out-neighbour's window) and health (the latents of the source states `s_{H-1}`);
     `num_rollouts` spans of `w + max_horizon` vertices for rollouts from `s_0`. Clips of a move
     corpus hold only `w + H` vertices, too short for horizons beyond H, hence the walks.
 
@@ -133,8 +150,10 @@ def evaluate_world_model(
         `eval_action_chance_mrr`; `eval_rollout_l2`, `eval_rollout_l2_copy`, `eval_rollout_cos`,
         `eval_rollout_cos_copy` (lists over horizons `1 .. max_horizon`);
         `eval_effective_rank`, `eval_var_per_dim`, `eval_sigreg`; `eval_surprise_auroc`,
-        `eval_surprise_true`, `eval_surprise_teleport` (mean surprise of each); item counts and
-        `eval_world_model_seconds`.
+        `eval_surprise_true`, `eval_surprise_teleport` (mean surprise of each);
+        `eval_surprise_auroc_hard`, `eval_surprise_hard` and `eval_surprise_hard_num_items` (the
+        items whose source has a second out-neighbour); `_copy` and `_shuffled` references of
+        both AUROCs; item counts and `eval_world_model_seconds`.
     """
     started = time.perf_counter()
     config = config if config is not None else WorldModelEvalConfig()
@@ -154,28 +173,57 @@ def evaluate_world_model(
     rng = np.random.default_rng(derive_seed(config.seed, "world-model-items"))
     bs = config.batch_size
     out: dict[str, Any] = {}
+    bar = progress(desc="world-model evaluation", total=4, unit="stage")
     with evaluating(model):
         spans = sample_spans(data.walks, w + history, config.num_items, rng)  # (N, w + H)
         cand = move_action_candidates(model, graph, spans, w, bs)
         disc = action_discrimination(model, cand, seed=config.seed, batch_size=bs)
         out.update({K.EVAL_ACTION_PREFIX + key: value for key, value in disc.items()})
+        bar.update()
 
-        # Surprise: the true next state against a teleport, both under the action taken.
+        # Surprise: the true next state against a teleport and against a hard negative (another
+        # valid neighbour's window), both under the action taken, beside the copy score and the
+        # same model with the action shuffled.
         rows = torch.arange(cand.target.shape[0], device=cand.target.device)
         z_true = cand.candidate_latents[rows, cand.target]
         source_window = spans[:, history - 1 : history - 1 + w]
         teleport = teleport_vertices(graph, source_window[:, -1], rng)
         teleport_window = np.concatenate([source_window[:, 1:], teleport[:, None]], axis=1)
         z_teleport = encode_states(model, torch.from_numpy(teleport_window), bs)
-        s_true = surprise_from_latents(model, cand.z_hist, cand.actions, z_true, bs)
-        s_tele = surprise_from_latents(model, cand.z_hist, cand.actions, z_teleport, bs)
-        labels = torch.cat([torch.zeros_like(s_true), torch.ones_like(s_tele)]).bool()
-        out[K.EVAL_SURPRISE_AUROC] = auroc(torch.cat([s_true, s_tele]), labels)
-        out[K.EVAL_SURPRISE_TRUE] = s_true.mean().item()
-        out[K.EVAL_SURPRISE_TELEPORT] = s_tele.mean().item()
+        shuffled = shuffled_actions(cand, config.seed, "surprise-shuffled-actions")
+        tele = surprise_separation(
+            model, cand.z_hist, cand.actions, shuffled, z_true, z_teleport, bs
+        )
+        out[K.EVAL_SURPRISE_AUROC] = tele["auroc"]
+        out[K.EVAL_SURPRISE_AUROC_COPY] = tele["auroc_copy"]
+        out[K.EVAL_SURPRISE_AUROC_SHUFFLED] = tele["auroc_shuffled"]
+        out[K.EVAL_SURPRISE_TRUE] = tele["true"]
+        out[K.EVAL_SURPRISE_TELEPORT] = tele["negative"]
+        hard = hard_negative_vertices(graph, source_window[:, -1], spans[:, w + history - 1], rng)
+        keep = np.flatnonzero(hard >= 0)  # sources of out-degree 1 have no hard negative
+        if keep.size > 0:
+            hard_rank, _ = graph.neighbor_rank(source_window[keep, -1], hard[keep])
+            sel = torch.from_numpy(keep).to(rows.device)
+            z_hard = cand.candidate_latents[sel, torch.from_numpy(hard_rank).to(rows.device)]
+            sep = surprise_separation(
+                model,
+                cand.z_hist[sel],
+                cand.actions.select(sel),
+                shuffled.select(sel),
+                z_true[sel],
+                z_hard,
+                bs,
+            )
+            out[K.EVAL_SURPRISE_AUROC_HARD] = sep["auroc"]
+            out[K.EVAL_SURPRISE_AUROC_HARD_COPY] = sep["auroc_copy"]
+            out[K.EVAL_SURPRISE_AUROC_HARD_SHUFFLED] = sep["auroc_shuffled"]
+            out[K.EVAL_SURPRISE_HARD] = sep["negative"]
+        out[K.EVAL_SURPRISE_HARD_NUM_ITEMS] = int(keep.size)
+        bar.update()
 
         health = representation_health(cand.z_hist[:, -1], config.sigreg_num_slices, config.seed)
         out.update({K.EVAL_PREFIX + key: value for key, value in health.items()})
+        bar.update()
 
         horizon = config.max_horizon
         spans = sample_spans(data.walks, w + horizon, config.num_rollouts, rng)
@@ -183,6 +231,8 @@ def evaluate_world_model(
         actions = torch.from_numpy(move_actions(graph, spans, w))
         rollout = latent_rollout(model, states, actions, bs)
         out.update({K.EVAL_ROLLOUT_PREFIX + key: value for key, value in rollout.items()})
+        bar.update()
+    bar.close()
     out[K.EVAL_ROLLOUT_HORIZONS] = list(range(1, horizon + 1))
     out[K.EVAL_ROLLOUT_NUM_ITEMS] = config.num_rollouts
     out[K.EVAL_WORLD_MODEL_SECONDS] = time.perf_counter() - started
@@ -199,6 +249,7 @@ __all__ = [
     "encode_states",
     "evaluate_world_model",
     "evaluating",
+    "hard_negative_vertices",
     "held_out_walks",
     "imagine_latents",
     "latent_rollout",
@@ -210,7 +261,9 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "sample_spans",
+    "shuffled_actions",
     "surprise",
     "surprise_from_latents",
+    "surprise_separation",
     "teleport_vertices",
 ]

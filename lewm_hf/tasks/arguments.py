@@ -95,6 +95,58 @@ class WalkLMModelArguments:
 
 
 @dataclass
+class LMDatasetArguments:
+    """Where the encoder phase's LM rows come from when they are not the walk corpus.
+
+    With `dataset_name` the `lm` task trains its causal LM on any tokenized corpus
+    (`lewm_hf.data.hub_datasets`): rows of token ids in an `input_ids` column, or a text column
+    (`dataset_text_field`) tokenized by a local tokenizer (`tokenizer_name`). The compliance
+    gate needs a graph, so with a dataset there is none (a `gate_*` key is an error);
+    `early_stopping_patience` stops on `eval_loss` instead.
+
+    Args:
+        dataset_name (`str`, *optional*): A Hub id, a `save_to_disk` folder, a data folder, a
+            data file or glob (`.parquet`, `.jsonl`, `.json`, `.arrow`, `.csv`), or a builder
+            name (`parquet`, `json`, ...) with `data_files`. None: the walk corpus.
+        dataset_config (`str`, *optional*): The dataset's configuration.
+        dataset_train_split (`str`, defaults to `"train"`): The training split.
+        dataset_test_split (`str`, *optional*, defaults to `"test"`): The evaluation split
+            (null: no evaluation).
+        data_files (`str`, `list[str]` or `dict`, *optional*): `load_dataset`'s data files.
+        dataset_text_field (`str`, *optional*): A text column to tokenize (with
+            `tokenizer_name`) instead of `input_ids`.
+        tokenizer_name (`str`, *optional*): A tokenizer saved on disk (loaded offline, saved
+            beside the model).
+        max_length (`int`, *optional*): Rows of several lengths are packed into rows of this
+            many tokens (needed then); longer rows of one length are cut to it.
+        vocab_size (`int`, *optional*): The new LM's vocabulary (default: the tokenizer's
+            length, else the largest token id + 1); every token id must lie below it.
+    """
+
+    dataset_name: str | None = option(None, help="Hub id, save_to_disk folder or data files.")
+    dataset_config: str | None = option(None, help="The dataset's configuration.")
+    dataset_train_split: str = option("train", help="Training split.")
+    dataset_test_split: str | None = option("test", help="Evaluation split (null: none).")
+    data_files: str | list[str] | dict | None = option(None, help="load_dataset data_files.")
+    dataset_text_field: str | None = option(None, help="Text column (with tokenizer_name).")
+    tokenizer_name: str | None = option(None, help="Local tokenizer for dataset_text_field.")
+    max_length: int | None = option(None, help="Pack rows into rows of this length.", low=2)
+    vocab_size: int | None = option(None, help="Vocabulary of a new LM.", low=1)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if (self.dataset_text_field is None) != (self.tokenizer_name is None):
+            given, missing = (
+                ("dataset_text_field", "tokenizer_name")
+                if self.tokenizer_name is None
+                else ("tokenizer_name", "dataset_text_field")
+            )
+            raise LeWMConfigError(
+                given, getattr(self, given), f"needs {missing} too (text is tokenized by it)"
+            )
+
+
+@dataclass
 class WorldModelArguments:
     """Where the world model's state encoder comes from; the other model keys are `LeWMConfig`'s.
 
@@ -108,6 +160,14 @@ class WorldModelArguments:
             encoder). Its architecture comes from its `config.json`: a recipe may set only the
             loss keys, `dropout` and `encoder_mode` differently; any other `LeWMConfig` key must
             equal the saved value (else an error names it).
+        grow_action_vocab (`bool`, defaults to `True`): With `model_name_or_path`, when the
+            data has more actions than the saved model's `action_vocab_size` (a graph of larger
+            out-degree), give its action embedding rows for the new ones
+            (`LeWMModel.grow_action_vocab`): the new rows train in full, the saved rows are kept
+            (under LoRA bitwise, as every base weight). False: such data is an error. Only the
+            domains whose actions are ids counted by the data (graph moves) can grow; the edit
+            domain's action tokens are the DNA tokenizer's, fixed. Setting it without
+            `model_name_or_path` is an error (a new model is sized for its data).
     """
 
     encoder_path: str | None = option(
@@ -116,6 +176,10 @@ class WorldModelArguments:
     model_name_or_path: str | None = option(
         None, help="A saved LeWMModel to start from (local path, Hub id or previous)."
     )
+    grow_action_vocab: bool = option(
+        True,
+        help="With model_name_or_path: add action-embedding rows for data with more actions.",
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -123,6 +187,7 @@ class WorldModelArguments:
 
 __all__ = [
     "DNACorpusCacheArguments",
+    "LMDatasetArguments",
     "WalkCorpusArguments",
     "WalkLMModelArguments",
     "WorldModelArguments",

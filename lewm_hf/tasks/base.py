@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.integrations import is_tensorboard_available, is_trackio_available
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoints import check_checkpoint_dir
@@ -24,6 +25,8 @@ class PhaseContext:
             `encoder_path: previous`).
         resume (`str`, *optional*): The checkpoint folder to resume from.
         recipe (`dict`, *optional*): The phase's resolved recipe keys (written as `recipe.yaml`).
+        hooks (`PhaseHooks`, *optional*): What the launcher adds to the run (Ray Train's report
+            callback, for one); the default adds nothing.
     """
 
     name: str
@@ -31,6 +34,60 @@ class PhaseContext:
     previous: dict[str, Any] | None = None
     resume: str | None = None
     recipe: dict[str, Any] | None = None
+    hooks: PhaseHooks = field(default_factory=lambda: PhaseHooks())
+
+    def prepare_trainer(self, trainer: Any) -> Any:
+        """The phase's trainer as the launcher wants it (every task calls this once, right after
+        building its trainer): `trainer` itself unless a launcher's hooks change it."""
+        return self.hooks.prepare_trainer(trainer, self)
+
+
+@dataclass
+class RestoredRun:
+    """Where a launcher restarts a run of the phase runner (a restarted Ray Train worker group).
+
+    Args:
+        finished (`dict[str, dict]`): The summaries of the phases that had finished, by phase
+            name: those phases are not run again.
+        phase (`str`, *optional*): The phase the checkpoint belongs to.
+        checkpoint (`str`, *optional*): The checkpoint folder `phase` resumes from.
+    """
+
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phase: str | None = None
+    checkpoint: str | None = None
+
+
+class PhaseHooks:
+    """What a launcher adds to the phase runner (`lewm_hf.tasks.runner.run_recipe`).
+
+    The runner is the same under every launcher; a launcher that needs more than the process
+    group (Ray Train: a report callback on every trainer, a restart from the last reported
+    checkpoint) subclasses this. The base class changes nothing.
+    """
+
+    def restore(self) -> RestoredRun | None:
+        """Where the run restarts, or None to run every phase from its start.
+
+        Returns:
+            `RestoredRun` or None.
+        """
+        return None
+
+    def prepare_trainer(self, trainer: Any, context: PhaseContext) -> Any:
+        """The trainer a phase will train with (called once per phase, before `train`).
+
+        Args:
+            trainer (`transformers.Trainer`): The phase's trainer.
+            context (`PhaseContext`): The phase.
+
+        Returns:
+            `transformers.Trainer`: The trainer to use (`trainer` itself here).
+        """
+        return trainer
+
+    def phase_finished(self, context: PhaseContext, summary: dict[str, Any]) -> None:
+        """Called when a phase has finished (or was restored as finished), with its summary."""
 
 
 def build_training_arguments(
@@ -52,8 +109,13 @@ def build_training_arguments(
     # name in front, phases and runs do not overwrite each other's repos.
     if kwargs.get("push_to_hub") and not kwargs.get("hub_model_id"):
         kwargs["hub_model_id"] = f"{output_dir.parent.name}-{output_dir.name}"
+    # Trackers name a run after `run_name`: one per phase, the same on a rerun or resume (trackio
+    # resumes a run of that name, so the numbers reported after training join the same run).
+    if not kwargs.get("run_name"):
+        kwargs["run_name"] = f"{output_dir.parent.name}-{output_dir.name}"
     # Pinned memory only helps host-to-GPU copies (and warns at every epoch without a GPU).
     kwargs.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    check_trackers(kwargs.get("report_to"), source)
     try:
         return cls(**kwargs)
     except LeWMConfigError:
@@ -63,6 +125,33 @@ def build_training_arguments(
         if field in kwargs:
             raise LeWMConfigError(field, kwargs[field], str(err), source) from err
         raise LeWMConfigError(field, source, str(err)) from err
+
+
+# Local trackers of `report_to` and the check that their package is installed.
+LOCAL_TRACKERS = {
+    "tensorboard": is_tensorboard_available,
+    "trackio": is_trackio_available,
+}
+
+
+def check_trackers(report_to: Any, source: str | None = None) -> None:
+    """A tracker named in `report_to` must be installed before any phase runs (else the
+    Trainer would fail when the phase that names it starts, after the earlier ones trained).
+
+    Raises:
+        `LeWMConfigError`: naming `report_to` and the extra that installs the tracker.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        available = LOCAL_TRACKERS.get(name)
+        if available is not None and not available():
+            raise LeWMConfigError(
+                "report_to",
+                name,
+                f"{name} is not installed: pip install 'lewm_hf[trackers]' (tensorboard and "
+                "trackio), or set report_to: none",
+                source,
+            )
 
 
 def _named_field(kwargs: dict[str, Any], message: str) -> str:
@@ -115,6 +204,8 @@ def resolve_previous(value: str | None, context: PhaseContext, field: str) -> st
 
 __all__ = [
     "PhaseContext",
+    "PhaseHooks",
+    "RestoredRun",
     "build_training_arguments",
     "resolve_previous",
     "resolve_resume",

@@ -24,8 +24,9 @@ from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_fits
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer
-from ..data.edits.corpus import DNASourceConfig, load_source_windows
+from ..data.edits.corpus import DNASourceConfig, load_source_records, load_source_windows
 from ..determinism import prepare_run
+from ..evaluation.variant_effect import VariantEffectArguments, evaluate_variant_effect
 from ..hub import publish
 from ..trainer.lewm_config import CausalLMTrainingArguments
 from ..trainer.lewm_trainer import CausalLMTrainer
@@ -39,6 +40,7 @@ TARGETS = {
     "cache": DNACorpusCacheArguments,
     "model": WalkLMModelArguments,
     "training": CausalLMTrainingArguments,
+    "variant": VariantEffectArguments,
 }
 # `seed` is the run's (the trainer's); the corpus seed is set from it.
 OWNERS = {"seed": "training"}
@@ -52,6 +54,7 @@ class DNALMTaskArguments:
     cache: DNACorpusCacheArguments
     model: WalkLMModelArguments
     training: CausalLMTrainingArguments
+    variant: VariantEffectArguments
 
 
 def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DNALMTaskArguments:
@@ -66,6 +69,7 @@ def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DN
         cache=DNACorpusCacheArguments(**parts["cache"]),
         model=model,
         training=training,
+        variant=VariantEffectArguments(**parts["variant"]),
     )
 
 
@@ -112,6 +116,7 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         eval_dataset=windows["validation"],
         processing_class=build_dna_tokenizer(),
     )
+    trainer = context.prepare_trainer(trainer)
 
     # Train
     trainer.train(resume_from_checkpoint=context.resume)
@@ -125,9 +130,18 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         eval_loss = evals[-1][K.EVAL_LOSS]
     else:
         eval_loss = trainer.evaluate()[K.EVAL_LOSS]
+    # Nonsense vs synonymous SNVs of called genes in the held-out region (log-likelihood ratio)
+    variant = {}
+    if args.variant.run_variant_effect:
+        lm = trainer.accelerator.unwrap_model(trainer.model)
+        records, _ = load_source_records(args.data)
+        data = args.data
+        variant = evaluate_variant_effect(
+            records, data.holdout_fraction, data.window_length, args.variant, lm=lm
+        )
 
     # Report
-    result = trainer.build_result(context.name, final_eval_loss=eval_loss)
+    result = trainer.build_result(context.name, final_eval_loss=eval_loss, **variant)
     trainer.write_result(result)
 
     # Publish: the model card, and the Hub upload with `push_to_hub`
@@ -140,6 +154,7 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
         "model_path": str(out_dir),
         "final_train_loss": losses[-1] if losses else None,
         "final_eval_loss": eval_loss,
+        **variant,
         K.TRAIN_WINDOWS: len(windows["train"]),
         K.EVAL_WINDOWS: len(windows["validation"]),
         "global_step": trainer.state.global_step,

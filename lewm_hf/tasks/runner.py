@@ -6,6 +6,7 @@ Each phase runs its task's `main` (`lewm_hf.tasks`) with the previous phase's su
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import metric_keys as K
+from ..checkpoints import last_complete_checkpoint
+from ..distributed import ElasticLaunch, elastic_launch
 from ..errors import LeWMConfigError
+from ..progress import set_progress_disabled
 from ..recipe import Recipe, key_owners, load_recipe, phase_name, split_phase_keys
 from ..reporting import console, write_json
 from . import TASKS, get_task
-from .base import PhaseContext, resolve_resume
+from .base import PhaseContext, PhaseHooks, RestoredRun, resolve_resume
 
 # Keys the runner handles itself (never routed to a task's targets).
 RUNNER_KEYS = ("defaults", "phases", "name", "task", "output_dir", "resume_from_checkpoint")
@@ -156,16 +160,78 @@ def validate_recipe(
     return plans
 
 
+class ElasticRestartHooks(PhaseHooks):
+    """The restart of a torchrun launch whose workers the elastic agent restarted
+    (`torchrun --max-restarts K`): no flag is needed to resume.
+
+    - A phase an earlier attempt of the same launch finished is not run again: its summary is
+      read from `launch_record.json` in the run's output dir, which the main process writes
+      after each phase. The first attempt of a launch starts a new record (so a record left by
+      another launch is never used), and a record of another `run_id` is ignored.
+    - The first phase not finished resumes from its newest whole checkpoint
+      (`last_complete_checkpoint`), unless the recipe names one (`resume_from_checkpoint`).
+
+    Args:
+        root (`Path`): The run's output dir.
+        plans (`list[PhasePlan]`): The recipe's phases.
+        launch (`ElasticLaunch`): This process's launch (`lewm_hf.distributed.elastic_launch`).
+    """
+
+    def __init__(self, root: Path, plans: list[PhasePlan], launch: ElasticLaunch) -> None:
+        self.path = root / K.LAUNCH_RECORD_FILE
+        self.plans = plans
+        self.launch = launch
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+
+    def _read(self) -> dict[str, Any]:
+        record = json.loads(self.path.read_text()) if self.path.is_file() else None
+        if not isinstance(record, dict) or record.get("run_id") != self.launch.run_id:
+            return {"run_id": self.launch.run_id, "phases": {}}
+        return record
+
+    def restore(self) -> RestoredRun | None:
+        if self.launch.restart_count == 0:
+            if self.is_main and self.path.is_file():
+                self.path.unlink()
+            return None
+        finished = dict(self._read()["phases"])
+        attempt = self.launch.restart_count
+        for plan in self.plans:
+            if plan.name in finished:
+                console(f"restart {attempt} of this launch: phase {plan.name} had finished")
+                continue
+            if plan.resume not in (None, False):
+                return RestoredRun(finished=finished)
+            checkpoint = last_complete_checkpoint(plan.output_dir, "resume_from_checkpoint")
+            where = f"resumes from {checkpoint}" if checkpoint else "starts over (no checkpoint)"
+            console(f"restart {attempt} of this launch: phase {plan.name} {where}")
+            return RestoredRun(finished=finished, phase=plan.name, checkpoint=checkpoint)
+        return RestoredRun(finished=finished)
+
+    def phase_finished(self, context: PhaseContext, summary: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = self._read()
+        record["phases"][context.name] = summary
+        write_json(self.path, record)
+
+
 def run_recipe(
-    config: str | Path, overrides: list[tuple[str, Any]] | None = None
+    config: str | Path,
+    overrides: list[tuple[str, Any]] | None = None,
+    hooks: PhaseHooks | None = None,
 ) -> dict[str, Any]:
     """Run every phase of a recipe and write `summary.json` in its output dir.
 
-    Every phase is parsed (and so validated) before the first one runs.
+    Every phase is parsed (and so validated) before the first one runs. Every launcher runs
+    this same function in each process (`accelerate launch`, torchrun, a Ray Train worker).
 
     Args:
         config (`str` or `Path`): The recipe YAML.
         overrides (`list[tuple[str, Any]]`, *optional*): Command-line overrides.
+        hooks (`PhaseHooks`, *optional*): What the launcher adds: a restart point (phases that
+            had finished are skipped, the interrupted one resumes from the launcher's
+            checkpoint) and a change to each phase's trainer. None: nothing.
 
     Returns:
         `dict[str, Any]`: The summary: `phases.<name>.*`, `wall_time_s`, `output_dir`, `config`.
@@ -176,24 +242,48 @@ def run_recipe(
     plans = [parse_phase(recipe, i, root) for i in range(len(recipe.phases))]
     check_hub_repos(plans)
     summary: dict[str, Any] = {"config": str(recipe.path), "output_dir": str(root), "phases": {}}
+    if hooks is None:
+        launch = elastic_launch()
+        hooks = PhaseHooks() if launch is None else ElasticRestartHooks(root, plans, launch)
+    restored = hooks.restore()
     previous = None
     for index, plan in enumerate(plans):
+        if restored is not None and plan.name in restored.finished:
+            console(f"== phase {index + 1}/{len(plans)}: {plan.name} finished before the restart")
+            previous = restored.finished[plan.name]
+            summary["phases"][plan.name] = previous
+            hooks.phase_finished(PhaseContext(name=plan.name, index=index), previous)
+            continue
         console(
             f"== phase {index + 1}/{len(plans)}: {plan.name} ({plan.task}) -> {plan.output_dir}"
         )
+        if restored is not None and restored.phase == plan.name and restored.checkpoint:
+            resume = resolve_resume(restored.checkpoint, plan.output_dir)
+        else:
+            resume = resolve_resume(plan.resume, plan.output_dir)
         context = PhaseContext(
             name=plan.name,
             index=index,
             previous=previous,
-            resume=resolve_resume(plan.resume, plan.output_dir),
+            resume=resume,
             recipe=plan.keys,
+            hooks=hooks,
         )
+        set_progress_disabled(getattr(plan.args.training, "disable_tqdm", False))
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
+        hooks.phase_finished(context, previous)
     summary["wall_time_s"] = time.time() - start
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(root / K.SUMMARY_FILE, summary)
     return summary
 
 
-__all__ = ["PhasePlan", "parse_phase", "run_recipe", "run_root", "validate_recipe"]
+__all__ = [
+    "ElasticRestartHooks",
+    "PhasePlan",
+    "parse_phase",
+    "run_recipe",
+    "run_root",
+    "validate_recipe",
+]

@@ -20,11 +20,11 @@ from transformers import PreTrainedConfig
 from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_fits
 from ..configuration_lewm import LeWMConfig
-from ..determinism import prepare_run
+from ..determinism import derive_seed, prepare_run
 from ..errors import LeWMCollapseError, LeWMConfigError
 from ..hub import publish
 from ..modeling_lewm import LeWMModel
-from ..trainer.lewm_config import LeWMTrainingArguments
+from ..trainer.lewm_config import LeWMTrainingArguments, check_streaming_feature_cache
 from ..trainer.lewm_trainer import LeWMTrainer
 from .arguments import WorldModelArguments
 from .base import PhaseContext, build_training_arguments, resolve_previous
@@ -99,6 +99,13 @@ class WorldModelTask:
                 f"model_name_or_path={model.model_name_or_path} loads a whole world model, "
                 "encoder included: set encoder_path to null",
             )
+        if not model.model_name_or_path and "grow_action_vocab" in parts["model"]:
+            raise LeWMConfigError(
+                "grow_action_vocab",
+                model.grow_action_vocab,
+                "grows the action embedding of a saved world model (model_name_or_path); a new "
+                "model is sized for its data: remove it",
+            )
         args = WorldModelTaskArguments(
             domain=self.domain.parse(parts, training),
             model=model,
@@ -112,6 +119,7 @@ class WorldModelTask:
         )
         if not model.model_name_or_path:
             self.domain.check_config(config, args.domain, None)
+            check_streaming_feature_cache(training, config.encoder_mode)
         check_lora_start(args)
         return args
 
@@ -174,7 +182,10 @@ def load_world_model(
     """A whole saved world model, with the recipe's config keys applied or rejected.
 
     Every `LeWMConfig` key the recipe sets is either applied (`ADAPTABLE_CONFIG_KEYS`) or must
-    equal the saved value: none is dropped.
+    equal the saved value: none is dropped. When the data has more actions than the saved
+    `action_vocab_size` and `grow_action_vocab` is on, the action embedding grows to fit
+    (`LeWMModel.grow_action_vocab`, new rows seeded from the run's seed); otherwise the
+    domain's `check_config` rejects it.
 
     Raises:
         `LeWMConfigError`: when the checkpoint cannot be loaded or is no world model, a recipe
@@ -191,8 +202,28 @@ def load_world_model(
             )
     for key, value in overrides.items():
         setattr(saved, key, value)
+    needed = required_action_vocab(domain, args, data)
+    grow = args.model.grow_action_vocab and needed > saved.action_vocab_size
+    if grow:
+        saved.action_vocab_size = needed
     domain.check_config(saved, args.domain, data)
-    return LeWMModel.from_pretrained(path, **overrides)
+    model = LeWMModel.from_pretrained(path, **overrides)
+    if grow:
+        # The grown model is no longer the checkpoint at `path`: under LoRA the trainer saves it
+        # beside the adapters (`base_model/`), which the adapter then names.
+        model.grow_action_vocab(needed, seed=derive_seed(args.training.seed, "action_vocab"))
+    return model
+
+
+def required_action_vocab(
+    domain: WorldModelDomain, args: WorldModelTaskArguments, data: WorldModelData
+) -> int:
+    """The action vocabulary the domain's data needs of a saved model it may grow, or 0 for a
+    domain whose action vocabulary cannot grow (its `action_vocab_needed` is missing or None:
+    the edit domain's action tokens are the DNA tokenizer's)."""
+    needed = getattr(domain, "action_vocab_needed", None)
+    value = needed(args.domain, data) if needed is not None else None
+    return 0 if value is None else int(value)
 
 
 def build_world_model(
@@ -269,6 +300,7 @@ def run_world_model(
         eval_dataset=data.validation,
         **domain.trainer_kwargs(model, args.domain, data),
     )
+    trainer = context.prepare_trainer(trainer)
 
     # A saved world model is first evaluated as it is, on this run's data: `before_eval_*`.
     before = {}
@@ -335,5 +367,6 @@ __all__ = [
     "check_lora_start",
     "load_world_model",
     "read_saved_config",
+    "required_action_vocab",
     "run_world_model",
 ]

@@ -20,7 +20,7 @@ from ..distributed import gather_rows
 from ..errors import LeWMConfigError, LeWMNonFiniteLossError
 from ..evaluation.compliance import ComplianceGate, ComplianceResult, evaluate_compliance
 from ..evaluation.latents import collapse_statistics
-from ..reporting import console
+from ..reporting import console, curve
 from .schedules import wsd_lr_multiplier
 
 
@@ -348,7 +348,17 @@ class CollapseMonitorCallback(TrainerCallback, ExportableState):
             setattr(self, name, value)
 
     def result(self, state: TrainerState) -> dict[str, Any]:
-        return {"collapse_alerts": self.alerts, "collapse_stopped": self.stopped}
+        """The alerts, whether they stopped training, and each statistic's curve
+        (`collapse_statistics`: name -> `{"step", "value"}`, from the log history)."""
+        names = sorted({k for e in state.log_history for k in e if k.startswith(K.COLLAPSE_PREFIX)})
+        statistics = {
+            name.removeprefix(K.COLLAPSE_PREFIX): curve(state.log_history, name) for name in names
+        }
+        return {
+            "collapse_alerts": self.alerts,
+            "collapse_stopped": self.stopped,
+            K.COLLAPSE_STATISTICS: statistics,
+        }
 
 
 class NonFiniteLossGuard(TrainerCallback, ExportableState):

@@ -18,18 +18,28 @@ about 3 TFLOP through its 1M-parameter Llama), so it does as little encoder work
   accelerators) run 2048, because each operator's fork and join across threads costs more than
   the cache saves (on a shared 2-core machine, 4x less wall time than batches of 128).
 
-The cache lives in memory as one `(S, E)` tensor over the S distinct states (the default
-recipe's 76263 at E = 128 take 39 MB); each cached dataset row gets a `feature_index` column with
-the positions of its states in it. The cache records a fingerprint of the encoder's weights;
-`LeWMTrainer` refuses a cache whose fingerprint does not match its model's encoder, so features
-computed for other weights are never used.
+The cache is one `(S, E)` tensor over the S distinct states (the default recipe's 76263 at
+E = 128 take 39 MB); each cached dataset row gets a `feature_index` column with the positions of
+its states in it. It stays in memory while small. Once the features computed so far exceed
+`max_memory_bytes` (`LeWMTrainingArguments.feature_cache_memory_mb`), they are written to a file
+and every later chunk is appended to it as it is computed; the finished cache is then a
+memory-mapped view of that file (`numpy.memmap`, copy-on-write), so the process holds only the
+pages a batch reads and the operating system may drop them again. Both forms hold the same bytes
+at the same positions, so training reads bitwise the same features either way. States are told
+apart by a 16-byte BLAKE2b digest of their tokens, mask and locus, not by the tokens themselves,
+so the table of distinct states does not grow with the window length.
+
+The cache records a fingerprint of the encoder's weights; `LeWMTrainer` refuses a cache whose
+fingerprint does not match its model's encoder, so features computed for other weights are never
+used.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,6 +47,7 @@ from datasets import Dataset
 from torch import nn
 
 from ..errors import LeWMConfigError, LeWMInputError
+from ..progress import progress
 
 # Column that maps a dataset row to its cached features: one index per (real) state.
 FEATURE_INDEX = "feature_index"
@@ -70,15 +81,15 @@ def default_build_batch_size(device: torch.device) -> int:
 def _state_keys(
     ids: torch.Tensor, mask: torch.Tensor | None, locus: torch.Tensor | None
 ) -> list[bytes]:
-    """One hashable key per state `(N, L)`: its tokens, attention mask and locus (everything
-    its pooled features depend on)."""
+    """One key per state `(N, L)`: a 16-byte digest of its tokens, attention mask and locus
+    (everything its pooled features depend on)."""
     parts = [ids.long()]
     if mask is not None:
         parts.append(mask.long())
     if locus is not None:
         parts.append(locus.long().unsqueeze(1))
     rows = np.ascontiguousarray(torch.cat(parts, dim=1).numpy())  # (N, L + ...)
-    return [row.tobytes() for row in rows]
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
 def _rows(dataset: Dataset, first: int, last: int) -> list[dict[str, Any]]:
@@ -87,18 +98,81 @@ def _rows(dataset: Dataset, first: int, last: int) -> list[dict[str, Any]]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
+class FeatureWriter:
+    """Collects the feature chunks of a build: in memory up to `max_memory_bytes`, then in a file.
+
+    Args:
+        max_memory_bytes (`int`, *optional*): Bytes of features kept in memory; past them every
+            chunk so far and every later one is appended to `path`. None: always in memory.
+        path (`str` or `Path`, *optional*): The file (its folder is created); required with
+            `max_memory_bytes`.
+    """
+
+    def __init__(self, max_memory_bytes: int | None = None, path: str | Path | None = None):
+        if max_memory_bytes is not None and path is None:
+            raise LeWMConfigError("path", path, "a file is needed to spill the feature cache to")
+        self.max_memory_bytes = max_memory_bytes
+        self.path = None if path is None else Path(path)
+        self.chunks: list[torch.Tensor] = []
+        self.nbytes = 0
+        self.rows = 0
+        self._file: BinaryIO | None = None
+        self._shape: tuple[int, torch.dtype] | None = None  # (E, dtype) of every chunk
+
+    @staticmethod
+    def _bytes(chunk: torch.Tensor) -> np.ndarray:
+        return chunk.contiguous().view(torch.uint8).numpy()
+
+    def add(self, chunk: torch.Tensor) -> None:
+        """Append a chunk `(n, E)` of features (on the CPU)."""
+        if self._shape is None:
+            self._shape = (chunk.shape[1], chunk.dtype)
+        self.rows += chunk.shape[0]
+        self.nbytes += chunk.numel() * chunk.element_size()
+        if self._file is not None:
+            self._file.write(self._bytes(chunk).data)
+            return
+        self.chunks.append(chunk)
+        if self.max_memory_bytes is not None and self.nbytes > self.max_memory_bytes:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")  # closed by `finish`
+            for held in self.chunks:
+                self._file.write(self._bytes(held).data)
+            self.chunks = []
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the features went to the file."""
+        return self._file is not None
+
+    def finish(self) -> torch.Tensor:
+        """The features `(S, E)`: one tensor in memory, or a memory-mapped view of the file."""
+        if self._shape is None:
+            raise LeWMInputError("features", 0, "no chunk was added")
+        width, dtype = self._shape
+        if self._file is None:
+            return torch.cat(self.chunks)
+        self._file.close()
+        # Copy-on-write: the file is never modified, and torch gets a writable array.
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="c", shape=(self.nbytes,))
+        return torch.from_numpy(mapped).view(dtype).reshape(self.rows, width)
+
+
 @dataclass
 class FeatureCache:
     """Pooled encoder features of every distinct state of the cached datasets.
 
     Args:
         features (`torch.Tensor` of shape `(S, E)`): The features of the S distinct states, in
-            the encoder's dtype, on the CPU; a row's `feature_index` column points into it.
+            the encoder's dtype, on the CPU (in memory, or a memory-mapped view of `path`); a
+            row's `feature_index` column points into it.
         fingerprint (`str`): `encoder_fingerprint` of the encoder that computed them.
+        path (`Path`, *optional*): The file the features are mapped from; None in memory.
     """
 
     features: torch.Tensor
     fingerprint: str
+    path: Path | None = None
 
     @property
     def num_states(self) -> int:
@@ -113,6 +187,9 @@ class FeatureCache:
         datasets: list[Dataset],
         collator: Any,
         batch_size: int | None = None,
+        max_memory_bytes: int | None = None,
+        path: str | Path | None = None,
+        disable_progress: bool | None = None,
     ) -> tuple[FeatureCache, list[Dataset]]:
         """Compute the features of every distinct state of `datasets` with `model`'s encoder.
 
@@ -125,6 +202,13 @@ class FeatureCache:
                 `actions` (their `mask`, and `attention_mask`, `locus` where the rows have them).
             batch_size (`int`, *optional*): States per encoder call; defaults to
                 `default_build_batch_size` of the model's device.
+            max_memory_bytes (`int`, *optional*): Bytes of features held in memory; a larger
+                cache is written to `path` while it is built and memory-mapped from it. None:
+                always in memory.
+            path (`str` or `Path`, *optional*): The file of a cache larger than
+                `max_memory_bytes` (overwritten).
+            disable_progress (`bool`, *optional*): Hide the progress bar (the trainer's
+                `disable_tqdm`; see `lewm_hf.progress`).
 
         Returns:
             `tuple[FeatureCache, list[Dataset]]`: The cache, and each dataset with a
@@ -142,11 +226,19 @@ class FeatureCache:
             batch_size = default_build_batch_size(device)
         if batch_size < 1:
             raise LeWMConfigError("batch_size", batch_size, "must be at least 1")
+        if max_memory_bytes is not None and max_memory_bytes < 0:
+            raise LeWMConfigError("max_memory_bytes", max_memory_bytes, "must be >= 0")
+        writer = FeatureWriter(max_memory_bytes, path)
         was_training = model.training
         model.eval()
         slot_of: dict[bytes, int] = {}  # state key -> position in the cache
-        pooled: list[torch.Tensor] = []
         indexed = []
+        bar = progress(
+            desc="feature cache",
+            total=sum(len(d) for d in datasets),
+            unit="row",
+            disable=disable_progress,
+        )
         for dataset in datasets:
             row_slots: list[list[int]] = []
             for first in range(0, len(dataset), BUILD_ROWS_PER_CHUNK):
@@ -179,19 +271,22 @@ class FeatureCache:
                 new_index = torch.as_tensor(new, dtype=torch.long)
                 for start in range(0, len(new), batch_size):
                     part = new_index[start : start + batch_size]
-                    pooled.append(
+                    writer.add(
                         model.pooled_features(
                             flat_ids[part].to(device),
                             None if flat_mask is None else flat_mask[part].to(device),
                             None if flat_locus is None else flat_locus[part].to(device),
                         ).cpu()  # (n, E)
                     )
+                bar.update(b)
             indexed.append(dataset.add_column(FEATURE_INDEX, row_slots))
+        bar.close()
         model.train(was_training)
-        if not pooled:
+        if writer.rows == 0:
             raise LeWMInputError("datasets", [len(d) for d in datasets], "no rows to cache")
-        features = torch.cat(pooled)  # (S, E)
-        return cls(features, encoder_fingerprint(model.encoder)), indexed
+        features = writer.finish()  # (S, E)
+        mapped = writer.path if writer.on_disk else None
+        return cls(features, encoder_fingerprint(model.encoder), mapped), indexed
 
 
 @dataclass
@@ -228,6 +323,7 @@ __all__ = [
     "FEATURE_INDEX",
     "FeatureCache",
     "FeatureCacheCollator",
+    "FeatureWriter",
     "default_build_batch_size",
     "encoder_fingerprint",
 ]

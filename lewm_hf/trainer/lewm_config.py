@@ -16,8 +16,10 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from transformers import TrainingArguments
 
+from .. import metric_keys as K
 from ..errors import LeWMConfigError
 from ..fields import (
     CollapseAction,
@@ -206,6 +208,18 @@ def check_unused_arguments(args: TrainingArguments) -> None:
             raise LeWMConfigError(name, value, reason)
 
 
+def use_cpu_without_accelerator(args: TrainingArguments) -> None:
+    """Run every process of a distributed launch on the CPU when the machine has no accelerator.
+
+    transformers sets up a distributed run (DDP over gloo) only with `use_cpu` on a machine
+    without GPUs; otherwise each process of `torchrun` or `accelerate launch` would train alone,
+    on the whole dataset, and race to write the same files. Called from `__post_init__`.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not args.use_cpu and torch.accelerator.current_accelerator() is None:
+        args.use_cpu = True
+
+
 def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bool) -> None:
     """Reject the arguments that do nothing for this particular world model.
 
@@ -238,23 +252,155 @@ def check_model_arguments(args: TrainingArguments, model: Any, feature_cache: bo
         )
 
 
+def check_early_stopping(args: TrainingArguments) -> None:
+    """Early stopping needs evaluations to compare; a threshold needs a patience.
+
+    Raises:
+        `LeWMConfigError`: for `early_stopping_patience` with `eval_strategy: "no"`, or an
+            `early_stopping_threshold` without `early_stopping_patience`.
+    """
+    if args.early_stopping_patience is None:
+        if args.early_stopping_threshold != 0.0:
+            raise LeWMConfigError(
+                "early_stopping_threshold",
+                args.early_stopping_threshold,
+                "does nothing without early_stopping_patience: set it or remove the threshold",
+            )
+        return
+    if _plain(args.eval_strategy) == "no":
+        raise LeWMConfigError(
+            "early_stopping_patience",
+            args.early_stopping_patience,
+            "counts evaluations, and eval_strategy is 'no': set eval_strategy to steps or epoch",
+        )
+
+
+# Rows the shuffle buffer of a streamed training split holds (`streaming_buffer_size`).
+DEFAULT_STREAMING_BUFFER_SIZE = 10_000
+
+
 @dataclass
-class CausalLMTrainingArguments(TrainingArguments):
+class StreamingArguments:
+    r"""The streaming fields every trainer's arguments share.
+
+    Parameters that control streaming (`lewm_hf.data.streaming`):
+        dataset_streaming (`bool`, defaults to `False`): Train on a `StreamingDataset` over the
+            training split (an `IterableDataset`: the corpus's memory-mapped Arrow files read
+            lazily in blocks, in a seeded shuffled order, pass after pass) instead of the split
+            itself. A stream has no length, so `max_steps` must be set; a resumed run continues
+            where the stream stopped. Evaluation still reads its (held-out) split as a dataset.
+            Settings that cannot combine with it are errors (`check_streaming`).
+        streaming_buffer_size (`int`, defaults to `10000`): Rows in the shuffle buffer (the
+            memory the stream holds besides one block of rows); 1 keeps each block's order.
+    """
+
+    dataset_streaming: bool = option(
+        False, help="Stream the training rows lazily (an IterableDataset; needs max_steps)."
+    )
+    streaming_buffer_size: int = option(
+        DEFAULT_STREAMING_BUFFER_SIZE, help="Rows in the stream's shuffle buffer.", low=1
+    )
+
+
+def check_streaming(args: TrainingArguments) -> None:
+    """The settings that cannot combine with `dataset_streaming: true` are errors.
+
+    - `max_steps` must be positive: a stream has no length to count epochs in (as TRL and the
+      `Trainer` require for an `IterableDataset`).
+    - `dataloader_in_order` must stay true with `dataloader_num_workers`: each worker yields
+      every `num_workers`-th batch of the stream, and the loader must put them back in order.
+    - `auto_find_batch_size` must be false: the stream is split among workers, and skipped on
+      resume, by the batch size it was built with.
+    - `train_sampling_strategy` must be `random`: samplers need indexed access, and the
+      `Trainer` would ignore another strategy (the stream's shuffle replaces the sampler).
+
+    Unless `accelerator_config` sets `dispatch_batches`, it becomes False: every process then
+    reads the stream and keeps its own rows of each global batch (accelerate's
+    `IterableDatasetShard`), instead of the main process collating every batch and sending it
+    out (accelerate's default for an `IterableDataset`, which cannot rebuild a world model's
+    `ActionInputs`).
+
+    (The world model's frozen-feature cache is checked by `check_streaming_feature_cache`.)
+
+    Raises:
+        `LeWMConfigError`: naming the field that conflicts with streaming.
+    """
+    if not getattr(args, "dataset_streaming", False):
+        return
+    if args.max_steps is None or args.max_steps <= 0:
+        raise LeWMConfigError(
+            "max_steps",
+            args.max_steps,
+            "dataset_streaming: true trains on a stream with no length, so the run's length "
+            "must be given: set max_steps > 0",
+        )
+    if args.dataloader_num_workers and not args.dataloader_in_order:
+        raise LeWMConfigError(
+            "dataloader_in_order",
+            args.dataloader_in_order,
+            "with dataset_streaming: true and data-loader workers, each worker yields every "
+            "num_workers-th batch of the stream and the loader must keep their order: set true",
+        )
+    if args.train_sampling_strategy != "random":
+        raise LeWMConfigError(
+            "train_sampling_strategy",
+            args.train_sampling_strategy,
+            "samplers need indexed access and a stream is read in order (its shuffle buffer "
+            "replaces the sampler): remove it or set dataset_streaming: false",
+        )
+    if args.auto_find_batch_size:
+        raise LeWMConfigError(
+            "auto_find_batch_size",
+            True,
+            "with dataset_streaming: true the stream is split among data-loader workers and "
+            "skipped on resume by a fixed batch size: set per_device_train_batch_size instead",
+        )
+    config = args.accelerator_config
+    if config is not None and getattr(config, "dispatch_batches", None) is None:
+        config.dispatch_batches = False
+
+
+def check_streaming_feature_cache(args: TrainingArguments, encoder_mode: str) -> None:
+    """A frozen encoder's feature cache cannot combine with streaming.
+
+    The cache encodes every distinct state of the training rows before training and adds a
+    column to them; a stream is never held or enumerated as a whole.
+
+    Raises:
+        `LeWMConfigError`: naming `frozen_feature_cache`.
+    """
+    streaming = getattr(args, "dataset_streaming", False)
+    if streaming and getattr(args, "frozen_feature_cache", False) and encoder_mode == "frozen":
+        raise LeWMConfigError(
+            "frozen_feature_cache",
+            True,
+            "the cache encodes every state of the training rows before training, and "
+            "dataset_streaming: true streams them: set frozen_feature_cache: false (the frozen "
+            "encoder then runs at every step) or dataset_streaming: false",
+        )
+
+
+@dataclass
+class CausalLMTrainingArguments(StreamingArguments, TrainingArguments):
     """`TrainingArguments` of a plain causal-LM phase (the DNA encoder phase, `CausalLMTrainer`):
     every Trainer field works, except those only training scripts read (`do_train`,
-    `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`)."""
+    `do_predict`, `resume_from_checkpoint`: see `check_unused_arguments`). Streaming
+    (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`."""
 
     unused_arguments: ClassVar[dict[str, str]] = WALK_LM_UNUSED_ARGUMENTS
     unsupported_values: ClassVar[dict[str, tuple[frozenset[str], str]]] = {}
 
     def __post_init__(self):
+        validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
         super().__post_init__()
         check_batch_sizes(self)
+        check_streaming(self)
 
 
 @dataclass
-class WalkLMTrainingArguments(TrainingArguments):
+class WalkLMTrainingArguments(StreamingArguments, TrainingArguments):
     r"""`TrainingArguments` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     Parameters that control the gate (evaluated after every Trainer evaluation):
@@ -271,6 +417,15 @@ class WalkLMTrainingArguments(TrainingArguments):
         gate_batch_size (`int`, defaults to `1000`): Generation batch size. On CPU the gate's
             evaluation of 1000 sequences ran about 2x faster in one batch of 1000 than in
             batches of 256 (`benchmarks/gate_cost.py`); lower it only to save memory.
+
+    Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
+
+    Parameters that control early stopping (transformers' `EarlyStoppingCallback`, on any
+    source; with a `dataset_name` source, which has no gate, it is what stops training early):
+        early_stopping_patience (`int`, *optional*): Stop once this many evaluations in a row
+            did not improve `metric_for_best_model` (default `eval_loss`) by more than
+            `early_stopping_threshold`. Needs an `eval_strategy` other than `"no"`.
+        early_stopping_threshold (`float`, defaults to `0.0`): The improvement that counts.
 
     Defaults that differ from `TrainingArguments`: `logging_steps=1` (so `result.json` has the train
     loss of every step), `eval_strategy="epoch"`, `lr_scheduler_type="cosine"`, `warmup_steps=0.1` (a
@@ -291,6 +446,14 @@ class WalkLMTrainingArguments(TrainingArguments):
     gate_num_sequences: int = option(1000, help="Sequences per evaluation.", low=1)
     gate_batch_size: int = option(1000, help="Generation batch size.", low=1)
 
+    # Parameters that control early stopping
+    early_stopping_patience: int | None = option(
+        None, help="Stop after this many evaluations without a better eval_loss (null: off).", low=1
+    )
+    early_stopping_threshold: float = option(
+        0.0, help="Smallest eval_loss improvement that counts as better.", low=0
+    )
+
     # Defaults that differ from TrainingArguments
     logging_steps: float = option(1, help="Log every N steps.")
     eval_strategy: str = option("epoch", help="When to evaluate (and so run the gate).")
@@ -306,9 +469,14 @@ class WalkLMTrainingArguments(TrainingArguments):
     def __post_init__(self):
         validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
+        if self.early_stopping_patience is not None and self.metric_for_best_model is None:
+            self.metric_for_best_model = K.EVAL_LOSS
         super().__post_init__()
         check_batch_sizes(self)
         check_warmup(self)
+        check_streaming(self)
+        check_early_stopping(self)
 
     def compliance_kwargs(self, decoding: str) -> dict[str, Any]:
         """Keyword arguments of `evaluate_compliance` for one decoding (the gate's or the other)."""
@@ -330,7 +498,7 @@ class WalkLMTrainingArguments(TrainingArguments):
 
 
 @dataclass
-class LeWMTrainingArguments(TrainingArguments):
+class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
     r"""`TrainingArguments` for the LeWM world model.
 
     The loss settings are `LeWMConfig` fields (`pred_loss`, `regularizer`, `reg_weight`,
@@ -348,6 +516,10 @@ class LeWMTrainingArguments(TrainingArguments):
         frozen_feature_cache (`bool`, defaults to `True`): With `encoder_mode="frozen"`, compute
             the encoder's pooled features of every training and evaluation state once, before
             training (`FeatureCache`), instead of at every step; the results are the same.
+        feature_cache_memory_mb (`float`, defaults to `1024.0`): The feature cache stays in
+            memory up to this many MiB; a larger one is written to
+            `<output_dir>/feature_cache/` while it is built and memory-mapped from there
+            (bitwise the same features). 0 always writes it to disk.
 
     Parameters that control the collapse monitor (alerts: see `CollapseMonitorCallback`):
         collapse_monitor_steps (`int`, defaults to `50`): Check period in steps (0 disables).
@@ -395,6 +567,8 @@ class LeWMTrainingArguments(TrainingArguments):
             default) the skip is decided on the device and counted at the next log or
             checkpoint, so no step synchronises the host (see `LeWMTrainer.training_step`).
 
+    Streaming (`dataset_streaming`, `streaming_buffer_size`): see `StreamingArguments`.
+
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the action
     fields are collator columns, not `forward` arguments), `logging_steps=1`, `warmup_steps=0.05`
     (a fraction), `report_to="none"`, `logging_nan_inf_filter=False` (the trainer already keeps
@@ -417,6 +591,9 @@ class LeWMTrainingArguments(TrainingArguments):
     action_encoder_lr_multiplier: float = option(1.0, help="Action encoder LR factor.", low=0)
     frozen_feature_cache: bool = option(
         True, help="With a frozen encoder, compute its state features once (false: every step)."
+    )
+    feature_cache_memory_mb: float = option(
+        1024.0, help="Feature cache in memory up to this many MiB, else memory-mapped.", low=0
     )
 
     # Parameters that control the collapse monitor
@@ -489,6 +666,7 @@ class LeWMTrainingArguments(TrainingArguments):
     def __post_init__(self):
         validate_fields(self)
         check_unused_arguments(self)
+        use_cpu_without_accelerator(self)
         # `TrainingArguments.__post_init__` parses `lr_scheduler_type` into a `SchedulerType`;
         # it gets a stand-in, and the field stays None: no transformers scheduler is built.
         self.lr_scheduler_type = "constant"
@@ -496,3 +674,4 @@ class LeWMTrainingArguments(TrainingArguments):
         self.lr_scheduler_type = None
         check_batch_sizes(self)
         check_warmup(self)
+        check_streaming(self)

@@ -6,6 +6,7 @@ Trainer's log history, which every checkpoint saves, so a resumed run's curves a
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from transformers.trainer_callback import ProgressCallback
 from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_dir
 from ..data.collators import DataCollatorForLeWM, DataCollatorForWalkLM
+from ..data.streaming import StreamingDataset
 from ..distributed import convert_to_global_batchnorm, is_distributed
 from ..errors import LeWMConfigError
 from ..hub import HubMixin
@@ -39,6 +41,8 @@ from .lewm_config import (
     LeWMTrainingArguments,
     WalkLMTrainingArguments,
     check_model_arguments,
+    check_streaming,
+    check_streaming_feature_cache,
     check_torch_compile,
     check_warmup,
 )
@@ -69,6 +73,8 @@ IGNORED_TRAINER_ARGUMENTS = {
     "preprocess_logits_for_metrics": "LeWMTrainer's evaluation returns no logits, so it would "
     "never be called",
 }
+# Folder of the output dir where a feature cache too large for memory is written.
+FEATURE_CACHE_DIR = "feature_cache"
 # Optimizer keyword arguments that replace the parameter groups (GaLore, APOLLO, LOMO).
 MODEL_OPTIMIZER_KWARGS = ("params", "model", "optimizer_dict")
 # Parameter-name fragments that never get weight decay (biases, norms, embeddings).
@@ -118,6 +124,42 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
             }
         groups[key]["params"].append(param)
     return list(groups.values())
+
+
+# Where transformers' tracker callbacks (`report_to`) live.
+TRACKER_MODULE = "transformers.integrations"
+# `result.json` keys `report_result` does not send: curves (logged step by step already),
+# bookkeeping and settings.
+UNTRACKED_KEYS = frozenset(
+    {"phase", "global_step", "epoch", "curves", K.COLLAPSE_STATISTICS, "seeds", "gate"}
+)
+
+
+def flatten_numbers(payload: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested payload as one flat mapping: `{"a": {"b": [1, 2]}}` ->
+    `{"a/b/0": 1.0, "a/b/1": 2.0}`; booleans become 0 / 1, everything else (strings, None,
+    lists of mappings) is left out.
+
+    Args:
+        payload (`dict[str, Any]`): The payload.
+        prefix (`str`, *optional*): Put before every key.
+
+    Returns:
+        `dict[str, float]`: Flat key -> number.
+    """
+    out: dict[str, float] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (bool, int, float)) and not isinstance(value, str):
+            if math.isfinite(float(value)):
+                out[name] = float(value)
+        elif isinstance(value, dict):
+            out.update(flatten_numbers(value, name + "/"))
+        elif isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            out.update(flatten_numbers(dict(enumerate(value)), name + "/"))
+    return out
 
 
 class HostCheckedCollator:
@@ -190,15 +232,106 @@ class _ResultMixin:
         return payload
 
     def write_result(self, payload: dict[str, Any]) -> None:
-        """Write `result.json` and `curves.png` in the output dir (main process only)."""
+        """Write `result.json` and `curves.png` in the output dir (main process only), and send
+        its final numbers to the `report_to` trackers (`report_result`)."""
         if not self.is_world_process_zero():
             return
         out = Path(self.args.output_dir)
         write_json(out / K.RESULT_FILE, payload)
         plot_curves(payload["curves"], out / K.CURVES_PLOT, payload["phase"])
+        self.report_result(payload)
+
+    def report_result(self, payload: dict[str, Any]) -> dict[str, float]:
+        """Send the numbers of `result.json` that training did not log (the evaluation suite's
+        `eval_*`, `before_eval_*`, the final compliance and losses, the trainable fraction) to
+        the `report_to` trackers, at the final step, and close their runs again.
+
+        During training the trackers already receive every logged step (`loss`, `pred_loss`,
+        `reg_loss`, `collapse/*`, the gate's `eval_*_compliance` and rule-check counts): they
+        are the Trainer's `on_log` integrations. The evaluation after training comes after
+        `on_train_end`, which closes the trackers' runs; here each integration logs the
+        numbers once more through its own `on_log` (TensorBoard reopens its event file,
+        trackio resumes the run of the same name) and is closed with `on_train_end`. Nested
+        numbers are flattened (`eval_rollout_cos/0`, `lora/r`); curves, strings, seeds and
+        bookkeeping (`global_step`, `epoch`) are left out.
+
+        Args:
+            payload (`dict[str, Any]`): The `result.json` payload.
+
+        Returns:
+            `dict[str, float]`: What was sent (empty without a tracker).
+        """
+        trackers = [
+            callback
+            for callback in self.callback_handler.callbacks
+            if type(callback).__module__.startswith(TRACKER_MODULE)
+        ]
+        if not trackers or not self.is_world_process_zero():
+            return {}
+        logs = flatten_numbers({k: v for k, v in payload.items() if k not in UNTRACKED_KEYS})
+        if not logs:
+            return {}
+        model = self.model
+        for callback in trackers:
+            callback.on_log(self.args, self.state, self.control, logs=dict(logs), model=model)
+            callback.on_train_end(self.args, self.state, self.control, model=model)
+        return logs
 
 
-class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
+class _StreamingMixin:
+    """`dataset_streaming`: the trainer trains on a `StreamingDataset` over its training split.
+
+    The split is wrapped once the `Trainer` is built. The `Trainer` puts the stream (an
+    `IterableDataset`) into a plain data loader that accelerate prepares: under several
+    processes every rank reads the same stream and keeps its own rows of each global batch
+    (`IterableDatasetShard`; `check_streaming` turns `dispatch_batches` off), so the global
+    batches are those of one process at the global batch size. The stream is therefore not
+    split by rank beforehand (`split_dataset_by_node`), which would shard it twice. A resumed
+    run continues the stream where it stopped: `get_resumed_dataloader` skips the consumed
+    rows by index, reading none.
+    """
+
+    def _stream_train_dataset(self) -> None:
+        args = self.args
+        if not getattr(args, "dataset_streaming", False) or self.train_dataset is None:
+            return
+        check_streaming(args)
+        if isinstance(self.train_dataset, StreamingDataset):
+            return
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        self.train_dataset = StreamingDataset(
+            self.train_dataset,
+            buffer_size=args.streaming_buffer_size,
+            seed=seed,
+            rows_per_batch=self._stream_rows_per_batch(),
+        )
+
+    def _stream_rows_per_batch(self) -> int:
+        """Rows of the stream per batch of the prepared loader: `train_batch_size` per process
+        (every rank reads the global batch and keeps its part), or in all with
+        `split_batches`."""
+        rows = self.args.train_batch_size
+        if not self.accelerator.split_batches:
+            rows *= self.accelerator.num_processes
+        return rows
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        """A data loader `num_batches` batches into the stream (on resume).
+
+        A `StreamingDataset` skips the rows of those batches by index, reading none; any other
+        dataset is skipped by the `Trainer`'s own replay.
+        """
+        dataset = self.train_dataset
+        if not isinstance(dataset, StreamingDataset):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        self.train_dataset = dataset.skip(num_batches * self._stream_rows_per_batch())
+        try:
+            return self.get_train_dataloader()
+        finally:
+            self.train_dataset = dataset
+
+
+class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for `LeWMModel`.
 
     - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, as the
@@ -286,10 +419,12 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
             self.add_callback(self.collapse_monitor)
         self._use_summary_progress()
+        check_streaming_feature_cache(args, model.config.encoder_mode)
         self.feature_cache: FeatureCache | None = None
         if args.frozen_feature_cache and model.config.encoder_mode == "frozen":
             self._attach_feature_cache()
         check_model_arguments(args, model, self.feature_cache is not None)
+        self._stream_train_dataset()
 
     def _attach_feature_cache(self) -> None:
         """Compute the frozen encoder's features of every train/eval state once (see
@@ -299,8 +434,14 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         ]
         if not names:
             return
+        args = self.args
         self.feature_cache, indexed = FeatureCache.build(
-            self.model, [getattr(self, n) for n in names], self.data_collator
+            self.model,
+            [getattr(self, n) for n in names],
+            self.data_collator,
+            max_memory_bytes=int(args.feature_cache_memory_mb * 2**20),
+            path=Path(args.output_dir) / FEATURE_CACHE_DIR / f"features-{args.process_index}.bin",
+            disable_progress=args.disable_tqdm or not self.is_world_process_zero(),
         )
         for name, dataset in zip(names, indexed):
             setattr(self, name, dataset)
@@ -632,7 +773,7 @@ class LeWMTrainer(HubMixin, _ResultMixin, Trainer):
         return {k: total / count for k, total, count in zip(keys, *totals) if count > 0}
 
 
-class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
+class WalkLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A `Trainer` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     It owns its `ComplianceGateCallback`, configured by the `gate_*` fields of its
@@ -669,6 +810,7 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         self.gate = ComplianceGateCallback(self, graph, jumpers, prompt_walks, context_window)
         self.add_callback(self.gate)
         self._use_summary_progress()
+        self._stream_train_dataset()
 
     @property
     def result_contributors(self) -> list[Any]:
@@ -687,7 +829,7 @@ class WalkLMTrainer(HubMixin, _ResultMixin, Trainer):
         return None
 
 
-class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
+class CausalLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
     """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
     (train and eval loss curves) and the package's model card; no gate."""
 
@@ -696,3 +838,4 @@ class CausalLMTrainer(HubMixin, _ResultMixin, Trainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._use_summary_progress()
+        self._stream_train_dataset()

@@ -15,6 +15,9 @@ What the adapter carries:
   parameter and buffer of the base model stays bitwise as loaded.
 - The modules listed in `lora_modules_to_save`, trained in full (e.g. the freshly initialised
   projector, action encoder and predictor of a model built around a pretrained encoder).
+- The rows of a grown action embedding (`LeWMModel.grow_action_vocab`, for data with more
+  actions than the saved model knows), as peft trainable tokens (`trainable_token_indices` on
+  `action_encoder.token_embedding`): the new rows train in full, the saved rows stay bitwise.
 
 Loading: `AutoPeftModel.from_pretrained(dir)` rebuilds the base model from the class recorded in
 `adapter_config.json` (`auto_mapping`) and imports that class's module only if it is on peft's
@@ -47,6 +50,8 @@ PEFT_PREFIX = "base_model.model."
 # Where a base model that was never saved is written, so that the adapter can name it.
 BASE_MODEL_DIR = "base_model"
 LORA_PARTS: tuple[str, ...] = choices(LoRATarget)
+# The action-token table whose grown rows (`LeWMModel.grow_action_vocab`) train under LoRA.
+GROWN_ACTION_TABLE = "action_encoder.token_embedding"
 
 
 def strip_peft_prefix(name: str) -> str:
@@ -163,12 +168,19 @@ def resolve_lora_config(model: nn.Module, args: Any) -> LoraConfig:
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not covered(name)
     ]
+    # Action ids a grown model has no trained row for (`LeWMModel.grow_action_vocab`): peft's
+    # trainable tokens train exactly those rows in full and keep the others as loaded.
+    grown = list(getattr(model, "grown_action_tokens", None) or [])
+    tokens = None
+    if grown and not covered(GROWN_ACTION_TABLE):
+        tokens = {GROWN_ACTION_TABLE: grown}
     return LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=sorted(targets),
         modules_to_save=sorted(norms) + saved,
+        trainable_token_indices=tokens,
         bias="none",
     )
 
@@ -301,12 +313,14 @@ class ParameterReport:
                 "target_modules": sorted(config.target_modules or []),
                 "modules_to_save": list(config.modules_to_save or []),
                 "init_seed": run_seeds(self.args).lora,
+                "trainable_token_indices": dict(config.trainable_token_indices or {}),
             }
         return out
 
 
 __all__ = [
     "BASE_MODEL_DIR",
+    "GROWN_ACTION_TABLE",
     "LORA_PARTS",
     "PEFT_PREFIX",
     "ParameterReport",

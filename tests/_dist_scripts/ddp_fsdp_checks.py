@@ -14,6 +14,8 @@ and the test compares them with one-process runs. The sections:
 - `gather`: `gather_rows` with ranks of different shapes;
 - `fsdp2`, `fsdp2_bf16`: `fully_shard` (FSDP2, DTensor parameters) over gloo, fp32 and bf16
   parameters (`MixedPrecisionPolicy`), a full state dict saved as safetensors.
+- `streaming`: the world model on its streamed training split (`dataset_streaming`) at batch 8
+  per rank: the samples each rank saw and the loss curve.
 """
 
 from __future__ import annotations
@@ -77,6 +79,21 @@ def ddp_section(out: Path, rank: int) -> dict:
         "global_batchnorm": global_batchnorm_layers(model),
         "state_dict_keys": sorted(model.state_dict()),
     }
+
+
+def streaming_section(out: Path) -> dict:
+    collator = RecordingCollator()
+    args = make_args(
+        out / "streaming",
+        per_device_train_batch_size=GLOBAL_BATCH // 2,
+        dataset_streaming=True,
+        streaming_buffer_size=32,
+    )
+    trainer = LeWMTrainer(
+        tiny_model(), args, train_dataset=clip_dataset(128), data_collator=collator
+    )
+    trainer.train()
+    return {"batches": collator.batches[:STEPS], "curves": curves(trainer, (K.LOSS,))}
 
 
 def control_section(out: Path, rank: int, world: int) -> dict:
@@ -216,6 +233,7 @@ def main(out_dir: str) -> None:
         results["gather"] = gather_section(rank)
         results["fsdp2"] = fsdp_section(out, rank, world, bf16=False)
         results["fsdp2_bf16"] = fsdp_section(out, rank, world, bf16=True)
+        results["streaming"] = streaming_section(out)
         dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         write_json(out / f"rank{rank}.json", results)

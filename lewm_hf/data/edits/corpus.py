@@ -21,6 +21,7 @@ from ... import metric_keys as K
 from ...determinism import derive_seed
 from ...errors import LeWMConfigError, LeWMInputError
 from ...fields import IupacPolicy, option, validate_fields
+from ...progress import progress
 from .. import corpus as corpus_cache
 from ..dna import (
     DNA_EDIT_ALPHABET,
@@ -303,7 +304,7 @@ def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
             rows = rows[np.sort(rng.choice(len(rows), size=caps[split], replace=False))]
         num_steps = rng.integers(config.min_actions, config.max_actions + 1, size=len(rows))
         parts = []
-        for at in range(0, len(rows), TRAJECTORY_CHUNK):
+        for at in progress(range(0, len(rows), TRAJECTORY_CHUNK), desc=f"edits {split}"):
             chunk = rows[at : at + TRAJECTORY_CHUNK]
             traj = sample_trajectories(
                 win.ids[chunk],

@@ -81,6 +81,11 @@ class WorldModelDomain(Protocol):
         """Raise `LeWMConfigError` when `config` (new or loaded) cannot read this domain's
         trajectories (`data` None: the checks that need no data)."""
 
+    def action_vocab_needed(self, args: Any, data: WorldModelData) -> int | None:
+        """Optional: the action vocabulary the data needs, when a saved model with fewer action
+        ids may grow to it (`grow_action_vocab`); a domain without this method (or returning
+        None) has a fixed action vocabulary, and `check_config` rejects a model too small."""
+
     def build_data(self, args: Any) -> WorldModelData:
         """Build (or load from the cache) the phase's trajectories."""
 

@@ -25,8 +25,10 @@ from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
 from ...data.dna import DNA_END_ID, DNA_VOCAB_SIZE, build_dna_tokenizer
 from ...data.edits import EditCorpusConfig, build_edit_corpus, code_edit_actions
+from ...data.edits.corpus import load_source_records
 from ...errors import LeWMConfigError
 from ...evaluation.edits import EditEvaluationArguments, action_coding, evaluate_edit_model
+from ...evaluation.variant_effect import VariantEffectArguments, evaluate_variant_effect
 from ...fields import PositionOrigin
 from ...modeling_actions import ActionInputs
 from ...trainer.lewm_config import LeWMTrainingArguments
@@ -79,11 +81,13 @@ class EditArguments:
         data (`EditCorpusConfig`): The edit corpus (its seed is the run's).
         cache (`DNACorpusCacheArguments`): Where corpora are cached.
         evaluation (`EditEvaluationArguments`): SNV recovery and edit discrimination.
+        variant (`VariantEffectArguments`): The variant-effect benchmark (surprise).
     """
 
     data: EditCorpusConfig
     cache: DNACorpusCacheArguments
     evaluation: EditEvaluationArguments
+    variant: VariantEffectArguments
 
 
 class EditDomain:
@@ -95,6 +99,7 @@ class EditDomain:
         "data": EditCorpusConfig,
         "cache": DNACorpusCacheArguments,
         "evaluation": EditEvaluationArguments,
+        "variant": VariantEffectArguments,
     }
     # `seed` is the run's (the trainer's); the corpus seed is set from it.
     owners: ClassVar[dict[str, str]] = {"seed": "training"}
@@ -110,6 +115,7 @@ class EditDomain:
             data=dna_corpus_config(EditCorpusConfig, parts["data"], training),
             cache=DNACorpusCacheArguments(**parts["cache"]),
             evaluation=EditEvaluationArguments(**parts["evaluation"]),
+            variant=VariantEffectArguments(**parts["variant"]),
         )
 
     def config_defaults(
@@ -194,7 +200,20 @@ class EditDomain:
         held_out = data.validation
         rows = [held_out[i] for i in range(min(len(held_out), args.evaluation.eval_items))]
         radius = args.data.cluster_radius or model.config.pool_radius
-        return evaluate_edit_model(model, rows, args.data.sampler(), radius, args.evaluation)
+        out = evaluate_edit_model(model, rows, args.data.sampler(), radius, args.evaluation)
+        if args.variant.run_variant_effect:
+            records, _ = load_source_records(args.data)
+            corpus = args.data
+            out.update(
+                evaluate_variant_effect(
+                    records,
+                    corpus.holdout_fraction,
+                    corpus.window_length,
+                    args.variant,
+                    world_model=model,
+                )
+            )
+        return out
 
 
 EDITS = EditDomain()

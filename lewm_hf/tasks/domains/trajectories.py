@@ -20,10 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-import pyarrow.compute as pc
-from datasets import Dataset
-
 from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
@@ -31,6 +27,7 @@ from ...data.environments import ENVIRONMENTS
 from ...data.trajectories import (
     TrajectoryInfo,
     load_trajectory_dataset,
+    real_steps,
     select_split,
     validate_trajectories,
 )
@@ -50,7 +47,7 @@ class TrajectoryDatasetArguments:
 
     Args:
         dataset_name (`str`): A Hub dataset id (`owner/name`), a local folder (data files, or a
-            `save_to_disk` folder), or a packaged builder (`parquet`, `json`, `arrow`, `csv`)
+            `save_to_disk` folder), or a packaged builder (`parquet`, `json`, `arrow`)
             with `data_files`.
         dataset_config (`str`, *optional*): The dataset's config name.
         dataset_train_split (`str`, defaults to `"train"`): The training split.
@@ -61,7 +58,7 @@ class TrajectoryDatasetArguments:
     """
 
     dataset_name: str | None = option(
-        None, help="Hub id, local folder, or parquet / json / arrow / csv with data_files."
+        None, help="Hub id, local folder, or parquet / json / arrow with data_files."
     )
     dataset_config: str | None = option(None, help="The dataset's config name.")
     dataset_train_split: str = option("train", help="The training split.")
@@ -75,7 +72,7 @@ class TrajectoryDatasetArguments:
             raise LeWMConfigError(
                 "dataset_name",
                 self.dataset_name,
-                "is required: a Hub dataset id, a local folder, or parquet / json / arrow / csv "
+                "is required: a Hub dataset id, a local folder, or parquet / json / arrow "
                 "with data_files",
             )
         if self.dataset_train_split == self.dataset_test_split:
@@ -140,7 +137,7 @@ class TrajectoryDataInfo:
 
     Args:
         info (`TrajectoryInfo`): The dataset's metadata.
-        max_steps (`int`): The longest row's number of actions (train and held-out).
+        max_steps (`int`): The most real actions in a row (train and held-out).
     """
 
     info: TrajectoryInfo
@@ -271,7 +268,7 @@ class TrajectoryDomain:
             validate_trajectories(rows, info, split)
             splits[field] = rows
         train, held_out = splits["dataset_train_split"], splits["dataset_test_split"]
-        max_steps = max(_longest(train), _longest(held_out))
+        max_steps = int(max(real_steps(train).max(), real_steps(held_out).max()))
         return WorldModelData(
             train=train,
             validation=held_out,
@@ -309,12 +306,6 @@ class TrajectoryDomain:
                 )
             )
         return metrics
-
-
-def _longest(rows: Dataset) -> int:
-    """The most actions in one row (validated rows: `K` is `len(actions)`)."""
-    lengths = pc.list_value_length(rows.with_format("arrow")[:].column("actions"))
-    return int(np.max(lengths.to_numpy(zero_copy_only=False)))
 
 
 TRAJECTORIES = TrajectoryDomain()

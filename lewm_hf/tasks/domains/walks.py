@@ -107,9 +107,15 @@ class WalkDomain:
             raise LeWMConfigError(
                 "action_vocab_size",
                 config.action_vocab_size,
-                f"the graph has out-degree up to {data.info.graph.max_out_degree} (pick another "
-                "corpus seed or train a new model)",
+                f"the graph has out-degree up to {data.info.graph.max_out_degree}: start from "
+                "the saved model with grow_action_vocab: true (its default), or train a new "
+                "model",
             )
+
+    def action_vocab_needed(self, args: WalkArguments, data: WorldModelData) -> int:
+        """One action id per out-neighbour rank: the graph's largest out-degree (a saved model
+        with fewer action ids may grow to it)."""
+        return data.info.graph.max_out_degree
 
     def build_data(self, args: WalkArguments) -> WorldModelData:
         clips = build_move_trajectories(args.clips, args.data.corpus_cache_dir)
