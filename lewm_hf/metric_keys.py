@@ -135,6 +135,20 @@ EVAL_PLAN_STEPS_RATIO_RANDOM = EVAL_PLAN_STEPS_RATIO + "_random"
 EVAL_PLAN_GOAL_FORM = EVAL_PLAN_PREFIX + "goal_form"
 EVAL_PLAN_BY_GOAL_FORM = EVAL_PLAN_PREFIX + "by_goal_form"
 EVAL_PLAN_CI_METHOD = EVAL_PLAN_CI + "_method"
+# Planning in an environment (`evaluate_environment_planning`): which one, the longest plan
+# searched per replanning, or why planning was not evaluated (no transition function).
+EVAL_PLAN_ENVIRONMENT = EVAL_PLAN_PREFIX + "environment"
+EVAL_PLAN_HORIZON = EVAL_PLAN_PREFIX + "horizon"
+EVAL_PLAN_SKIPPED = EVAL_PLAN_PREFIX + "skipped"
+# Action discrimination among the actions whose next states differ
+# (`environment_action_discrimination`), and its value with every action a candidate.
+EVAL_DISTINCT_ACTION_PREFIX = EVAL_PREFIX + "distinct_action_"
+EVAL_DISTINCT_ACTION_R1 = EVAL_DISTINCT_ACTION_PREFIX + "r1"
+EVAL_DISTINCT_ACTION_R1_COPY = EVAL_DISTINCT_ACTION_R1 + "_copy"
+EVAL_DISTINCT_ACTION_R1_SHUFFLED = EVAL_DISTINCT_ACTION_R1 + "_shuffled"
+EVAL_DISTINCT_ACTION_CHANCE = EVAL_DISTINCT_ACTION_PREFIX + "chance"
+EVAL_DISTINCT_ACTION_R1_ALL = EVAL_DISTINCT_ACTION_R1 + "_all"
+EVAL_DISTINCT_ACTION_CHANCE_ALL = EVAL_DISTINCT_ACTION_CHANCE + "_all"
 # The whole suite (`run_evaluation_suite`).
 EVAL_SETTINGS = EVAL_PREFIX + "settings"
 EVAL_SECONDS = EVAL_PREFIX + "seconds"

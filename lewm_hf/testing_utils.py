@@ -6,7 +6,9 @@ Not used by the library itself. Importable from `tests/` and from the `benchmark
   planning evaluation and the reference model of their tests;
 - `reference_generate`: the slow reference of `evaluation.compliance.generate_walk_sequences`
   (one sequence at a time, no cache);
-- `sigreg_reference`: plain-autograd SIGReg, the reference of the fused `losses.sigreg`.
+- `sigreg_reference`: plain-autograd SIGReg, the reference of the fused `losses.sigreg`;
+- `TransitionOracle`: a perfect world model of a finite environment (a transition table), the
+  upper bound of the environment planning and discrimination and their tests' reference model.
 """
 
 from __future__ import annotations
@@ -206,8 +208,56 @@ def sigreg_reference(
         return _statistic_from_sums(cos_sum, sin_sum, count, knots, weights)
 
 
+class TransitionOracle(nn.Module):
+    """A perfect world model of a finite deterministic environment, with the `encode` /
+    `predict` / `config` interface.
+
+    The latent of a state is `embedding[state id]` (one-hot by default), the state id read from
+    the tokens by `state_of_tokens`; `predict` decodes each latent's state as the nearest
+    embedding row and applies the transition table, so its predictions are exact.
+
+    Args:
+        next_state (`np.ndarray`): `(S, A)` next state ids (`transition_table`).
+        state_of_tokens (`Callable`): Token windows `(N, L)` (numpy) -> state ids `(N,)`.
+        embedding (`torch.Tensor` of shape `(S, D)`, *optional*): Distinct rows; the identity
+            if None.
+        history_length (`int`, defaults to 1): The `H` reported in `config`.
+    """
+
+    def __init__(
+        self,
+        next_state: np.ndarray,
+        state_of_tokens,
+        embedding: torch.Tensor | None = None,
+        history_length: int = 1,
+    ):
+        super().__init__()
+        n, actions = next_state.shape
+        embedding = torch.eye(n) if embedding is None else embedding.float()
+        if embedding.shape[0] != n:
+            raise LeWMInputError("embedding", tuple(embedding.shape), f"needs {n} rows")
+        self.register_buffer("embedding", embedding)
+        self.register_buffer("table", torch.as_tensor(np.asarray(next_state), dtype=torch.long))
+        self.state_of_tokens = state_of_tokens
+        self.config = SimpleNamespace(
+            history_length=history_length, d_state=embedding.shape[1], action_vocab_size=actions
+        )
+
+    def encode(self, input_ids: torch.Tensor, attention_mask=None, locus=None) -> torch.Tensor:
+        """`embedding[state_of_tokens(input_ids)]`, `(N, D)`."""
+        ids = self.state_of_tokens(input_ids.cpu().numpy())
+        return self.embedding[torch.as_tensor(np.asarray(ids), dtype=torch.long)]
+
+    def predict(self, z_hist: torch.Tensor, actions: ActionInputs) -> torch.Tensor:
+        """Exact next latents `(B, T, D)`: `[:, t]` = embedding of `table[state(z_t), a_t]`."""
+        flat = z_hist.reshape(-1, z_hist.shape[-1]).float()
+        state = torch.cdist(flat, self.embedding).argmin(-1).view(z_hist.shape[:-1])
+        return self.embedding[self.table[state, actions.ids.long()]]
+
+
 __all__ = [
     "MoveOracle",
+    "TransitionOracle",
     "reference_generate",
     "sigreg_reference",
 ]

@@ -277,6 +277,7 @@ SHIPPED_TASKS = {
     "walk_lewm.yaml": ["world_model"],
     "walk_lewm_lora.yaml": ["world_model"],
     "walk_lewm_wide.yaml": ["lm", "world_model"],
+    "taxi_lewm.yaml": ["env_rollouts", "trajectory_world_model"],
 }
 
 

@@ -453,7 +453,18 @@ def load_trajectory_dataset(
             dataset = DatasetDict({"train": dataset})
         return dataset, _read_info([path], dataset, dataset_name)
     try:
-        dataset = load_dataset(str(path), name=dataset_config, data_files=data_files)
+        # Rebuilt from the files every time: with the dataset card's `configs`, `datasets` keys
+        # its cache by the folder's name and the relative file patterns only, so two folders
+        # named alike (`.../a/data`, `.../b/data`), or a folder written again, would read
+        # stale cached rows, or fail its split sizes against the stale ones (the rows are
+        # checked by `validate_trajectories` instead).
+        dataset = load_dataset(
+            str(path),
+            name=dataset_config,
+            data_files=data_files,
+            download_mode="force_redownload",
+            verification_mode="no_checks",
+        )
     except (ValueError, FileNotFoundError) as err:
         raise LeWMConfigError("dataset_name", dataset_name, f"cannot be loaded: {err}") from err
     return dataset, _read_info([path], dataset, dataset_name)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import LeWMConfigError
-from . import dna_lm, walk_lm
+from . import dna_lm, env_rollouts, walk_lm
 from .base import PhaseContext
 from .domains.edits import EDITS
 from .domains.trajectories import TRAJECTORIES
@@ -40,6 +40,7 @@ TASKS: dict[str, Task] = {
     "dna_lm": dna_lm,
     "edit_world_model": WorldModelTask(EDITS),
     "trajectory_world_model": WorldModelTask(TRAJECTORIES),
+    "env_rollouts": env_rollouts,
 }
 
 

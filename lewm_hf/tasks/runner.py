@@ -269,7 +269,9 @@ def run_recipe(
             recipe=plan.keys,
             hooks=hooks,
         )
-        set_progress_disabled(getattr(plan.args.training, "disable_tqdm", False))
+        # A task without training arguments (`env_rollouts` writes data) shows its bars.
+        training = getattr(plan.args, "training", None)
+        set_progress_disabled(getattr(training, "disable_tqdm", False))
         previous = get_task(plan.task).main(plan.args, context)
         summary["phases"][plan.name] = previous
         hooks.phase_finished(context, previous)

@@ -14,7 +14,10 @@ set -euo pipefail
 
 CONFIG=${CONFIG:-recipes/configs/default.yaml}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# The first host of the allocation (read whole: `| head -n 1` under pipefail can fail with
+# SIGPIPE when scontrol writes the other hosts after head has exited).
+mapfile -t HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+MAIN_PROCESS_IP=${HOSTS[0]}
 MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-29500}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 mkdir -p logs

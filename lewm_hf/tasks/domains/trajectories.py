@@ -16,12 +16,14 @@ declare them makes them unknown keys, reported before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
+from ...data.environments import ENVIRONMENTS
 from ...data.trajectories import (
     TrajectoryInfo,
     load_trajectory_dataset,
@@ -30,6 +32,7 @@ from ...data.trajectories import (
     validate_trajectories,
 )
 from ...errors import LeWMConfigError
+from ...evaluation.planning_env import EnvironmentEvaluationArguments, evaluate_in_environment
 from ...evaluation.trajectories import TrajectoryEvalConfig, evaluate_trajectory_model
 from ...fields import option, validate_fields
 from ...modeling_actions import ActionInputs
@@ -117,10 +120,15 @@ class TrajectoryArguments:
     Args:
         data (`TrajectoryDatasetArguments`): The dataset.
         evaluation (`TrajectoryEvaluationArguments`): The evaluation.
+        environment (`EnvironmentEvaluationArguments`): The evaluation in the environment the
+            dataset names, if any (`lewm_hf.evaluation.planning_env`).
     """
 
     data: TrajectoryDatasetArguments
     evaluation: TrajectoryEvaluationArguments
+    environment: EnvironmentEvaluationArguments = dataclasses.field(
+        default_factory=EnvironmentEvaluationArguments
+    )
 
 
 @dataclass
@@ -168,6 +176,7 @@ class TrajectoryDomain:
     targets: ClassVar[dict[str, type]] = {
         "data": TrajectoryDatasetArguments,
         "evaluation": TrajectoryEvaluationArguments,
+        "environment": EnvironmentEvaluationArguments,
     }
     owners: ClassVar[dict[str, str]] = {}
     help_defaults: ClassVar[dict[str, Any]] = {
@@ -182,6 +191,7 @@ class TrajectoryDomain:
         return TrajectoryArguments(
             data=TrajectoryDatasetArguments(**parts["data"]),
             evaluation=TrajectoryEvaluationArguments(**parts["evaluation"]),
+            environment=EnvironmentEvaluationArguments(**parts["environment"]),
         )
 
     def config_defaults(
@@ -282,9 +292,20 @@ class TrajectoryDomain:
     def evaluate(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
-        return evaluate_trajectory_model(
-            model, data.validation, data.info.info.num_actions, args.evaluation.config()
+        config = args.evaluation.config()
+        metrics = evaluate_trajectory_model(
+            model, data.validation, data.info.info.num_actions, config
         )
+        # A dataset of a registered environment is also evaluated in it: planning executed by
+        # the environment's own step, discrimination among distinct next states.
+        environment = data.info.info.environment
+        if args.environment.environment_evaluation and environment in ENVIRONMENTS:
+            metrics.update(
+                evaluate_in_environment(
+                    model, environment, data.validation, args.environment, config.seed
+                )
+            )
+        return metrics
 
 
 TRAJECTORIES = TrajectoryDomain()
