@@ -16,17 +16,23 @@ declare them makes them unknown keys, reported before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any, ClassVar
 
 from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
 from ...data.trajectories import (
+    CLIP_OFFSET,
+    CLIP_ROW,
+    CLIP_SPLIT,
+    TrajectoryClips,
     TrajectoryInfo,
     load_trajectory_dataset,
     real_steps,
     select_split,
+    trajectory_clips,
     validate_trajectories,
 )
 from ...errors import LeWMConfigError
@@ -52,6 +58,10 @@ class TrajectoryDatasetArguments:
             and after training).
         data_files (`str`, `list` or `dict`, *optional*): `load_dataset`'s `data_files`.
         dataset_revision (`str`, *optional*): The Hub revision (a branch, tag or commit).
+        clip_stride (`int`, *optional*): Rows longer than the model's `history_length` are cut
+            into clips of `history_length` actions starting every `clip_stride` actions
+            (`lewm_hf.data.trajectories.trajectory_clips`); null: `history_length`, back-to-back
+            clips, each transition a prediction target once per epoch.
     """
 
     dataset_name: str | None = option(
@@ -62,6 +72,9 @@ class TrajectoryDatasetArguments:
     dataset_test_split: str = option("test", help="The held-out split.")
     data_files: str | list | dict | None = option(None, help="load_dataset's data_files.")
     dataset_revision: str | None = option(None, help="The Hub revision.")
+    clip_stride: int | None = option(
+        None, help="Actions between clip starts of long rows (null: history_length).", low=1
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -130,24 +143,39 @@ class TrajectoryDataInfo:
     Args:
         info (`TrajectoryInfo`): The dataset's metadata.
         max_steps (`int`): The most real actions in a row (train and held-out).
+        clips (`tuple[TrajectoryClips, ...]`, defaults to `()`): The train and held-out clips,
+            once the model is known (`TrajectoryDomain.fit_data`).
     """
 
     info: TrajectoryInfo
     max_steps: int
+    clips: tuple[TrajectoryClips, ...] = dataclass_field(default_factory=tuple)
 
 
 @dataclass
 class TrajectoryCollator:
-    """`DataCollatorForLeWM` on trajectory rows, honouring `action_mask`.
+    """`DataCollatorForLeWM` on trajectory rows, honouring `action_mask`, or on clips.
 
     A row's padded actions (mask 0) and their states are dropped first, then the collator pads
     the batch to its longest row. A batch whose rows all have the same number of real actions
-    carries no mask, so it runs the model's unpadded path exactly as move clips do.
+    carries no mask, so it runs the model's unpadded path exactly as move clips do. Rows of a
+    clip index (`clip_split`, `clip_row`, `clip_offset`: `TrajectoryClips.as_dataset`) are
+    read from `clips[clip_split]` first.
+
+    Args:
+        collator (`DataCollatorForLeWM`): Collates the rows.
+        clips (`tuple[TrajectoryClips, ...]`, defaults to `()`): The clips of each split tag.
     """
 
     collator: DataCollatorForLeWM
+    clips: tuple[TrajectoryClips, ...] = ()
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if CLIP_ROW in features[0]:
+            features = [
+                self.clips[f[CLIP_SPLIT]].read_at([f[CLIP_ROW]], [f[CLIP_OFFSET]])[0]
+                for f in features
+            ]
         rows = []
         for f in features:
             mask = f.get("action_mask")
@@ -172,7 +200,7 @@ class TrajectoryDomain:
     owners: ClassVar[dict[str, str]] = {}
     help_defaults: ClassVar[dict[str, Any]] = {
         "action_vocab_size": "the dataset's num_actions",
-        "history_length": "the dataset's longest row (K)",
+        "history_length": "the dataset's longest row (K); longer rows are cut into clips",
         "vocab_size": "the dataset's vocab_size (a fresh encoder)",
     }
 
@@ -229,12 +257,13 @@ class TrajectoryDomain:
                 config.action_vocab_size,
                 f"must be >= the {info.num_actions} actions of {name}",
             )
-        if config.history_length < data.info.max_steps:
+        stride = args.data.clip_stride
+        if stride is not None and stride > config.history_length:
             raise LeWMConfigError(
-                "history_length",
-                config.history_length,
-                f"rows of {name} have up to {data.info.max_steps} actions: must be >= that "
-                "(or write shorter rows)",
+                "clip_stride",
+                stride,
+                f"must be <= history_length={config.history_length}: a larger stride would "
+                "skip the transitions between clips",
             )
 
     def build_data(self, args: TrajectoryArguments) -> WorldModelData:
@@ -266,10 +295,28 @@ class TrajectoryDomain:
             summary={K.TRAIN_ROWS: len(train), K.EVAL_ROWS: len(held_out)},
         )
 
+    def fit_data(
+        self, model: Any, args: TrajectoryArguments, data: WorldModelData
+    ) -> WorldModelData:
+        """Cut rows longer than the model's `history_length` into clips (`clip_stride`).
+
+        A split whose rows all fit stays as it is (its clips are its rows); another becomes its
+        clip index, read by the collator. The evaluation uses the same held-out clips.
+        """
+        history, stride = model.config.history_length, args.data.clip_stride
+        clips = tuple(
+            trajectory_clips(split, history, stride, tag)
+            for tag, split in enumerate((data.train, data.validation))
+        )
+        train, held_out = (c.source if c.whole_rows else c.as_dataset() for c in clips)
+        summary = {**data.summary, K.TRAIN_CLIPS: len(clips[0]), K.EVAL_CLIPS: len(clips[1])}
+        info = replace(data.info, clips=clips)
+        return replace(data, train=train, validation=held_out, info=info, summary=summary)
+
     def trainer_kwargs(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
-        return {"data_collator": TrajectoryCollator(DataCollatorForLeWM())}
+        return {"data_collator": TrajectoryCollator(DataCollatorForLeWM(), data.info.clips)}
 
     def before_evaluation(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
@@ -282,8 +329,9 @@ class TrajectoryDomain:
     def evaluate(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
+        held_out = data.info.clips[1] if data.info.clips else data.validation
         return evaluate_trajectory_model(
-            model, data.validation, data.info.info.num_actions, args.evaluation.config()
+            model, held_out, data.info.info.num_actions, args.evaluation.config()
         )
 
 
