@@ -653,3 +653,116 @@ def test_long_episodes_train_and_evaluate_on_clips(tmp_path):
     with pytest.raises(LeWMConfigError) as caught:
         run_trajectory_phase(tmp_path / "bad", **keys, clip_stride=7)
     assert caught.value.field == "clip_stride"
+
+
+# ---- edit actions from a dataset ---------------------------------------------------------------
+
+EDIT_CORPUS = {
+    "synthetic_records": 2,
+    "synthetic_length": 6000,
+    "window_length": 48,
+    "window_stride": 24,
+    "margin": 12,  # the dataset path's evaluation sampler: min(16, 48 // 4)
+    "max_actions": 2,
+}
+EDIT_MODEL = {
+    "encoder_path": None,
+    "encoder_mode": "frozen",
+    "dropout": 0.0,
+    **TINY_PHASE_MODEL,
+    "action_hidden": 8,
+    "max_steps": 4,
+    "learning_rate": 1e-2,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "collapse_monitor_steps": 0,
+}
+
+
+def edit_numbers(result: dict) -> dict:
+    return {
+        k: v
+        for k, v in result.items()
+        if k.startswith(("eval_snv", "eval_edit")) and isinstance(v, (int, float))
+    }
+
+
+def test_edit_export_round_trip_trains_and_evaluates_to_the_built_in_numbers(tmp_path):
+    root = tmp_path / "builtin"
+    root.mkdir()
+    recipe = {
+        "output_dir": str(root / "run"),
+        "seed": 0,
+        "disable_tqdm": True,
+        "corpus_cache_dir": str(tmp_path / "cache"),
+        "phases": [
+            {"name": "world_model", "task": "edit_world_model", **EDIT_CORPUS, **EDIT_MODEL,
+             "eval_items": 8}
+        ],
+    }  # fmt: skip
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    plan = validate_recipe(root / "recipe.yaml")[0]
+    corpus = build_edit_corpus(plan.args.domain.data, tmp_path / "cache")
+    info = export_trajectories(corpus, tmp_path / "export")
+    assert info.action_type == "edit"
+    run_recipe(root / "recipe.yaml")
+    builtin = json.loads((root / "run" / "world_model" / K.RESULT_FILE).read_text())
+
+    keys = {
+        **EDIT_MODEL,
+        "task": "trajectory_world_model",
+        "dataset_test_split": "validation",
+        "run_evaluation": True,
+        "evaluation": {"num_items": 8},
+    }
+    phase = {k: v for k, v in TRAJECTORY_PHASE.items() if k not in keys}
+    result, out = run_trajectory_phase(
+        tmp_path / "ours", **phase, **keys, dataset_name=str(tmp_path / "export")
+    )
+    config = json.loads((out / K.CONFIG_FILE).read_text())
+    assert (config["pooling"], config["action_position_origin"]) == ("centered", "locus")
+    assert np.abs(numbers(result) - numbers(builtin)).max() <= 1e-6
+    theirs, ours = edit_numbers(builtin), edit_numbers(result)
+    assert theirs and ours.keys() == theirs.keys()
+    assert max(abs(ours[k] - theirs[k]) for k in ours) <= 1e-6
+    mine = load_file(out / K.SAFE_WEIGHTS_FILE)
+    built = load_file(root / "run" / "world_model" / K.SAFE_WEIGHTS_FILE)
+    assert max((mine[k].float() - built[k].float()).abs().max().item() for k in mine) <= 1e-6
+
+    # Control: the same rows in another order give other numbers under the same seed.
+    shuffled = tmp_path / "shuffled"
+    for split in ("train", "validation"):
+        rows, _ = load_trajectories(str(tmp_path / "export"), split=split)
+        order = np.random.default_rng(1).permutation(len(rows))
+        write_trajectories(rows.select(order), info, shuffled, split)
+    control, _ = run_trajectory_phase(
+        tmp_path / "control", **phase, **keys, dataset_name=str(shuffled)
+    )
+    assert np.abs(numbers(control) - numbers(builtin)).max() > 1e-3
+
+
+def test_edit_clips_keep_a_locus_per_state_and_foreign_edit_vocabularies_are_refused(tmp_path):
+    rows = dataset(
+        input_ids=[[[0, 1, 2, 3]] * 5],
+        edit_ops=[[0, 1, 2, 0]],
+        edit_positions=[[1, 2, 0, 3]],
+        edit_tokens=[[[2], [3, 1], [0], [1]]],
+        locus=[[1, 2, 3, 0, 1]],
+    )
+    validate_trajectories(rows, EDIT_INFO)
+    clips = trajectory_clips(rows, 2)
+    assert clips.offsets.tolist() == [0, 2]
+    (second,) = clips.read([1])
+    assert second["edit_ops"] == [2, 0] and second["edit_tokens"] == [[0], [1]]
+    assert second["locus"] == [3, 0, 1] and len(second["input_ids"]) == 3
+    # Edits are coded over the DNA vocabulary: another vocabulary is refused before training.
+    info = TrajectoryInfo(vocab_size=9, num_actions=3, window_length=4, action_type="edit")
+    for split in ("train", "test"):
+        write_trajectories(rows, info, tmp_path / "wide", split)
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(
+            tmp_path / "run", dataset_name=str(tmp_path / "wide"), dataset_test_split="test"
+        )
+    assert caught.value.field == "dataset_name" and "DNA vocabulary" in caught.value.reason

@@ -896,10 +896,12 @@ def export_trajectories(
 
 __all__ = [
     "ACTION_COLUMNS",
+    "ACTION_WISE",
     "CLIP_OFFSET",
     "CLIP_ROW",
     "CLIP_SPLIT",
     "FILE_BUILDERS",
+    "STATE_WISE",
     "TRAJECTORY_FORMAT",
     "TRAJECTORY_FORMAT_VERSION",
     "TrajectoryClips",

@@ -20,13 +20,21 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any, ClassVar
 
+import numpy as np
+import pyarrow.compute as pc
+
 from ... import metric_keys as K
 from ...configuration_lewm import LeWMConfig
 from ...data.collators import DataCollatorForLeWM
+from ...data.dna import DNA_VOCAB_SIZE
+from ...data.edits import EditCorpusConfig, EditSampler
+from ...data.edits.ops import DEFAULT_MAX_EDIT_LEN
 from ...data.trajectories import (
+    ACTION_WISE,
     CLIP_OFFSET,
     CLIP_ROW,
     CLIP_SPLIT,
+    STATE_WISE,
     TrajectoryClips,
     TrajectoryInfo,
     load_trajectory_dataset,
@@ -36,11 +44,13 @@ from ...data.trajectories import (
     validate_trajectories,
 )
 from ...errors import LeWMConfigError
+from ...evaluation.edits import EditEvaluationArguments, evaluate_edit_model
 from ...evaluation.trajectories import TrajectoryEvalConfig, evaluate_trajectory_model
 from ...fields import option, validate_fields
 from ...modeling_actions import ActionInputs
 from ...trainer.lewm_config import LeWMTrainingArguments
 from . import WorldModelData
+from .edits import EDITS, check_edit_coding, edit_trainer_kwargs
 from .walks import MOVE_ACTION_FIXED
 
 
@@ -145,11 +155,14 @@ class TrajectoryDataInfo:
         max_steps (`int`): The most real actions in a row (train and held-out).
         clips (`tuple[TrajectoryClips, ...]`, defaults to `()`): The train and held-out clips,
             once the model is known (`TrajectoryDomain.fit_data`).
+        max_edit_len (`int`, defaults to 16): The longest edit accepted (edit actions: at
+            least the dataset's longest).
     """
 
     info: TrajectoryInfo
     max_steps: int
     clips: tuple[TrajectoryClips, ...] = dataclass_field(default_factory=tuple)
+    max_edit_len: int = DEFAULT_MAX_EDIT_LEN
 
 
 @dataclass
@@ -163,12 +176,16 @@ class TrajectoryCollator:
     read from `clips[clip_split]` first.
 
     Args:
-        collator (`DataCollatorForLeWM`): Collates the rows.
+        collator (`DataCollatorForLeWM` or `EditActionCollator`): Collates the rows (edit rows:
+            the edit domain's collator, which codes the edits as the model reads them).
         clips (`tuple[TrajectoryClips, ...]`, defaults to `()`): The clips of each split tag.
+        discrete (`bool`, defaults to `True`): Discrete actions (an all-real batch then drops
+            its mask); edit batches keep theirs, as the edit domain's do.
     """
 
-    collator: DataCollatorForLeWM
+    collator: Any
     clips: tuple[TrajectoryClips, ...] = ()
+    discrete: bool = True
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if CLIP_ROW in features[0]:
@@ -179,11 +196,12 @@ class TrajectoryCollator:
         rows = []
         for f in features:
             mask = f.get("action_mask")
-            k = len(f["actions"]) if mask is None else int(sum(mask))
-            rows.append({"input_ids": f["input_ids"][: k + 1], "actions": f["actions"][:k]})
+            k = len(f["actions" if self.discrete else "edit_ops"]) if mask is None else sum(mask)
+            row = {n: f[n][: int(k) + 1] for n in STATE_WISE if n in f}
+            rows.append({**row, **{n: f[n][: int(k)] for n in ACTION_WISE if n in f}})
         batch = self.collator(rows)
         actions = batch["actions"]
-        if actions.mask is not None and bool(actions.mask.all()):
+        if self.discrete and actions.mask is not None and bool(actions.mask.all()):
             batch["actions"] = ActionInputs(ids=actions["ids"])
         return batch
 
@@ -217,6 +235,11 @@ class TrajectoryDomain:
     ) -> dict[str, Any]:
         if data is None:
             return {}
+        if data.info.info.action_type == "edit":
+            return {
+                **EDITS.config_defaults(None, config, None),
+                "history_length": data.info.max_steps,
+            }
         return {
             "action_vocab_size": data.info.info.num_actions,
             "history_length": data.info.max_steps,
@@ -228,21 +251,30 @@ class TrajectoryDomain:
     def check_config(
         self, config: LeWMConfig, args: TrajectoryArguments, data: WorldModelData | None
     ) -> None:
-        for key, value in MOVE_ACTION_FIXED.items():
-            if getattr(config, key) != value:
-                raise LeWMConfigError(
-                    key,
-                    getattr(config, key),
-                    f"a trajectory dataset's actions are discrete ids, one token each: {key} "
-                    f"must be {value!r} (it codes edit actions)",
-                )
-        if config.pooling == "centered":
-            raise LeWMConfigError(
-                "pooling", config.pooling, "trajectory states have no locus: use last or mean"
-            )
-        if data is None:
+        if data is None:  # the action type is the dataset's
             return
         info, name = data.info.info, args.data.dataset_name
+        if info.action_type == "edit":
+            check_edit_coding(config, info.window_length)
+        else:
+            for key, value in MOVE_ACTION_FIXED.items():
+                if getattr(config, key) != value:
+                    raise LeWMConfigError(
+                        key,
+                        getattr(config, key),
+                        f"{name} holds discrete actions, one token each: {key} must be "
+                        f"{value!r} (it codes edit actions)",
+                    )
+            if config.pooling == "centered":
+                raise LeWMConfigError(
+                    "pooling", config.pooling, "discrete-action states have no locus"
+                )
+            if config.action_vocab_size < info.num_actions:
+                raise LeWMConfigError(
+                    "action_vocab_size",
+                    config.action_vocab_size,
+                    f"must be >= the {info.num_actions} actions of {name}",
+                )
         if config.vocab_size is not None and config.vocab_size < info.vocab_size:
             raise LeWMConfigError(
                 "vocab_size",
@@ -250,12 +282,6 @@ class TrajectoryDomain:
                 f"the state encoder's vocabulary must cover the {info.vocab_size} token ids of "
                 f"{name}: give an encoder_path whose vocabulary covers them, or encoder_path: "
                 "null to build one from the dataset",
-            )
-        if config.action_vocab_size < info.num_actions:
-            raise LeWMConfigError(
-                "action_vocab_size",
-                config.action_vocab_size,
-                f"must be >= the {info.num_actions} actions of {name}",
             )
         stride = args.data.clip_stride
         if stride is not None and stride > config.history_length:
@@ -271,12 +297,12 @@ class TrajectoryDomain:
         dataset, info = load_trajectory_dataset(
             source.dataset_name, source.dataset_config, source.data_files, source.dataset_revision
         )
-        if info.action_type != "discrete":
+        if info.action_type == "edit" and info.vocab_size > DNA_VOCAB_SIZE:
             raise LeWMConfigError(
                 "dataset_name",
                 source.dataset_name,
-                f"holds {info.action_type} actions: this task trains on discrete actions "
-                "(an `actions` column)",
+                f"holds edit actions over {info.vocab_size} tokens: edits are coded as the edit "
+                f"domain codes them, over the DNA vocabulary (vocab_size <= {DNA_VOCAB_SIZE})",
             )
         splits = {}
         for field, split in (
@@ -288,10 +314,13 @@ class TrajectoryDomain:
             splits[field] = rows
         train, held_out = splits["dataset_train_split"], splits["dataset_test_split"]
         max_steps = int(max(real_steps(train).max(), real_steps(held_out).max()))
+        max_edit_len = DEFAULT_MAX_EDIT_LEN
+        if info.action_type == "edit":
+            max_edit_len = max(max_edit_len, longest_edit(train), longest_edit(held_out))
         return WorldModelData(
             train=train,
             validation=held_out,
-            info=TrajectoryDataInfo(info=info, max_steps=max_steps),
+            info=TrajectoryDataInfo(info=info, max_steps=max_steps, max_edit_len=max_edit_len),
             summary={K.TRAIN_ROWS: len(train), K.EVAL_ROWS: len(held_out)},
         )
 
@@ -316,6 +345,10 @@ class TrajectoryDomain:
     def trainer_kwargs(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
+        if data.info.info.action_type == "edit":
+            kwargs = edit_trainer_kwargs(model, data.info.max_edit_len)
+            collator = TrajectoryCollator(kwargs["data_collator"], data.info.clips, discrete=False)
+            return {**kwargs, "data_collator": collator}
         return {"data_collator": TrajectoryCollator(DataCollatorForLeWM(), data.info.clips)}
 
     def before_evaluation(
@@ -330,9 +363,49 @@ class TrajectoryDomain:
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
         held_out = data.info.clips[1] if data.info.clips else data.validation
-        return evaluate_trajectory_model(
-            model, held_out, data.info.info.num_actions, args.evaluation.config()
-        )
+        config = args.evaluation.config()
+        if data.info.info.action_type == "edit":
+            return evaluate_edit_rows(model, held_out, data.info.info.window_length, config)
+        return evaluate_trajectory_model(model, held_out, data.info.info.num_actions, config)
+
+
+def longest_edit(split: Any) -> int:
+    """The most tokens of one edit of a validated edit split (from the Arrow buffers)."""
+    column = split.with_format("arrow")[:].column("edit_tokens").combine_chunks().flatten()
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    return int(lengths.max()) if len(lengths) else 0
+
+
+def edit_sampler(window_length: int) -> EditSampler:
+    """The random other edits of the edit evaluation on a dataset: the edit corpus's default
+    mixture, `margin` the corpus default or a quarter of the window, whichever is smaller."""
+    margin = min(EditCorpusConfig.__dataclass_fields__["margin"].default, window_length // 4)
+    return EditSampler(margin=margin)
+
+
+def evaluate_edit_rows(
+    model: Any, held_out: Any, window_length: int, config: TrajectoryEvalConfig
+) -> dict[str, Any]:
+    """The edit domain's evaluation (SNV recovery, edit-action discrimination against copy,
+    shuffled and chance) on the first `num_items` held-out clips, its seed `config.seed`.
+
+    Args:
+        model: The world model.
+        held_out (`TrajectoryClips` or `Dataset`): The held-out clips (or rows).
+        window_length (`int`): Tokens per state.
+        config (`TrajectoryEvalConfig`): Sizes and seed.
+
+    Returns:
+        `dict[str, Any]`: `eval_snv_recovery_*` and `eval_edit_action_*`.
+    """
+    count = min(len(held_out), config.num_items)
+    if isinstance(held_out, TrajectoryClips):
+        rows = held_out.read(np.arange(count))
+    else:
+        rows = [held_out[i] for i in range(count)]
+    args = EditEvaluationArguments(eval_items=config.num_items, eval_seed=config.seed)
+    radius = model.config.pool_radius
+    return evaluate_edit_model(model, rows, edit_sampler(window_length), radius, args)
 
 
 TRAJECTORIES = TrajectoryDomain()
