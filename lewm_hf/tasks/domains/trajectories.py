@@ -3,10 +3,12 @@
 The rows come from a trajectory dataset (`lewm_hf.data.trajectories`: a Hub id, a local
 folder, a `save_to_disk` folder, or `data_files` of a packaged builder), named with TRL's keys
 `dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split` and `data_files`.
-Actions are discrete ids (one action token each, as graph moves are); the model's action
+Actions are discrete ids (one action token each, as graph moves are) or edits (coded, collated
+and evaluated as the edit domain does, `lewm_hf.tasks.domains.edits`); the model's action
 vocabulary defaults to the dataset's `num_actions`, its history length to the longest row, and
 an encoder built from scratch to the dataset's `vocab_size` (an `encoder_path` checkpoint must
-cover it). The evaluation needs nothing but held-out rows
+cover it). Rows longer than the history are cut into clips (`clip_stride`,
+`lewm_hf.data.trajectories.trajectory_clips`). The evaluation needs nothing but held-out clips
 (`lewm_hf.evaluation.trajectories`).
 
 This is a task of its own rather than `world_model` switched by `dataset_name`: the walk keys
