@@ -436,13 +436,23 @@ class TrajectoryClips:
         rows = np.asarray(rows, dtype=np.int64)
         offsets = np.asarray(offsets, dtype=np.int64)
         lengths = np.minimum(self.history_length, self.steps[rows] - offsets)
-        names = [n for n in (*STATE_WISE, *ACTION_WISE) if n in self.source.column_names]
-        columns = self.source.select_columns(names)[rows.tolist()]
-        out = []
-        for i, (start, k) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
-            out.append(
-                {name: columns[name][i][start : start + k + (name in STATE_WISE)] for name in names}
+        table = _arrow_table(self.source)
+        names = [n for n in (*STATE_WISE, *ACTION_WISE) if n in table.column_names]
+        # Only the rows asked for leave Arrow, and of them only the clips' items.
+        picked = table.select(names).take(pa.array(rows))
+        out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        for name in names:
+            column = picked.column(name).combine_chunks()
+            sizes = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+            starts = np.cumsum(sizes) - sizes + offsets  # the clip's first item
+            widths = lengths + (name in STATE_WISE)
+            ends = np.cumsum(widths)
+            items = (
+                np.repeat(starts, widths) + np.arange(ends[-1]) - np.repeat(ends - widths, widths)
             )
+            taken = column.flatten().take(pa.array(items)).to_pylist()
+            for row, first, last in zip(out, ends - widths, ends, strict=True):
+                row[name] = taken[first:last]
         return out
 
     def as_dataset(self) -> Dataset:

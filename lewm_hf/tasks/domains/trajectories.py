@@ -190,11 +190,14 @@ class TrajectoryCollator:
     discrete: bool = True
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        if CLIP_ROW in features[0]:
-            features = [
-                self.clips[f[CLIP_SPLIT]].read_at([f[CLIP_ROW]], [f[CLIP_OFFSET]])[0]
-                for f in features
-            ]
+        if CLIP_ROW in features[0]:  # one read per split of the batch
+            read: dict[int, dict[str, Any]] = {}
+            for tag in {f[CLIP_SPLIT] for f in features}:
+                at = [i for i, f in enumerate(features) if f[CLIP_SPLIT] == tag]
+                rows = [features[i][CLIP_ROW] for i in at]
+                offsets = [features[i][CLIP_OFFSET] for i in at]
+                read.update(zip(at, self.clips[tag].read_at(rows, offsets), strict=True))
+            features = [read[i] for i in range(len(features))]
         rows = []
         for f in features:
             mask = f.get("action_mask")
