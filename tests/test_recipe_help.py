@@ -99,7 +99,10 @@ def test_evaluate_help_lists_its_options_and_defaults(evaluate_main, capsys):
     out = capsys.readouterr().out
     lines = lines_of(out)
     assert "--model_path (path, required)" in lines
-    assert "--config (path, default: recipes/configs/walk_lewm.yaml)" in lines
+    assert (
+        "--config (path, default: <model_path>/recipe.yaml if present, else "
+        "recipes/configs/walk_lewm.yaml)"
+    ) in lines
     assert "--output (path, default: <model_path>/eval_results.json)" in lines
     # The full planning set the script uses, not the recipe's 50 goals x 1 seed.
     assert "--planning.goals_per_distance (int, default: 300)" in lines

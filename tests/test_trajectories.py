@@ -37,10 +37,12 @@ from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.edits import EditCorpusConfig, build_edit_corpus
 from lewm_hf.data.trajectories import (
     TrajectoryInfo,
+    clip_offsets,
     export_trajectories,
     load_trajectories,
     load_trajectory_dataset,
     push_trajectories,
+    trajectory_clips,
     validate_trajectories,
     write_trajectories,
 )
@@ -390,8 +392,8 @@ def test_keys_without_effect_and_a_small_encoder_vocabulary_are_errors(tmp_path,
         run_trajectory_phase(tmp_path / "c", dataset_name=export, dataset_test_split="test")
     assert caught.value.field == "dataset_test_split"
     with pytest.raises(LeWMConfigError) as caught:
-        run_trajectory_phase(tmp_path / "d", dataset_name=export, history_length=1)
-    assert caught.value.field == "history_length"
+        run_trajectory_phase(tmp_path / "d", dataset_name=export, history_length=1, clip_stride=2)
+    assert caught.value.field == "clip_stride"
     # An encoder whose vocabulary does not cover the dataset's 100 tokens.
     small = tmp_path / "small_lm"
     config = LlamaConfig(
@@ -554,3 +556,214 @@ def test_ragged_rows_with_padding_train_and_evaluate(tmp_path):
     assert np.isfinite(result[K.EVAL_PRED_MSE]) and result[K.EVAL_ACTION_CHANCE] == 0.25
     # Rollouts go as far as the real (unpadded) rows allow: 3 actions.
     assert result[K.EVAL_ROLLOUT_HORIZONS] == [1, 2, 3]
+
+
+# ---- long rows: clips of history_length actions ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "history", "stride", "offsets"),
+    [
+        (3, 4, 4, [0]),  # a short row is one clip (padded by the collator)
+        (4, 4, 4, [0]),
+        (10, 4, 4, [0, 4, 8]),  # back-to-back; the last clip holds the 2 remaining actions
+        (10, 4, 2, [0, 2, 4, 6]),  # overlapping; the last clip ends at the row's end
+        (10, 4, 1, [0, 1, 2, 3, 4, 5, 6]),
+        (9, 3, 3, [0, 3, 6]),
+    ],
+)
+def test_clip_offsets_cover_every_transition(steps, history, stride, offsets):
+    rows, got = clip_offsets(np.array([1, steps]), history, stride)
+    assert rows.tolist() == [0] + [1] * len(offsets) and got.tolist() == [0, *offsets]
+    covered = set()
+    for start in offsets:
+        covered |= set(range(start, min(start + history, steps)))
+    assert covered == set(range(steps))
+
+
+@pytest.mark.parametrize(
+    ("history", "stride", "field"),
+    [
+        (0, None, "history_length"),
+        (4, 0, "clip_stride"),
+        (4, 5, "clip_stride"),
+        (4, 1.5, "clip_stride"),
+    ],
+)
+def test_bad_clip_settings_are_config_errors(history, stride, field):
+    rows = dataset(**GOOD)
+    with pytest.raises(LeWMConfigError) as caught:
+        trajectory_clips(rows, history, stride)
+    assert caught.value.field == field
+
+
+def long_rows(rng, count: int, info: TrajectoryInfo, low: int, high: int) -> dict:
+    steps = rng.integers(low, high, size=count)
+    window, vocab = info.window_length, info.vocab_size
+    return {
+        "input_ids": [rng.integers(0, vocab, (k + 1, window)).tolist() for k in steps],
+        "actions": [rng.integers(0, info.num_actions, k).tolist() for k in steps],
+        "episode": list(range(count)),
+    }
+
+
+def test_clips_read_the_rows_lazily_and_deterministically():
+    rng = np.random.default_rng(0)
+    info = TrajectoryInfo(vocab_size=12, num_actions=4, window_length=3)
+    rows = dataset(**long_rows(rng, 5, info, 30, 60))
+    clips = trajectory_clips(rows, 8, 3)
+    again = trajectory_clips(rows, 8, 3)
+    assert np.array_equal(clips.rows, again.rows) and np.array_equal(clips.offsets, again.offsets)
+    index = clips.as_dataset()
+    assert index.column_names == ["clip_split", "clip_row", "clip_offset"] and len(index) > 5 * 8
+    for c in (0, 7, len(clips) - 1):
+        row, start = int(clips.rows[c]), int(clips.offsets[c])
+        (clip,) = clips.read([c])
+        k = len(clip["actions"])
+        assert k == min(8, len(rows[row]["actions"]) - start) >= 1
+        assert clip["actions"] == rows[row]["actions"][start : start + k]
+        assert clip["input_ids"] == rows[row]["input_ids"][start : start + k + 1]
+    # The collator reads the clips an index row names.
+    collate = TrajectoryCollator(DataCollatorForLeWM(), (clips,))
+    batch = collate([index[0], index[1]])
+    expected = DataCollatorForLeWM()(clips.read([0, 1]))
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    assert torch.equal(batch["actions"]["ids"], expected["actions"]["ids"])
+
+
+def test_long_episodes_train_and_evaluate_on_clips(tmp_path):
+    # Episodes of 40-90 actions against a history of 6: cut into clips, trained, evaluated.
+    rng = np.random.default_rng(1)
+    info = TrajectoryInfo(vocab_size=12, num_actions=4, window_length=3)
+    for split, count in (("train", 12), ("test", 4)):
+        write_trajectories(long_rows(rng, count, info, 40, 90), info, tmp_path / "long", split)
+    keys = {
+        "dataset_name": str(tmp_path / "long"),
+        "dataset_test_split": "test",
+        "history_length": 6,
+        "max_steps": 3,
+        "run_evaluation": True,
+        "evaluation": {"num_items": 16, "num_rollouts": 4, "max_horizon": 10},
+    }
+    result, out = run_trajectory_phase(tmp_path / "run", **keys)
+    assert json.loads((out / K.CONFIG_FILE).read_text())["history_length"] == 6
+    assert np.isfinite(result[K.EVAL_PRED_MSE]) and np.isfinite(result[K.EVAL_COPY_MSE])
+    # Rollouts stay within a clip: at most history_length steps.
+    assert result[K.EVAL_ROLLOUT_HORIZONS] == [1, 2, 3, 4, 5, 6]
+    # A stride above the history would skip transitions.
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(tmp_path / "bad", **keys, clip_stride=7)
+    assert caught.value.field == "clip_stride"
+
+
+# ---- edit actions from a dataset ---------------------------------------------------------------
+
+EDIT_CORPUS = {
+    "synthetic_records": 2,
+    "synthetic_length": 6000,
+    "window_length": 48,
+    "window_stride": 24,
+    "margin": 12,  # the dataset path's evaluation sampler: min(16, 48 // 4)
+    "max_actions": 2,
+}
+EDIT_MODEL = {
+    "encoder_path": None,
+    "encoder_mode": "frozen",
+    "dropout": 0.0,
+    **TINY_PHASE_MODEL,
+    "action_hidden": 8,
+    "max_steps": 4,
+    "learning_rate": 1e-2,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "collapse_monitor_steps": 0,
+}
+
+
+def edit_numbers(result: dict) -> dict:
+    return {
+        k: v
+        for k, v in result.items()
+        if k.startswith(("eval_snv", "eval_edit")) and isinstance(v, (int, float))
+    }
+
+
+def test_edit_export_round_trip_trains_and_evaluates_to_the_built_in_numbers(tmp_path):
+    root = tmp_path / "builtin"
+    root.mkdir()
+    recipe = {
+        "output_dir": str(root / "run"),
+        "seed": 0,
+        "disable_tqdm": True,
+        "corpus_cache_dir": str(tmp_path / "cache"),
+        "phases": [
+            {"name": "world_model", "task": "edit_world_model", **EDIT_CORPUS, **EDIT_MODEL,
+             "eval_items": 8}
+        ],
+    }  # fmt: skip
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    plan = validate_recipe(root / "recipe.yaml")[0]
+    corpus = build_edit_corpus(plan.args.domain.data, tmp_path / "cache")
+    info = export_trajectories(corpus, tmp_path / "export")
+    assert info.action_type == "edit"
+    run_recipe(root / "recipe.yaml")
+    builtin = json.loads((root / "run" / "world_model" / K.RESULT_FILE).read_text())
+
+    keys = {
+        **EDIT_MODEL,
+        "task": "trajectory_world_model",
+        "dataset_test_split": "validation",
+        "run_evaluation": True,
+        "evaluation": {"num_items": 8},
+    }
+    phase = {k: v for k, v in TRAJECTORY_PHASE.items() if k not in keys}
+    result, out = run_trajectory_phase(
+        tmp_path / "ours", **phase, **keys, dataset_name=str(tmp_path / "export")
+    )
+    config = json.loads((out / K.CONFIG_FILE).read_text())
+    assert (config["pooling"], config["action_position_origin"]) == ("centered", "locus")
+    assert np.abs(numbers(result) - numbers(builtin)).max() <= 1e-6
+    theirs, ours = edit_numbers(builtin), edit_numbers(result)
+    assert theirs and ours.keys() == theirs.keys()
+    assert max(abs(ours[k] - theirs[k]) for k in ours) <= 1e-6
+    mine = load_file(out / K.SAFE_WEIGHTS_FILE)
+    built = load_file(root / "run" / "world_model" / K.SAFE_WEIGHTS_FILE)
+    assert max((mine[k].float() - built[k].float()).abs().max().item() for k in mine) <= 1e-6
+
+    # Control: the same rows in another order give other numbers under the same seed.
+    shuffled = tmp_path / "shuffled"
+    for split in ("train", "validation"):
+        rows, _ = load_trajectories(str(tmp_path / "export"), split=split)
+        order = np.random.default_rng(1).permutation(len(rows))
+        write_trajectories(rows.select(order), info, shuffled, split)
+    control, _ = run_trajectory_phase(
+        tmp_path / "control", **phase, **keys, dataset_name=str(shuffled)
+    )
+    assert np.abs(numbers(control) - numbers(builtin)).max() > 1e-3
+
+
+def test_edit_clips_keep_a_locus_per_state_and_foreign_edit_vocabularies_are_refused(tmp_path):
+    rows = dataset(
+        input_ids=[[[0, 1, 2, 3]] * 5],
+        edit_ops=[[0, 1, 2, 0]],
+        edit_positions=[[1, 2, 0, 3]],
+        edit_tokens=[[[2], [3, 1], [0], [1]]],
+        locus=[[1, 2, 3, 0, 1]],
+    )
+    validate_trajectories(rows, EDIT_INFO)
+    clips = trajectory_clips(rows, 2)
+    assert clips.offsets.tolist() == [0, 2]
+    (second,) = clips.read([1])
+    assert second["edit_ops"] == [2, 0] and second["edit_tokens"] == [[0], [1]]
+    assert second["locus"] == [3, 0, 1] and len(second["input_ids"]) == 3
+    # Edits are coded over the DNA vocabulary: another vocabulary is refused before training.
+    info = TrajectoryInfo(vocab_size=9, num_actions=3, window_length=4, action_type="edit")
+    for split in ("train", "test"):
+        write_trajectories(rows, info, tmp_path / "wide", split)
+    with pytest.raises(LeWMConfigError) as caught:
+        run_trajectory_phase(
+            tmp_path / "run", dataset_name=str(tmp_path / "wide"), dataset_test_split="test"
+        )
+    assert caught.value.field == "dataset_name" and "DNA vocabulary" in caught.value.reason

@@ -36,7 +36,7 @@ import torch
 from datasets import Dataset
 
 from .. import metric_keys as K
-from ..data.trajectories import real_steps
+from ..data.trajectories import TrajectoryClips, trajectory_clips
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields
@@ -72,22 +72,15 @@ class TrajectoryEvalConfig:
         validate_fields(self)
 
 
-def trajectory_rows(dataset: Dataset, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Rows of a validated discrete trajectory split as `(states (K + 1, L), actions (K,))`,
+def trajectory_rows(
+    clips: TrajectoryClips, indices: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Clips of a validated discrete trajectory split as `(states (K + 1, L), actions (K,))`,
     trailing padding (`action_mask`) removed."""
-    table = dataset.select(indices.tolist()).with_format("arrow")[:]
-    states = table.column("input_ids").to_pylist()
-    actions = table.column("actions").to_pylist()
-    masks = (
-        table.column("action_mask").to_pylist()
-        if "action_mask" in table.column_names
-        else [None] * len(states)
-    )
-    out = []
-    for s, a, m in zip(states, actions, masks, strict=True):
-        k = len(a) if m is None else int(np.sum(m))
-        out.append((np.asarray(s[: k + 1], dtype=np.int64), np.asarray(a[:k], dtype=np.int64)))
-    return out
+    return [
+        (np.asarray(r["input_ids"], dtype=np.int64), np.asarray(r["actions"], dtype=np.int64))
+        for r in clips.read(indices)
+    ]
 
 
 def action_ranking(
@@ -140,13 +133,21 @@ def action_ranking(
 
 
 def evaluate_trajectory_model(
-    model: Any, held_out: Dataset, num_actions: int, config: TrajectoryEvalConfig | None = None
+    model: Any,
+    held_out: Dataset | TrajectoryClips,
+    num_actions: int,
+    config: TrajectoryEvalConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate a world model on held-out trajectory rows (see the module docstring).
 
+    Items, rollouts and surprise are drawn from the held-out clips (`trajectory_clips` with the
+    model's `history_length`: the clips training evaluates on), so a split of long episodes is
+    evaluated on the windows the model was trained to read.
+
     Args:
         model: A [`LeWMModel`] (or an object with `encode`, `predict`, `config.history_length`).
-        held_out (`Dataset`): A validated split with discrete actions.
+        held_out (`Dataset` or `TrajectoryClips`): A validated split with discrete actions (cut
+            into back-to-back clips of `history_length` actions), or its clips.
         num_actions (`int`): The dataset's number of actions.
         config (`TrajectoryEvalConfig`, *optional*): Sizes and seed; defaults if None.
 
@@ -166,7 +167,9 @@ def evaluate_trajectory_model(
     history = model.config.history_length
     bs = config.batch_size
     rng = np.random.default_rng(derive_seed(config.seed, "trajectory-items"))
-    steps = real_steps(held_out)
+    if not isinstance(held_out, TrajectoryClips):
+        held_out = trajectory_clips(held_out, history)
+    steps = held_out.lengths
 
     # Items: a random row, a random transition in it, its history of at most H steps.
     rows = rng.integers(0, len(held_out), size=config.num_items)

@@ -289,6 +289,10 @@ def run_world_model(
     if not model_path:
         encoder_path = resolve_previous(args.model.encoder_path, context, "encoder_path")
     model = build_world_model(domain, args, data, encoder_path, model_path)
+    # A domain may fit its rows to the model (trajectories: clips of `history_length` actions).
+    fit_data = getattr(domain, "fit_data", None)
+    if fit_data is not None:
+        data = fit_data(model, args.domain, data)
     if context.resume:
         check_checkpoint_fits(context.resume, model, "resume_from_checkpoint")
 

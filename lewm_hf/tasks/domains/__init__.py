@@ -9,7 +9,10 @@ edits is a small object it is given, a `WorldModelDomain`:
   the collator, the tokenizer saved beside the model);
 - the `LeWMConfig` defaults and constraints of its actions (`config_defaults`,
   `check_config`);
-- which evaluation runs (`evaluate`, `before_evaluation`).
+- which evaluation runs (`evaluate`, `before_evaluation`);
+- optionally, `fit_data(model, args, data) -> WorldModelData`: the rows fitted to the built
+  model, called once it exists (the trajectory domain cuts long rows into clips of the
+  model's `history_length`).
 
 A new kind of trajectory data is a new domain and one line in `lewm_hf.tasks.TASKS`.
 """

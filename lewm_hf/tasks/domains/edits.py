@@ -138,39 +138,7 @@ class EditDomain:
                 corpus.max_actions,
                 f"must be <= history_length={config.history_length}",
             )
-        origin = config.action_position_origin
-        relative = origin == "locus"
-        if relative and config.pooling != "centered":
-            raise LeWMConfigError(
-                "action_position_origin",
-                origin,
-                f"needs pooling: centered (got {config.pooling}); use window",
-            )
-        # Window positions lie in [0, L]; locus-relative ones in [1, 2L].
-        top = 2 * corpus.window_length if relative else corpus.window_length
-        if config.max_action_position <= top:
-            raise LeWMConfigError(
-                "max_action_position",
-                config.max_action_position,
-                f"must exceed {top} (window_length={corpus.window_length}, "
-                f"action_position_origin={origin})",
-            )
-        offset = config.action_reference_offset
-        if offset is not None and offset < DNA_VOCAB_SIZE:
-            raise LeWMConfigError(
-                "action_reference_offset",
-                offset,
-                f"must be >= {DNA_VOCAB_SIZE} (the DNA vocabulary) so that replaced bases are "
-                "told apart from written ones, or null",
-            )
-        vocab = DNA_VOCAB_SIZE if offset is None else offset + DNA_VOCAB_SIZE
-        if config.num_action_ops < 3 or config.action_vocab_size < vocab:
-            raise LeWMConfigError(
-                "num_action_ops",
-                (config.num_action_ops, config.action_vocab_size),
-                f"edits need num_action_ops >= 3 and action_vocab_size >= {vocab} "
-                f"(action_reference_offset={offset})",
-            )
+        check_edit_coding(config, corpus.window_length)
 
     def build_data(self, args: EditArguments) -> WorldModelData:
         corpus = build_edit_corpus(args.data, args.cache.corpus_cache_dir)
@@ -183,13 +151,7 @@ class EditDomain:
     def trainer_kwargs(
         self, model: Any, args: EditArguments, data: WorldModelData
     ) -> dict[str, Any]:
-        collator = DataCollatorForLeWM(
-            edit_end_token=DNA_END_ID, max_edit_len=args.data.max_edit_len
-        )
-        return {
-            "data_collator": EditActionCollator(collator, *action_coding(model)),
-            "processing_class": build_dna_tokenizer(),
-        }
+        return edit_trainer_kwargs(model, args.data.max_edit_len)
 
     def before_evaluation(
         self, model: Any, args: EditArguments, data: WorldModelData
@@ -216,6 +178,74 @@ class EditDomain:
         return out
 
 
+def edit_trainer_kwargs(model: Any, max_edit_len: int) -> dict[str, Any]:
+    """The trainer arguments of edit rows: `EditActionCollator` with the model's own action
+    coding (`action_coding`), and the DNA tokenizer saved beside the model.
+
+    Args:
+        model: The world model (its `LeWMConfig` gives the coding).
+        max_edit_len (`int`): Longest edit accepted.
+
+    Returns:
+        `dict[str, Any]`: `data_collator` and `processing_class`.
+    """
+    collator = DataCollatorForLeWM(edit_end_token=DNA_END_ID, max_edit_len=max_edit_len)
+    return {
+        "data_collator": EditActionCollator(collator, *action_coding(model)),
+        "processing_class": build_dna_tokenizer(),
+    }
+
+
+def check_edit_coding(config: LeWMConfig, window_length: int) -> None:
+    """Raise `LeWMConfigError` when `config` cannot code edits of windows of `window_length`
+    tokens (pooling and position origin, position range, reference offset, action vocabulary).
+
+    Args:
+        config (`LeWMConfig`): The model's configuration.
+        window_length (`int`): Tokens per state.
+    """
+    origin = config.action_position_origin
+    relative = origin == "locus"
+    if relative and config.pooling != "centered":
+        raise LeWMConfigError(
+            "action_position_origin",
+            origin,
+            f"needs pooling: centered (got {config.pooling}); use window",
+        )
+    # Window positions lie in [0, L]; locus-relative ones in [1, 2L].
+    top = 2 * window_length if relative else window_length
+    if config.max_action_position <= top:
+        raise LeWMConfigError(
+            "max_action_position",
+            config.max_action_position,
+            f"must exceed {top} (window_length={window_length}, action_position_origin={origin})",
+        )
+    offset = config.action_reference_offset
+    if offset is not None and offset < DNA_VOCAB_SIZE:
+        raise LeWMConfigError(
+            "action_reference_offset",
+            offset,
+            f"must be >= {DNA_VOCAB_SIZE} (the DNA vocabulary) so that replaced bases are "
+            "told apart from written ones, or null",
+        )
+    vocab = DNA_VOCAB_SIZE if offset is None else offset + DNA_VOCAB_SIZE
+    if config.num_action_ops < 3 or config.action_vocab_size < vocab:
+        raise LeWMConfigError(
+            "num_action_ops",
+            (config.num_action_ops, config.action_vocab_size),
+            f"edits need num_action_ops >= 3 and action_vocab_size >= {vocab} "
+            f"(action_reference_offset={offset})",
+        )
+
+
 EDITS = EditDomain()
 
-__all__ = ["EDITS", "EDIT_MODEL_DEFAULTS", "EditActionCollator", "EditArguments", "EditDomain"]
+__all__ = [
+    "EDITS",
+    "EDIT_MODEL_DEFAULTS",
+    "EditActionCollator",
+    "EditArguments",
+    "EditDomain",
+    "check_edit_coding",
+    "edit_trainer_kwargs",
+]
