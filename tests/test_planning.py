@@ -367,8 +367,10 @@ def test_tiny_lewm_planning_smoke(walks):
             history_length=H, action_vocab_size=8, action_hidden=16,
         )
     )  # fmt: skip
+    # The shortest-path goal form, whose problems the check below draws again.
     config = PlanningConfig(distances=[1, 2], goals_per_distance=12, seeds=[0, 1],
-                            cem_samples=16, cem_elites=4, cem_iterations=2)  # fmt: skip
+                            cem_samples=16, cem_elites=4, cem_iterations=2,
+                            goal_forms=["path"])  # fmt: skip
     out = evaluate_planning(model, SIX, W, walks, config)
     for key in (K.EVAL_PLAN_SUCCESS, K.EVAL_PLAN_SUCCESS_RANDOM, K.EVAL_PLAN_SHORTEST_RATE,
                 K.EVAL_PLAN_CI, K.EVAL_PLANS_PER_SECOND):  # fmt: skip

@@ -379,10 +379,11 @@ class TrajectoryDomain:
     def evaluate(
         self, model: Any, args: TrajectoryArguments, data: WorldModelData
     ) -> dict[str, Any]:
+        held_out = data.info.clips[1] if data.info.clips else data.validation
         config = args.evaluation.config()
-        metrics = evaluate_trajectory_model(
-            model, data.validation, data.info.info.num_actions, config
-        )
+        if data.info.info.action_type == "edit":
+            return evaluate_edit_rows(model, held_out, data.info.info.window_length, config)
+        metrics = evaluate_trajectory_model(model, held_out, data.info.info.num_actions, config)
         # A dataset of a registered environment is also evaluated in it: planning executed by
         # the environment's own step, discrimination among distinct next states.
         environment = data.info.info.environment
@@ -393,11 +394,6 @@ class TrajectoryDomain:
                 )
             )
         return metrics
-        held_out = data.info.clips[1] if data.info.clips else data.validation
-        config = args.evaluation.config()
-        if data.info.info.action_type == "edit":
-            return evaluate_edit_rows(model, held_out, data.info.info.window_length, config)
-        return evaluate_trajectory_model(model, held_out, data.info.info.num_actions, config)
 
 
 def longest_edit(split: Any) -> int:
