@@ -70,15 +70,17 @@ def default_build_batch_size(device: torch.device) -> int:
 def _state_keys(
     ids: torch.Tensor, mask: torch.Tensor | None, locus: torch.Tensor | None
 ) -> list[bytes]:
-    """One hashable key per state `(N, L)`: its tokens, attention mask and locus (everything
-    its pooled features depend on)."""
+    """One hashable key per state `(N, L)`: a 128-bit BLAKE2b digest of its tokens, attention
+    mask and locus (everything its pooled features depend on). The build keeps one key per
+    distinct state, so a digest (16 bytes, against 8 bytes a token for the raw row) keeps the
+    map small on large corpora; two distinct states share one with probability ~2^-128."""
     parts = [ids.long()]
     if mask is not None:
         parts.append(mask.long())
     if locus is not None:
         parts.append(locus.long().unsqueeze(1))
     rows = np.ascontiguousarray(torch.cat(parts, dim=1).numpy())  # (N, L + ...)
-    return [row.tobytes() for row in rows]
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
 def _rows(dataset: Dataset, first: int, last: int) -> list[dict[str, Any]]:
