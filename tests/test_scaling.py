@@ -172,3 +172,16 @@ def test_snv_recovery_in_small_encoder_batches_is_unchanged():
     got = snv_recovery(small, windows, loci, radius=4, seed=1, copy_items=6, encode_batch_size=5)
     assert got == want
     assert whole.largest == 6 * 24 * 4 and small.largest == 12  # the source windows
+
+
+def test_feature_buffer_equals_cat():
+    from lewm_hf.trainer.feature_cache import _FeatureBuffer, release_free_memory
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 5, generator=gen) for n in (3, 1500, 7, 2048, 1)]
+    buffer = _FeatureBuffer()
+    for part in parts:
+        buffer.append(part)
+        release_free_memory()
+    assert len(buffer) == sum(len(p) for p in parts)
+    assert torch.equal(buffer.tensor(), torch.cat(parts))
