@@ -273,6 +273,8 @@ def test_cli_unknown_key_and_missing_config_exit_2(tmp_path, capsys):
 SHIPPED_TASKS = {
     "default.yaml": ["lm", "world_model"],
     "dna_lewm.yaml": ["dna_lm", "edit_world_model"],
+    "dna_lewm_genome.yaml": ["dna_lm", "edit_world_model"],
+    "anchor.yaml": ["lm", "world_model"],
     "walk_lm.yaml": ["lm"],
     "walk_lewm.yaml": ["world_model"],
     "walk_lewm_lora.yaml": ["world_model"],

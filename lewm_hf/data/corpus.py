@@ -17,11 +17,15 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from datasets import DatasetDict, load_from_disk
+import pyarrow as pa
+from datasets import DatasetDict, DatasetInfo, Features, load_from_disk
+from datasets import config as datasets_config
+from datasets.arrow_writer import ArrowWriter
 from datasets.utils import logging as datasets_logging
 
 from .. import metric_keys as K
@@ -136,6 +140,62 @@ def cached_build(
         if bars:
             datasets_logging.enable_progress_bar()
     return final
+
+
+def write_split_tables(folder: str | Path, splits: dict[str, Iterable[pa.Table]]) -> None:
+    """Write a `DatasetDict` folder (what `load_from_disk` reads) chunk by chunk.
+
+    Each split's tables are appended to its one Arrow file as they come, so a corpus is never
+    held whole in memory (`Dataset.save_to_disk` needs the whole dataset first); the rows and
+    the column types are those of the tables, in order, exactly as `save_to_disk` of their
+    concatenation would store them.
+
+    Args:
+        folder (`str` or `Path`): The `DatasetDict` folder (e.g. `corpus / DATA_SUBDIR`).
+        splits (`dict[str, Iterable[pa.Table]]`): Per split, its rows as tables of one schema
+            (a generator, so that only one chunk exists at a time).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, tables in splits.items():
+        split_dir = folder / split
+        split_dir.mkdir()
+        shard = "data-00000-of-00001.arrow"
+        writer: ArrowWriter | None = None
+        digest = hashlib.sha256(split.encode())
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = ArrowWriter(schema=table.schema, path=str(split_dir / shard))
+                writer.write_table(table)
+                digest.update(str(table.num_rows).encode())
+            if writer is None:
+                raise LeWMConfigError("splits", split, "has no table to write")
+            writer.finalize()
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
+        features = Features.from_arrow_schema(writer.schema)
+        state = {
+            "_data_files": [{"filename": shard}],
+            "_fingerprint": digest.hexdigest()[:16],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (split_dir / datasets_config.DATASET_STATE_JSON_FILENAME).write_text(
+            json.dumps(state, indent=2, sort_keys=True)
+        )
+        info = asdict(DatasetInfo(features=features))
+        (split_dir / datasets_config.DATASET_INFO_FILENAME).write_text(
+            json.dumps({key: info[key] for key in sorted(info)}, indent=2)
+        )
+    (folder / datasets_config.DATASETDICT_JSON_FILENAME).write_text(
+        json.dumps({"splits": list(splits)})
+    )
 
 
 def load_corpus(folder: str | Path) -> DatasetDict:

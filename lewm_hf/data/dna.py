@@ -378,8 +378,11 @@ def window_starts(
 
 
 def extract_windows(ids: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Windows `(len(starts), length)` of a record's token ids."""
-    return ids[starts[:, None] + np.arange(length)[None, :]]
+    """Windows `(len(starts), length)` of a record's token ids (a copy in `ids`' dtype, read
+    through a strided view: no `(len(starts), length)` index array is built)."""
+    if len(starts) == 0:
+        return np.zeros((0, length), dtype=ids.dtype)
+    return np.lib.stride_tricks.sliding_window_view(ids, length)[starts]
 
 
 @dataclass

@@ -52,6 +52,12 @@ from .discrimination import ActionCandidates, action_discrimination
 from .inference import evaluating, model_device
 from .retrieval import chance_metrics, retrieval_metrics, retrieval_ranks
 
+# Windows per encoder call of the evaluation: the attention of a batch of windows takes
+# `batch * heads * L^2` floats per layer (4096 windows of 64 bases, 4 heads: 270 MB for each
+# score tensor), so a fixed, small batch keeps the evaluation's memory flat; the results do
+# not depend on it.
+ENCODE_BATCH_SIZE = 256
+
 
 def action_coding(model: Any) -> tuple[PositionOrigin, int | None]:
     """The action coding `model` was trained with: its config's `action_position_origin` and
@@ -119,6 +125,7 @@ def snv_recovery(
     seed: int = 0,
     copy_items: int = 32,
     batch_size: int = 4096,
+    encode_batch_size: int = ENCODE_BATCH_SIZE,
 ) -> dict[str, float]:
     """Recall@1 (and MRR) of the true SNV among all single-base substitutions of a window.
 
@@ -129,7 +136,9 @@ def snv_recovery(
         radius (`int`): The SNV is drawn within `locus +- radius`.
         seed (`int`, defaults to 0): Seed of the SNVs.
         copy_items (`int`, defaults to 32): Items of the copy baseline (0: none).
-        batch_size (`int`, defaults to 4096): Rows per predictor / encoder call.
+        batch_size (`int`, defaults to 4096): Rows per predictor call.
+        encode_batch_size (`int`, defaults to `ENCODE_BATCH_SIZE`): Windows per encoder call
+            (the copy baseline encodes `copy_items * 3L` candidate windows).
 
     Returns:
         `dict[str, float]`: `eval_snv_recovery_r1`, `_r5`, `_mrr`, `_r1_copy` (on the first
@@ -208,9 +217,12 @@ def snv_recovery(
             flat = cand.view(-1, length).to(device)
             z_cand = torch.cat(
                 [
-                    model.encode(flat[i : i + batch_size], locus=cand_loc[i : i + batch_size])
+                    model.encode(
+                        flat[i : i + encode_batch_size],
+                        locus=cand_loc[i : i + encode_batch_size],
+                    )
                     for i in progress(
-                        range(0, flat.shape[0], batch_size), desc="SNV copy", unit="batch"
+                        range(0, flat.shape[0], encode_batch_size), desc="SNV copy", unit="batch"
                     )
                 ]
             ).float()
@@ -228,7 +240,7 @@ def edit_action_candidates(
     num_random: int = 16,
     seed: int = 0,
     end_token: int = DNA_END_ID,
-    batch_size: int = 1024,
+    batch_size: int = ENCODE_BATCH_SIZE,
 ) -> ActionCandidates:
     """Action-discrimination items of held-out edit-corpus rows (their first edit).
 
@@ -248,7 +260,7 @@ def edit_action_candidates(
         num_random (`int`, defaults to 16): Random other edits per item.
         seed (`int`, defaults to 0): Seed of the random edits.
         end_token (`int`, defaults to `DNA_END_ID`): Closes every action's tokens.
-        batch_size (`int`, defaults to 1024): States per encoder call.
+        batch_size (`int`, defaults to `ENCODE_BATCH_SIZE`, 256): Windows per encoder call.
 
     Returns:
         `ActionCandidates`: `z_hist` `(N, 1, D)`; candidates `(N, C)` coded as the model reads
@@ -373,6 +385,7 @@ def evaluate_edit_model(
 
 
 __all__ = [
+    "ENCODE_BATCH_SIZE",
     "EditEvaluationArguments",
     "action_coding",
     "draw_snvs",

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_fits
 from ..data.collators import DataCollatorForWalkLM
 from ..data.dna import DNA_VOCAB_SIZE, build_dna_tokenizer
-from ..data.edits.corpus import DNASourceConfig, load_source_records, load_source_windows
+from ..data.edits.corpus import DNASourceConfig, build_window_corpus, load_source_records
 from ..determinism import prepare_run
 from ..evaluation.variant_effect import VariantEffectArguments, evaluate_variant_effect
 from ..hub import publish
@@ -73,15 +73,10 @@ def parse(parts: dict[str, dict[str, Any]], output_dir: Path, source: str) -> DN
     )
 
 
-def build_dna_windows(config: DNASourceConfig) -> DatasetDict:
-    """`train` and `validation` LM rows (`input_ids`, `window_length` bases), split by region."""
-    _, _, windows = load_source_windows(config)
-    return DatasetDict(
-        {
-            split: Dataset.from_dict({"input_ids": win.ids.astype("int64").tolist()})
-            for split, win in windows.items()
-        }
-    )
+def build_dna_windows(config: DNASourceConfig, cache_dir: str | None = None) -> DatasetDict:
+    """`train` and `validation` LM rows (`input_ids`, `window_length` bases), split by region:
+    the window corpus (`build_window_corpus`), memory-mapped from the corpus cache."""
+    return build_window_corpus(config, cache_dir)
 
 
 def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
@@ -100,7 +95,7 @@ def main(args: DNALMTaskArguments, context: PhaseContext) -> dict[str, Any]:
 
     # Data
     with training_args.main_process_first(desc="dna windows"):
-        windows = build_dna_windows(args.data)
+        windows = build_dna_windows(args.data, args.cache.corpus_cache_dir)
 
     # Model (vocabulary = the DNA tokenizer's)
     model = build_walk_lm(args.model, DNA_VOCAB_SIZE, max_positions=args.data.window_length)

@@ -9,7 +9,7 @@ One module per concern:
 - `sampling`: synthetic SNVs, MNVs and indels (`EditSampler`);
 - `trajectories`: `K` edits per window around one locus (`sample_trajectories`);
 - `actions`: edits as model action tensors (`edits_to_actions`, `code_edit_actions`);
-- `corpus`: the genome and its windows (`DNASourceConfig`), the cached edit corpus (`EditCorpusConfig`, `build_edit_corpus`, `edits_from_row`).
+- `corpus`: the genome and its windows (`DNASourceConfig`, the cached `build_window_corpus`), the cached edit corpus (`EditCorpusConfig`, `build_edit_corpus`, `edits_from_row`).
 
 The public names of every module are re-exported here.
 """
@@ -27,6 +27,7 @@ from .corpus import (
     DNASourceConfig,
     EditCorpusConfig,
     build_edit_corpus,
+    build_window_corpus,
     edits_from_row,
     load_source_records,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "apply_edit_batch",
     "apply_edits",
     "build_edit_corpus",
+    "build_window_corpus",
     "code_edit_actions",
     "edits_from_row",
     "edits_to_actions",

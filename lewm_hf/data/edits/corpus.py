@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from ... import metric_keys as K
 from ...determinism import derive_seed
@@ -26,6 +26,7 @@ from .. import corpus as corpus_cache
 from ..dna import (
     DNA_EDIT_ALPHABET,
     N_ID,
+    DNAWindows,
     FastaRecord,
     packaged_genome_path,
     read_fasta,
@@ -110,6 +111,13 @@ class DNASourceConfig:
                 raise LeWMConfigError("fasta_path", self.fasta_path, "no such file")
             return path
         return None
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fingerprinted content: every field plus the SHA-256 of the source file."""
+        key = corpus_cache.config_to_dict(self)
+        source = self.source_path()
+        key["source_sha256"] = None if source is None else _file_sha256(source)
+        return key
 
 
 @dataclass
@@ -204,13 +212,6 @@ class EditCorpusConfig(DNASourceConfig):
             mnv_max_len=self.mnv_max_len,
         )
 
-    def cache_key(self) -> dict[str, Any]:
-        """The fingerprinted content: every field plus the SHA-256 of the source file."""
-        key = corpus_cache.config_to_dict(self)
-        source = self.source_path()
-        key["source_sha256"] = None if source is None else _file_sha256(source)
-        return key
-
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -287,23 +288,72 @@ def build_edit_corpus(
     return corpus_cache.load_corpus(folder)
 
 
-# Windows per vectorised trajectory batch (bounds the (N, K + 1, L) int64 states).
+# Windows per vectorised trajectory batch (bounds the (N, K + 1, L) int64 states), and per
+# chunk the corpus is written in.
 TRAJECTORY_CHUNK = 4096
+# LM rows (windows) per chunk of the window corpus.
+WINDOW_CHUNK = 65536
+
+
+def build_window_corpus(
+    config: DNASourceConfig, cache_dir: str | Path | None = None
+) -> DatasetDict:
+    """Build (or load from the cache) the encoder phase's LM rows: the source windows.
+
+    Splits `train` and `validation` (by region, as `load_source_windows`), one column
+    `input_ids` (`window_length` int32 token ids per row). Written to the corpus cache in
+    chunks of `WINDOW_CHUNK` windows and read back memory-mapped, so the rows never exist as
+    Python lists or as one in-memory table; they equal `Dataset.from_dict` of the windows.
+
+    Args:
+        config (`DNASourceConfig`): The genome and its windows.
+        cache_dir (`str` or `Path`, *optional*): Cache root (see `corpus.default_cache_dir`).
+
+    Returns:
+        `DatasetDict`: Memory-mapped splits.
+    """
+    folder = corpus_cache.cached_build(
+        "dna_windows",
+        config.cache_key(),
+        functools.partial(_write_window_corpus, config),
+        cache_dir,
+    )
+    return corpus_cache.load_corpus(folder)
+
+
+def _write_window_corpus(config: DNASourceConfig, folder: Path) -> None:
+    """Write the source windows into `folder` (called by the cache inside a temporary folder)."""
+    _, _, windows = load_source_windows(config)
+
+    def tables(ids: np.ndarray):
+        for at in range(0, len(ids), WINDOW_CHUNK):
+            chunk = np.ascontiguousarray(ids[at : at + WINDOW_CHUNK], dtype=np.int32)
+            offsets = np.arange(0, chunk.size + 1, chunk.shape[1], dtype=np.int32)
+            column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(chunk.reshape(-1)))
+            yield pa.table({"input_ids": column})
+
+    corpus_cache.write_split_tables(
+        folder / corpus_cache.DATA_SUBDIR,
+        {split: tables(win.ids) for split, win in windows.items()},
+    )
 
 
 def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
-    """Generate an edit corpus into `folder` (called by the cache inside a temporary folder)."""
+    """Generate an edit corpus into `folder` (called by the cache inside a temporary folder).
+
+    Each split is sampled and written `TRAJECTORY_CHUNK` windows at a time (the draws are
+    those of one pass over the split), so the corpus is never held whole in memory.
+    """
     records, source, windows = load_source_windows(config)
     sampler = config.sampler()
-    splits = {}
     caps = {"train": config.max_train_rows, "validation": config.max_validation_rows}
-    for split, win in windows.items():
+
+    def tables(split: str, win: DNAWindows):
         rng = np.random.default_rng(derive_seed(config.seed, f"edits-{split}"))
         rows = np.repeat(np.arange(len(win)), config.trajectories_per_window)
         if caps[split] is not None and caps[split] < len(rows):
             rows = rows[np.sort(rng.choice(len(rows), size=caps[split], replace=False))]
         num_steps = rng.integers(config.min_actions, config.max_actions + 1, size=len(rows))
-        parts = []
         for at in progress(range(0, len(rows), TRAJECTORY_CHUNK), desc=f"edits {split}"):
             chunk = rows[at : at + TRAJECTORY_CHUNK]
             traj = sample_trajectories(
@@ -315,12 +365,14 @@ def _write_edit_corpus(config: EditCorpusConfig, folder: Path) -> None:
                 N_ID,
                 config.free_edit_fraction,
             )
-            parts.append(_trajectory_table(traj, num_steps[at : at + TRAJECTORY_CHUNK]))
-        table = pa.concat_tables(parts)
-        table = table.append_column("record", pa.array(win.record[rows].astype(np.int32)))
-        table = table.append_column("start", pa.array(win.start[rows].astype(np.int64)))
-        splits[split] = Dataset(table)
-    DatasetDict(splits).save_to_disk(str(folder / corpus_cache.DATA_SUBDIR))
+            table = _trajectory_table(traj, num_steps[at : at + TRAJECTORY_CHUNK])
+            table = table.append_column("record", pa.array(win.record[chunk].astype(np.int32)))
+            yield table.append_column("start", pa.array(win.start[chunk].astype(np.int64)))
+
+    corpus_cache.write_split_tables(
+        folder / corpus_cache.DATA_SUBDIR,
+        {split: tables(split, win) for split, win in windows.items()},
+    )
     regions = []
     for record in records:
         _, cut, end = split_region(len(record), config.holdout_fraction)
@@ -381,6 +433,7 @@ __all__ = [
     "DNASourceConfig",
     "EditCorpusConfig",
     "build_edit_corpus",
+    "build_window_corpus",
     "edits_from_row",
     "load_source_records",
     "load_source_windows",
