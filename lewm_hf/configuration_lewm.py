@@ -101,12 +101,6 @@ class LeWMConfig(PreTrainedConfig):
             With edit actions, a `SUB` action also carries the tokens it replaces, shifted by
             this offset past the state vocabulary (`action_vocab_size` must hold them). None:
             `SUB` actions carry only the tokens they write.
-        action_token_slots (`int`, *optional*):
-            With a value `S`, each action token's embedding is multiplied elementwise by the
-            embedding of its slot (its rank among the action's valid tokens, the last `S - 1`
-            slots shared) before the tokens are mean-pooled, so that the pooled embedding keeps
-            their order and count (an insertion of `AC` differs from one of `CA`, and an edit's
-            length from its composition). None: a plain mean of token embeddings.
         pred_loss (`str`, *optional*, defaults to `"mse"`):
             `"mse"` or `"cos_mse"`.
         regularizer (`str`, *optional*, defaults to `"sigreg"`):
@@ -163,9 +157,6 @@ class LeWMConfig(PreTrainedConfig):
     )
     action_reference_offset: int | None = option(
         None, help="Shift of the replaced tokens a SUB action carries (null: none).", low=1
-    )
-    action_token_slots: int | None = option(
-        None, help="Slots of order-aware action-token pooling (null: plain mean).", low=1
     )
 
     # Parameters that control the loss

@@ -317,11 +317,7 @@ class LeWMActionEncoder(nn.Module):
     """Embeds actions `(op, position, tokens)` into the predictor's conditioning space.
 
     `e = MLP(op_embedding(op) + sinusoidal(position) + mean_l token_embedding(token_l))`, with
-    MLP = Linear(action_hidden, d_model) -> GELU -> Linear(d_model, d_model). With
-    `config.action_token_slots`, `token_embedding(token_l)` is multiplied elementwise by
-    `slot_embedding(slot_l)`, `slot_l` the rank of token `l` among the action's valid tokens: a
-    plain mean forgets the tokens' order and, up to the share of a closing token, their count
-    (an insertion of `AC` and one of `CA` would be one action). Padded actions
+    MLP = Linear(action_hidden, d_model) -> GELU -> Linear(d_model, d_model). Padded actions
     (`mask` False) come out as exact zeros and their values are never looked up, so any
     padding value (e.g. -100) is accepted.
 
@@ -336,11 +332,8 @@ class LeWMActionEncoder(nn.Module):
         self.token_embedding = nn.Embedding(config.action_vocab_size, config.action_hidden)
         # N(0, 1) rather than N(0, initializer_range): op and token then weigh as much as the
         # O(1) sinusoidal position at init, instead of being drowned by it.
-        slots = config.action_token_slots
-        self.slot_embedding = None if slots is None else nn.Embedding(slots, config.action_hidden)
-        for embedding in (self.op_embedding, self.token_embedding, self.slot_embedding):
-            if embedding is not None:
-                setattr(embedding, _UNIT_INIT, True)
+        for embedding in (self.op_embedding, self.token_embedding):
+            setattr(embedding, _UNIT_INIT, True)
         self.mlp = nn.Sequential(
             nn.Linear(config.action_hidden, config.d_model),
             nn.GELU(),
@@ -365,13 +358,7 @@ class LeWMActionEncoder(nn.Module):
             _check_ranges(_action_ranges(self.config, masked))
 
         weights = masked.token_mask.to(self.token_embedding.weight.dtype)  # (B, T, L_a)
-        token_emb = self.token_embedding(masked.tokens)  # (B, T, L_a, A)
-        if self.slot_embedding is not None:
-            # Rank of each token among its action's valid tokens (the last slot shared).
-            slot = masked.token_mask.long().cumsum(dim=2) - 1
-            slot = slot.clamp(0, self.slot_embedding.num_embeddings - 1)
-            token_emb = token_emb * self.slot_embedding(slot)
-        token_emb = (token_emb * weights.unsqueeze(-1)).sum(dim=2)
+        token_emb = (self.token_embedding(masked.tokens) * weights.unsqueeze(-1)).sum(dim=2)
         token_emb = token_emb / weights.sum(dim=2, keepdim=True).clamp(min=1.0)  # (B, T, A)
         pos_emb = sinusoidal_embedding(masked.positions, self.config.action_hidden)
         pos_emb = pos_emb.to(token_emb.dtype)

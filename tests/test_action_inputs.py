@@ -166,27 +166,3 @@ def test_host_checks_raise_what_the_forward_would():
                 **{**make_batch(), "actions": actions}
             )
         assert err.value.field == field
-
-
-@pytest.mark.parametrize("slots", [None, 4])
-def test_token_slots_make_the_action_embedding_see_token_order(slots):
-    """A plain mean of token embeddings gives `INS AC` and `INS CA` one embedding; with
-    `action_token_slots` they differ, and an action's embedding depends on its tokens only
-    (not on how much padding its batch has)."""
-    model = tiny_model(action_token_slots=slots, num_action_ops=3).eval()
-    ac, ca = torch.tensor([[1, 2, 6, 0]]), torch.tensor([[2, 1, 6, 0]])
-    mask = torch.tensor([[True, True, True, False]])
-
-    def embed(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        one = torch.ones(1, 1, dtype=torch.long)
-        actions = ActionInputs(tokens=tokens[None], token_mask=token_mask[None], ops=one)
-        with torch.no_grad():
-            return model.action_encoder(actions)[0, 0]
-
-    same_order = torch.allclose(embed(ac, mask), embed(ca, mask))
-    assert same_order == (slots is None)
-    padded = embed(torch.cat([ac, ac], -1), torch.cat([mask, torch.zeros_like(mask)], -1))
-    torch.testing.assert_close(padded, embed(ac, mask))
-    if slots is not None:
-        assert model.action_encoder.slot_embedding.num_embeddings == slots
-        assert tiny_config(action_token_slots=slots).to_dict()["action_token_slots"] == slots
