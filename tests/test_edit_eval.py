@@ -20,8 +20,10 @@ from lewm_hf.evaluation.edits import (
     EditEvaluationArguments,
     edit_action_candidates,
     evaluate_edit_model,
+    perfect_predictor_r1,
     snv_recovery,
 )
+from lewm_hf.evaluation.retrieval import retrieval_metrics, retrieval_ranks
 
 L = 32
 
@@ -143,3 +145,35 @@ def test_snv_recovery_chance_under_the_draws_prior_and_the_shuffled_control(corp
     assert out[K.EVAL_SNV_RECOVERY_R1_SHUFFLED] < 5 * out[K.EVAL_SNV_RECOVERY_CHANCE]
     copy = snv_recovery(CopyModel(), windows, loci, radius=4, seed=1, copy_items=0)
     assert copy[K.EVAL_SNV_RECOVERY_R1] == pytest.approx(out[K.EVAL_SNV_RECOVERY_CHANCE])
+
+
+class RoundingOracle(EditOracle):
+    """`EditOracle` that sees only the locus and the bases at and left of it, plus a rounding-
+    sized term of the whole window: next states that differ only right of the locus get latents
+    that differ by rounding alone (as a causal encoder at shifted positions gives them)."""
+
+    def encode(self, input_ids, locus=None):
+        ids = input_ids.long()
+        seen = torch.arange(L).unsqueeze(0) <= locus.long().unsqueeze(1)
+        window = one_hot(torch.where(seen, ids, 0), DNA_VOCAB_SIZE).flatten(1).float()
+        rounding = 1e-7 * (ids * torch.arange(1, L + 1)).sum(1, keepdim=True).float() / L
+        return torch.cat([window, one_hot(locus.long(), L + 1).float(), rounding], 1)
+
+    def decode(self, z):
+        return super().decode(z[:, :-1])
+
+
+def test_the_ceiling_counts_latents_equal_up_to_rounding_as_ties(corpus):
+    config, rows = corpus
+    model = RoundingOracle()
+    cands = edit_action_candidates(model, rows, config.sampler(), 4, num_random=4)
+    latents, mask = cands.candidate_latents, cands.candidate_mask
+    dist = (latents - latents[:, :1]).pow(2).sum(-1)[:, 1:][mask[:, 1:]]
+    assert bool(((dist > 0) & (dist < 1e-10)).any())  # distinct states, rounding-equal latents
+    exact = retrieval_metrics(*retrieval_ranks(latents[:, 0], latents, mask, cands.target))["r1"]
+    assert exact == 1.0  # exact ties only: the rounding decides every such item
+    assert perfect_predictor_r1(cands) < 1.0
+    assert perfect_predictor_r1(cands, rtol=0.0) == 1.0
+    assert perfect_predictor_r1(edit_action_candidates(
+        EditOracle(), rows, config.sampler(), 4, num_random=4
+    )) == 1.0  # fmt: skip

@@ -20,7 +20,8 @@
   locus) as an earlier one are the same transition and are masked. Distinct states can still
   share a latent (an edit the centered, causal encoder does not see); no predictor can tell
   those apart, and `eval_edit_action_r1_ceiling` (Recall@1 of a perfect predictor, whose
-  prediction is the true next latent) says how much of Recall@1 that leaves to gain.
+  prediction is the true next latent; latents equal up to float rounding are ties) says how
+  much of Recall@1 that leaves to gain.
 
 Candidate actions are coded as the model was trained to read them (`action_coding`: the
 `action_position_origin` and `action_reference_offset` fields of its `LeWMConfig`, through
@@ -377,11 +378,40 @@ def evaluate_edit_model(
     )
     metrics = action_discrimination(model, cands, seed=args.eval_seed)
     out.update({K.EVAL_EDIT_ACTION_PREFIX + key: value for key, value in metrics.items()})
-    rows_t = torch.arange(cands.target.shape[0], device=cands.target.device)
-    perfect = cands.candidate_latents[rows_t, cands.target]  # a perfect predictor's prediction
-    ceiling = retrieval_ranks(perfect, cands.candidate_latents, cands.candidate_mask, cands.target)
-    out[K.EVAL_EDIT_ACTION_R1_CEILING] = retrieval_metrics(*ceiling)["r1"]
+    out[K.EVAL_EDIT_ACTION_R1_CEILING] = perfect_predictor_r1(cands)
     return out
+
+
+# Squared distance, relative to the candidates' mean squared norm, below which two latents are
+# the same latent up to float rounding (see `perfect_predictor_r1`).
+LATENT_TIE_RTOL = 1e-6
+
+
+def perfect_predictor_r1(candidates: ActionCandidates, rtol: float = LATENT_TIE_RTOL) -> float:
+    """Recall@1 of a perfect predictor (its prediction is the true next latent): the ceiling of
+    `eval_edit_action_r1`.
+
+    Candidates whose latent lies within float rounding of the true one (squared distance at most
+    `rtol` times the candidates' mean squared norm) are ties, broken uniformly at random: a
+    shifted window whose pooled tokens are the same (an indel away from the locus, trimmed on
+    the locus's side) is encoded at other absolute positions, and its latent differs from the
+    unshifted one by rounding alone, which no predictor can be asked to resolve. An exact-equality
+    tie would let the perfect predictor win those by the rounding's luck.
+
+    Args:
+        candidates (`ActionCandidates`): The discrimination items.
+        rtol (`float`, defaults to `LATENT_TIE_RTOL`): Relative tolerance of a tie.
+
+    Returns:
+        `float`: The ceiling Recall@1.
+    """
+    latents, mask = candidates.candidate_latents.float(), candidates.candidate_mask
+    rows = torch.arange(candidates.target.shape[0], device=latents.device)
+    perfect = latents[rows, candidates.target]  # (N, D)
+    dist = (latents - perfect.unsqueeze(1)).pow(2).sum(-1)  # (N, C)
+    scale = latents[mask].pow(2).sum(-1).mean()
+    ties = ((dist <= rtol * scale) & mask).sum(1) - 1  # the target itself excluded
+    return retrieval_metrics(torch.zeros_like(ties), ties)["r1"]
 
 
 __all__ = [
@@ -391,5 +421,6 @@ __all__ = [
     "draw_snvs",
     "edit_action_candidates",
     "evaluate_edit_model",
+    "perfect_predictor_r1",
     "snv_recovery",
 ]
