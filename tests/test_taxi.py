@@ -290,7 +290,12 @@ def test_taxi_recipe_writes_data_trains_and_evaluates_in_the_environment(tmp_pat
         disable_tqdm=True,
         report_to="none",
         evaluation={"num_items": 32, "num_rollouts": 8, "sigreg_num_slices": 16},
-        environment_planning={"distances": [1, 2], "goals_per_distance": 4},
+        # The recipe's planner (tree), on fewer goals.
+        environment_planning={
+            **world["environment_planning"],
+            "distances": [1, 2],
+            "goals_per_distance": 4,
+        },
         discrimination_items=64,
     )
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

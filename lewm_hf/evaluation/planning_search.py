@@ -24,6 +24,9 @@ move (on the `small` graph, mean out-degree 11 against A = 47, uniform draws mos
 that exist almost nowhere). Both score plans as a prefix tree: plans that share their first `k`
 actions share the `k` imagined latents, so each step runs the predictor once per distinct
 prefix. `planner="auto"` takes the exhaustive search when `A^h <= max_exhaustive`.
+[`tree_plan`] (`planner="tree"`) searches breadth-first over the distinct states the model
+imagines, merging children within `merge_radius` of a state already in the tree, so it reaches
+the whole budget where `A^h` sequences would not fit (Taxi: at most 4 moves out of a state).
 
 Shapes: `P` problems, `S` sequences per problem, `h` plan horizon, `A` actions, `D` d_state.
 """
