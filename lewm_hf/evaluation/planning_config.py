@@ -66,7 +66,7 @@ class PlanningConfig:
     )
     goals_per_distance: int = option(300, help="Goals per stratum and seed.", low=1)
     seeds: list[int] = option(default_factory=lambda: [0, 1, 2], help="Evaluation seeds.")
-    planner: Planner = option("auto", help="exhaustive, cem, or auto.")
+    planner: Planner = option("auto", help="exhaustive, cem, auto, or tree.")
     max_exhaustive: int = option(4096, help="Largest A^h searched exhaustively.", low=1)
     cem_samples: int = option(256, help="CEM samples per iteration.", low=1)
     cem_elites: int = option(32, help="CEM elites.", low=1)
