@@ -38,7 +38,7 @@ PositionOrigin = Literal["window", "locus"]
 # The parts of a `LeWMModel` that LoRA can adapt (`LeWMTrainingArguments.lora_targets`).
 LoRATarget = Literal["encoder", "predictor", "action_encoder"]
 # Planning (`PlanningConfig`): planner, episode cost and CEM's initial action ranks.
-Planner = Literal["auto", "exhaustive", "cem"]
+Planner = Literal["auto", "exhaustive", "cem", "tree"]
 PlanCost = Literal["min", "final"]
 RankPrior = Literal["degree", "uniform"]
 # Planning goal windows: another held-out walk's window ending at the goal, or the start window

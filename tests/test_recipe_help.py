@@ -147,7 +147,7 @@ def test_help_texts_fall_back_to_the_docstring_and_settings_list_their_fields():
     assert (history.type, history.default, history.help) == ("int", "3", "Actions per clip (H).")
     options = {o.name: o for o in class_options(PlanningConfig, values={"seeds": [0]})}
     assert options["seeds"].value == "[0]" and options["goals_per_distance"].value is None
-    assert options["planner"].type == "{auto, exhaustive, cem}"
+    assert options["planner"].type == "{auto, exhaustive, cem, tree}"
 
 
 def test_types_and_values_read_as_recipe_yaml():

@@ -40,6 +40,7 @@ from lewm_hf.evaluation.planning_env import (
     run_environment_episodes,
     sample_environment_problems,
 )
+from lewm_hf.evaluation.planning_search import tree_plan
 from lewm_hf.modeling_actions import ActionInputs
 from lewm_hf.testing_utils import TransitionOracle
 
@@ -289,7 +290,12 @@ def test_taxi_recipe_writes_data_trains_and_evaluates_in_the_environment(tmp_pat
         disable_tqdm=True,
         report_to="none",
         evaluation={"num_items": 32, "num_rollouts": 8, "sigreg_num_slices": 16},
-        environment_planning={"distances": [1, 2], "goals_per_distance": 4},
+        # The recipe's planner (tree), on fewer goals.
+        environment_planning={
+            **world["environment_planning"],
+            "distances": [1, 2],
+            "goals_per_distance": 4,
+        },
         discrimination_items=64,
     )
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -320,3 +326,46 @@ def test_two_dataset_folders_of_the_same_name_are_not_confused(tmp_path: Path):
     written = write_environment_dataset(small, tmp_path / "b" / "data")
     loaded, _ = load_trajectories(str(tmp_path / "b" / "data"), split="train")
     assert len(loaded) == written[K.TRAIN_ROWS] == rows["a"][0]
+
+
+@pytest.mark.parametrize("distance", [6, 8])
+def test_tree_planner_searches_the_whole_budget_over_distinct_states(taxi, table, oracle, distance):
+    # One-hot latents say nothing about how far a goal is, so a 3-step search cannot see a goal
+    # 6-8 steps away; the tree planner imagines every distinct state within the budget.
+    problems = _problems(table, distance, num=12)
+    tree = PlanningConfig(planner="tree", merge_radius=1e-4)
+    result = run_environment_episodes(oracle, taxi, problems, distance, tree)
+    assert result.success.all() and (result.steps == distance).all()
+    short = run_environment_episodes(
+        oracle, taxi, problems, distance, PlanningConfig(planner="exhaustive"), plan_horizon=3
+    )
+    assert short.success.mean() < 0.5
+
+
+def test_tree_planner_merges_equal_imagined_states(table, oracle):
+    calls = []
+    predict = oracle.predict
+
+    def counting(z_hist, actions):
+        calls.append(z_hist.shape[0])
+        return predict(z_hist, actions)
+
+    problem = _problems(table, 5, num=1)
+    start, goal = int(problem.start[0]), int(problem.goal[0])
+    oracle.predict = counting
+    try:
+        plan = tree_plan(
+            oracle, torch.eye(500)[[start]][:, None], torch.zeros(1, 0, dtype=torch.long),
+            torch.eye(500)[[goal]],
+            torch.ones(1, 6, dtype=torch.bool), 6, merge_radius=1e-4, max_nodes=256,
+        )  # fmt: skip
+    finally:
+        del oracle.predict
+    # Taxi has at most 4 moves out of a state and no state twice in the tree: far fewer than
+    # the 6 + 36 + ... + 6^6 rows an exhaustive search imagines.
+    assert sum(calls) < 6 * 200 and plan.actions.shape == (1, 6)
+    nxt, _ = table
+    state = start
+    for action in plan.actions[0, : int(plan.step[0])].tolist():
+        state = nxt[state, action]
+    assert state == goal and int(plan.step[0]) == 5 and float(plan.cost[0]) == 0.0

@@ -24,8 +24,9 @@ class PlanningConfig:
             distances `d` from the start vertex.
         goals_per_distance (`int`, defaults to 300): Goals per stratum and seed (`n`).
         seeds (`list[int]`, defaults to `[0, 1, 2]`): One goal draw and planner stream per seed.
-        planner (`str`, defaults to `"auto"`): `exhaustive`, `cem`, or `auto` (exhaustive when
-            `A^h <= max_exhaustive`).
+        planner (`str`, defaults to `"auto"`): `exhaustive`, `cem`, `auto` (exhaustive when
+            `A^h <= max_exhaustive`), or `tree` (breadth-first over the distinct imagined
+            states, [`tree_plan`]).
         max_exhaustive (`int`, defaults to 4096): Largest `A^h` searched exhaustively by `auto`.
         cem_samples (`int`, defaults to 256): Sequences sampled per CEM iteration.
         cem_elites (`int`, defaults to 32): Elite sequences refitting the distribution.
@@ -35,6 +36,11 @@ class PlanningConfig:
         cem_rank_prior (`str`, defaults to `"degree"`): CEM's initial distribution over the
             ranks of the imagined steps after the first: `degree` ([`rank_prior`]: the share of
             vertices where the rank is valid) or `uniform`.
+        merge_radius (`float`, defaults to 0.05): The `tree` planner's merge radius: two
+            imagined latents whose mean squared difference per dimension is below it are one
+            state ([`tree_plan`]).
+        tree_max_nodes (`int`, defaults to 256): Children the `tree` planner keeps per depth
+            and problem.
         cost (`str`, defaults to `"min"`): `min` (min over horizon steps, reaching early allowed) or
             `final` (the last step only).
         budget_slack (`int`, defaults to 0): Steps allowed beyond `d`; the budget is `d + slack`.
@@ -60,13 +66,19 @@ class PlanningConfig:
     )
     goals_per_distance: int = option(300, help="Goals per stratum and seed.", low=1)
     seeds: list[int] = option(default_factory=lambda: [0, 1, 2], help="Evaluation seeds.")
-    planner: Planner = option("auto", help="exhaustive, cem, or auto.")
+    planner: Planner = option("auto", help="exhaustive, cem, auto, or tree.")
     max_exhaustive: int = option(4096, help="Largest A^h searched exhaustively.", low=1)
     cem_samples: int = option(256, help="CEM samples per iteration.", low=1)
     cem_elites: int = option(32, help="CEM elites.", low=1)
     cem_iterations: int = option(4, help="CEM iterations.", low=1)
     cem_smoothing: float = option(0.1, help="Weight of the old CEM distribution.", low=0, high=1)
     cem_rank_prior: RankPrior = option("degree", help="degree or uniform: CEM's initial ranks.")
+    merge_radius: float = option(
+        0.05,
+        help="tree: mean squared difference per dimension merging two imagined states.",
+        low=0,
+    )
+    tree_max_nodes: int = option(256, help="tree: children kept per depth and problem.", low=1)
     cost: PlanCost = option("min", help="min (over steps) or final.")
     budget_slack: int = option(0, help="Steps allowed beyond the distance.", low=0)
     replan: bool = option(True, help="MPC: replan after every executed step.")

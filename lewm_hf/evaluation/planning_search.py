@@ -24,6 +24,9 @@ move (on the `small` graph, mean out-degree 11 against A = 47, uniform draws mos
 that exist almost nowhere). Both score plans as a prefix tree: plans that share their first `k`
 actions share the `k` imagined latents, so each step runs the predictor once per distinct
 prefix. `planner="auto"` takes the exhaustive search when `A^h <= max_exhaustive`.
+[`tree_plan`] (`planner="tree"`) searches breadth-first over the distinct states the model
+imagines, merging children within `merge_radius` of a state already in the tree, so it reaches
+the whole budget where `A^h` sequences would not fit (Taxi: at most 4 moves out of a state).
 
 Shapes: `P` problems, `S` sequences per problem, `h` plan horizon, `A` actions, `D` d_state.
 """
@@ -293,6 +296,115 @@ def cem_plan(
     return Plan(best_actions.to(device), best_cost.to(device), best_step.to(device))
 
 
+def tree_plan(
+    model: Any,
+    z_hist: torch.Tensor,
+    past_actions: torch.Tensor,
+    z_goal: torch.Tensor,
+    first_valid: torch.Tensor,
+    horizon: int,
+    merge_radius: float,
+    max_nodes: int,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Plan:
+    """Breadth-first search over the states the model imagines, merging equal ones.
+
+    From each problem's history, every node of depth `k` is expanded by every action and the
+    predictor imagines the children; a child whose latent lies within `merge_radius` (mean
+    squared difference per latent dimension) of a node already in the tree (the root
+    included) or of an earlier child is the same state reached another way and is dropped, so
+    actions that change nothing (a move into a wall) and paths that meet are searched once.
+    The tree thus holds the distinct states the model believes reachable in `1 .. horizon`
+    steps, where an exhaustive search would hold `A^h` sequences. At most `max_nodes` children
+    per depth and problem are kept (those closest to the goal). The plan is the path to the
+    node closest to the goal over every depth (the `min` cost; ties to the shallower node).
+
+    Args:
+        model: An object with `predict` and `config.history_length`.
+        z_hist (`torch.Tensor` of shape `(P, T0, D)`): True latents of each problem.
+        past_actions (`torch.LongTensor` of shape `(P, T0 - 1)`): Actions between them.
+        z_goal (`torch.Tensor` of shape `(P, D)`): Goal latents.
+        first_valid (`torch.BoolTensor` of shape `(P, A)`): Valid first actions.
+        horizon (`int`): Deepest level searched.
+        merge_radius (`float`): Mean squared difference per dimension under which two imagined
+            latents are one state.
+        max_nodes (`int`): Children kept per depth and problem.
+        max_rows (`int`, defaults to `DEFAULT_MAX_ROWS`): Rows per predictor call.
+
+    Returns:
+        `Plan`: The path to the best node (padded with action 0 to `horizon`), its cost and depth.
+    """
+    device = z_hist.device
+    problems, known, dim = z_hist.shape
+    num_actions = first_valid.shape[1]
+    history = model.config.history_length
+    keep = min(history, known)
+    lat = z_hist[:, known - keep :].float()  # (N, W, D): every node's latent window
+    act = past_actions.to(device)[:, past_actions.shape[1] - (keep - 1) :]  # (N, W - 1)
+    owner = torch.arange(problems, device=device)
+    paths = torch.zeros(problems, 0, dtype=torch.long, device=device)
+    seen = [z_hist[p, -1:].float() for p in range(problems)]  # latents in each tree
+    goal = z_goal.float()
+    best_cost = torch.full((problems,), math.inf, device=device)
+    best_depth = torch.full((problems,), horizon, dtype=torch.long, device=device)
+    best_path = torch.zeros(problems, horizon, dtype=torch.long, device=device)
+    threshold = merge_radius * dim
+    for depth in range(1, horizon + 1):
+        if owner.numel() == 0:
+            break
+        n = owner.numel()
+        c_owner = owner.repeat_interleave(num_actions)
+        c_act = torch.arange(num_actions, device=device).repeat(n)
+        c_lat = lat.repeat_interleave(num_actions, dim=0)
+        c_hist = torch.cat([act.repeat_interleave(num_actions, dim=0), c_act[:, None]], dim=1)
+        c_paths = torch.cat([paths.repeat_interleave(num_actions, dim=0), c_act[:, None]], dim=1)
+        if depth == 1:
+            ok = first_valid.to(device)[c_owner, c_act]
+            c_owner, c_lat, c_hist, c_paths = c_owner[ok], c_lat[ok], c_hist[ok], c_paths[ok]
+        out = torch.cat([
+            model.predict(c_lat[i : i + max_rows], ActionInputs(ids=c_hist[i : i + max_rows]))[:, -1]
+            for i in range(0, c_owner.numel(), max_rows)
+        ]).float()  # fmt: skip
+        cost = (out - goal[c_owner]).pow(2).sum(-1)
+        kept = torch.zeros(c_owner.numel(), dtype=torch.bool, device=device)
+        for p in torch.unique(c_owner).tolist():
+            rows = torch.nonzero(c_owner == p).flatten()
+            rows = rows[torch.sort(cost[rows], stable=True).indices]
+            z = out[rows]
+            rows = rows[~(torch.cdist(z, seen[p]).pow(2) < threshold).any(1)]
+            close = (torch.cdist(out[rows], out[rows]).pow(2) < threshold).cpu().numpy()
+            chosen = np.zeros(rows.numel(), dtype=bool)
+            for i in range(rows.numel()):  # greedy: the child nearest the goal represents
+                if not (close[i] & chosen).any():
+                    chosen[i] = True
+                    if chosen.sum() >= max_nodes:
+                        break
+            rows = rows[torch.from_numpy(chosen).to(device)]
+            seen[p] = torch.cat([seen[p], out[rows]])
+            kept[rows] = True
+        owner, out, cost, c_hist, c_paths = (
+            c_owner[kept],
+            out[kept],
+            cost[kept],
+            c_hist[kept],
+            c_paths[kept],
+        )
+        if owner.numel():
+            low = torch.full((problems,), math.inf, device=device)
+            low.scatter_reduce_(0, owner, cost, reduce="amin")
+            better = low < best_cost
+            for p in torch.nonzero(better).flatten().tolist():
+                r = torch.nonzero((owner == p) & (cost == low[p])).flatten()[0]
+                best_path[p] = 0
+                best_path[p, :depth] = c_paths[r]
+            best_depth = torch.where(better, torch.full_like(best_depth, depth), best_depth)
+            best_cost = torch.minimum(best_cost, low)
+        lat = torch.cat([c_lat[kept], out[:, None]], dim=1)[:, -history:]
+        act = c_hist[:, -(history - 1) :] if history > 1 else c_hist[:, :0]
+        paths = c_paths
+    return Plan(best_path, best_cost.to(z_hist.dtype), best_depth)
+
+
 def rank_prior(graph: Graph) -> torch.Tensor:
     """The share of vertices at which each rank is a valid action, `(A,)`: `#{v: deg(v) > r} / n`.
 
@@ -324,7 +436,12 @@ def plan_actions(
     kind = config.planner
     if kind == "auto":
         kind = "exhaustive" if num_actions**horizon <= config.max_exhaustive else "cem"
-    if kind == "exhaustive":
+    if kind == "tree":
+        plan = tree_plan(
+            model, z_hist, past_actions, z_goal, first_valid, horizon,
+            config.merge_radius, config.tree_max_nodes, config.max_rows,
+        )  # fmt: skip
+    elif kind == "exhaustive":
         plan = exhaustive_plan(
             model, z_hist, past_actions, z_goal, first_valid, horizon, config.cost, config.max_rows
         )
@@ -345,4 +462,5 @@ __all__ = [
     "plan_actions",
     "rank_prior",
     "sequence_costs",
+    "tree_plan",
 ]
