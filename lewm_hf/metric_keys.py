@@ -135,6 +135,25 @@ EVAL_PLAN_STEPS_RATIO_RANDOM = EVAL_PLAN_STEPS_RATIO + "_random"
 EVAL_PLAN_GOAL_FORM = EVAL_PLAN_PREFIX + "goal_form"
 EVAL_PLAN_BY_GOAL_FORM = EVAL_PLAN_PREFIX + "by_goal_form"
 EVAL_PLAN_CI_METHOD = EVAL_PLAN_CI + "_method"
+# The planning numbers reported per distance (`{d: value}`) by every planner (graph or
+# environment), and those only the graph planner adds (steps of the successful episodes).
+EVAL_PLAN_PER_DISTANCE = (
+    EVAL_PLAN_SUCCESS,
+    EVAL_PLAN_SUCCESS_RANDOM,
+    EVAL_PLAN_SHORTEST_RATE,
+    EVAL_PLAN_CI,
+    EVAL_PLAN_CI_RANDOM,
+    EVAL_PLAN_SUCCESS_PER_SEED,
+    EVAL_PLANS_PER_SECOND,
+    EVAL_PLAN_PLANNERS,
+    EVAL_PLAN_DISTINCT_PAIRS,
+)
+EVAL_PLAN_STEPS_PER_DISTANCE = (
+    EVAL_PLAN_STEPS,
+    EVAL_PLAN_STEPS_RANDOM,
+    EVAL_PLAN_STEPS_RATIO,
+    EVAL_PLAN_STEPS_RATIO_RANDOM,
+)
 # Planning in an environment (`evaluate_environment_planning`): which one, the longest plan
 # searched per replanning, or why planning was not evaluated (no transition function).
 EVAL_PLAN_ENVIRONMENT = EVAL_PLAN_PREFIX + "environment"

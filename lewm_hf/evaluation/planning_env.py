@@ -268,17 +268,7 @@ def evaluate_environment_planning(
         raise LeWMInputError("starts", "no non-terminal state", "need held-out start states")
     unique, inverse = np.unique(starts, return_inverse=True)
     dist = shortest_distances(nxt, term, unique)[inverse]  # (M, S)
-    keys = (
-        K.EVAL_PLAN_SUCCESS,
-        K.EVAL_PLAN_SUCCESS_RANDOM,
-        K.EVAL_PLAN_SHORTEST_RATE,
-        K.EVAL_PLAN_CI,
-        K.EVAL_PLAN_CI_RANDOM,
-        K.EVAL_PLAN_SUCCESS_PER_SEED,
-        K.EVAL_PLANS_PER_SECOND,
-        K.EVAL_PLAN_PLANNERS,
-        K.EVAL_PLAN_DISTINCT_PAIRS,
-    )
+    keys = K.EVAL_PLAN_PER_DISTANCE
     out: dict[str, Any] = {key: {} for key in keys}
     missing = [d for d in config.distances if not (dist == d).any()]
     for d in config.distances:
