@@ -37,14 +37,16 @@ from lewm_hf.data.collators import DataCollatorForLeWM
 from lewm_hf.data.edits import EditCorpusConfig, build_edit_corpus
 from lewm_hf.data.trajectories import (
     TrajectoryInfo,
-    clip_offsets,
     export_trajectories,
     load_trajectories,
     load_trajectory_dataset,
     push_trajectories,
-    trajectory_clips,
     validate_trajectories,
     write_trajectories,
+)
+from lewm_hf.data.trajectory_clips import (
+    clip_offsets,
+    trajectory_clips,
 )
 from lewm_hf.data.walks import build_move_trajectories, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMDatasetError

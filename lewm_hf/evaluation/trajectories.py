@@ -36,7 +36,7 @@ import torch
 from datasets import Dataset
 
 from .. import metric_keys as K
-from ..data.trajectories import TrajectoryClips, trajectory_clips
+from ..data.trajectory_clips import TrajectoryClips, trajectory_clips
 from ..determinism import derive_seed
 from ..errors import LeWMConfigError
 from ..fields import option, validate_fields

@@ -8,7 +8,7 @@ and evaluated as the edit domain does, `lewm_hf.tasks.domains.edits`); the model
 vocabulary defaults to the dataset's `num_actions`, its history length to the longest row, and
 an encoder built from scratch to the dataset's `vocab_size` (an `encoder_path` checkpoint must
 cover it). Rows longer than the history are cut into clips (`clip_stride`,
-`lewm_hf.data.trajectories.trajectory_clips`). The evaluation needs nothing but held-out clips
+`lewm_hf.data.trajectory_clips.trajectory_clips`). The evaluation needs nothing but held-out clips
 (`lewm_hf.evaluation.trajectories`).
 
 This is a task of its own rather than `world_model` switched by `dataset_name`: the walk keys
@@ -34,18 +34,20 @@ from ...data.edits import EditCorpusConfig, EditSampler
 from ...data.edits.ops import DEFAULT_MAX_EDIT_LEN
 from ...data.environments import ENVIRONMENTS
 from ...data.trajectories import (
+    TrajectoryInfo,
+    load_trajectory_dataset,
+    real_steps,
+    select_split,
+    validate_trajectories,
+)
+from ...data.trajectory_clips import (
     ACTION_WISE,
     CLIP_OFFSET,
     CLIP_ROW,
     CLIP_SPLIT,
     STATE_WISE,
     TrajectoryClips,
-    TrajectoryInfo,
-    load_trajectory_dataset,
-    real_steps,
-    select_split,
     trajectory_clips,
-    validate_trajectories,
 )
 from ...errors import LeWMConfigError
 from ...evaluation.edits import EditEvaluationArguments, evaluate_edit_model
@@ -75,7 +77,7 @@ class TrajectoryDatasetArguments:
         dataset_revision (`str`, *optional*): The Hub revision (a branch, tag or commit).
         clip_stride (`int`, *optional*): Rows longer than the model's `history_length` are cut
             into clips of `history_length` actions starting every `clip_stride` actions
-            (`lewm_hf.data.trajectories.trajectory_clips`); null: `history_length`, back-to-back
+            (`lewm_hf.data.trajectory_clips.trajectory_clips`); null: `history_length`, back-to-back
             clips, each transition a prediction target once per epoch.
     """
 
