@@ -27,7 +27,8 @@ from lewm_hf import metric_keys as K
 from lewm_hf.errors import LeWMConfigError
 from lewm_hf.tasks import base
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
-from lewm_hf.trainer.lewm_trainer import LeWMTrainer, flatten_numbers
+from lewm_hf.trainer.lewm_trainer import LeWMTrainer
+from lewm_hf.trainer.results import flatten_numbers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,6 @@ Trainer's log history, which every checkpoint saves, so a resumed run's curves a
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +16,6 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainerState
-from transformers.trainer_callback import ProgressCallback
 
 from .. import metric_keys as K
 from ..checkpoints import check_checkpoint_dir
@@ -28,12 +26,10 @@ from ..errors import LeWMConfigError
 from ..hub import HubMixin
 from ..losses import prediction_loss
 from ..modeling_actions import check_input_values
-from ..reporting import curve, plot_curves, write_json
 from .callbacks import (
     CollapseMonitorCallback,
     ComplianceGateCallback,
     NonFiniteLossGuard,
-    SummaryProgressCallback,
     WSDSchedulerCallback,
 )
 from .feature_cache import FEATURE_INDEX, FeatureCache, FeatureCacheCollator, encoder_fingerprint
@@ -48,6 +44,7 @@ from .lewm_config import (
 )
 from .lora import ParameterReport, prepare_lora_model, strip_peft_prefix
 from .private_api import check_private_api
+from .results import ResultMixin
 from .schedules import get_wsd_scheduler
 
 # Dataset columns the LeWM collator reads.
@@ -126,42 +123,6 @@ def parameter_groups(model: nn.Module, args: LeWMTrainingArguments) -> list[dict
     return list(groups.values())
 
 
-# Where transformers' tracker callbacks (`report_to`) live.
-TRACKER_MODULE = "transformers.integrations"
-# `result.json` keys `report_result` does not send: curves (logged step by step already),
-# bookkeeping and settings.
-UNTRACKED_KEYS = frozenset(
-    {"phase", "global_step", "epoch", "curves", K.COLLAPSE_STATISTICS, "seeds", "gate"}
-)
-
-
-def flatten_numbers(payload: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numbers of a nested payload as one flat mapping: `{"a": {"b": [1, 2]}}` ->
-    `{"a/b/0": 1.0, "a/b/1": 2.0}`; booleans become 0 / 1, everything else (strings, None,
-    lists of mappings) is left out.
-
-    Args:
-        payload (`dict[str, Any]`): The payload.
-        prefix (`str`, *optional*): Put before every key.
-
-    Returns:
-        `dict[str, float]`: Flat key -> number.
-    """
-    out: dict[str, float] = {}
-    for key, value in payload.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, (bool, int, float)) and not isinstance(value, str):
-            if math.isfinite(float(value)):
-                out[name] = float(value)
-        elif isinstance(value, dict):
-            out.update(flatten_numbers(value, name + "/"))
-        elif isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        ):
-            out.update(flatten_numbers(dict(enumerate(value)), name + "/"))
-    return out
-
-
 class HostCheckedCollator:
     """A collator whose batches get `LeWMModel.forward`'s value checks on the host.
 
@@ -189,93 +150,6 @@ class HostCheckedCollator:
         if name in ("collator", "config"):  # not set yet (unpickling)
             raise AttributeError(name)
         return getattr(self.collator, name)
-
-
-class _ResultMixin:
-    """`result.json` of a trainer: curves from the log history plus each contributor's keys.
-
-    Subclasses set `result_curves` (result curve name -> logged key) and `result_contributors`
-    (objects with a `result(state) -> dict` method). The task runner writes the payload once,
-    after training and the final evaluation.
-    """
-
-    result_curves: ClassVar[dict[str, str]] = {}
-
-    def _use_summary_progress(self) -> None:
-        if not self.args.disable_tqdm:
-            self.remove_callback(ProgressCallback)
-            self.add_callback(SummaryProgressCallback())
-
-    @property
-    def result_contributors(self) -> list[Any]:
-        return []
-
-    def build_result(self, phase: str, **extra: Any) -> dict[str, Any]:
-        """The run's result: `phase`, `global_step`, `epoch`, `curves.train_loss` (every logged
-        step) and the other curves, the train runtime, the contributors' keys and `extra`."""
-        state: TrainerState = self.state
-        curves = {K.TRAIN_LOSS: curve(state.log_history, K.LOSS)}
-        for name, key in self.result_curves.items():
-            curves[name] = curve(state.log_history, key)
-        payload: dict[str, Any] = {
-            "phase": phase,
-            "global_step": state.global_step,
-            "epoch": state.epoch,
-            "curves": curves,
-        }
-        final = [e for e in state.log_history if K.TRAIN_LOSS in e]
-        if final:
-            payload["train_runtime_s"] = final[-1].get(K.TRAIN_RUNTIME)
-        for contributor in self.result_contributors:
-            payload.update(contributor.result(state))
-        payload.update(extra)
-        return payload
-
-    def write_result(self, payload: dict[str, Any]) -> None:
-        """Write `result.json` and `curves.png` in the output dir (main process only), and send
-        its final numbers to the `report_to` trackers (`report_result`)."""
-        if not self.is_world_process_zero():
-            return
-        out = Path(self.args.output_dir)
-        write_json(out / K.RESULT_FILE, payload)
-        plot_curves(payload["curves"], out / K.CURVES_PLOT, payload["phase"])
-        self.report_result(payload)
-
-    def report_result(self, payload: dict[str, Any]) -> dict[str, float]:
-        """Send the numbers of `result.json` that training did not log (the evaluation suite's
-        `eval_*`, `before_eval_*`, the final compliance and losses, the trainable fraction) to
-        the `report_to` trackers, at the final step, and close their runs again.
-
-        During training the trackers already receive every logged step (`loss`, `pred_loss`,
-        `reg_loss`, `collapse/*`, the gate's `eval_*_compliance` and rule-check counts): they
-        are the Trainer's `on_log` integrations. The evaluation after training comes after
-        `on_train_end`, which closes the trackers' runs; here each integration logs the
-        numbers once more through its own `on_log` (TensorBoard reopens its event file,
-        trackio resumes the run of the same name) and is closed with `on_train_end`. Nested
-        numbers are flattened (`eval_rollout_cos/0`, `lora/r`); curves, strings, seeds and
-        bookkeeping (`global_step`, `epoch`) are left out.
-
-        Args:
-            payload (`dict[str, Any]`): The `result.json` payload.
-
-        Returns:
-            `dict[str, float]`: What was sent (empty without a tracker).
-        """
-        trackers = [
-            callback
-            for callback in self.callback_handler.callbacks
-            if type(callback).__module__.startswith(TRACKER_MODULE)
-        ]
-        if not trackers or not self.is_world_process_zero():
-            return {}
-        logs = flatten_numbers({k: v for k, v in payload.items() if k not in UNTRACKED_KEYS})
-        if not logs:
-            return {}
-        model = self.model
-        for callback in trackers:
-            callback.on_log(self.args, self.state, self.control, logs=dict(logs), model=model)
-            callback.on_train_end(self.args, self.state, self.control, model=model)
-        return logs
 
 
 class _StreamingMixin:
@@ -331,7 +205,7 @@ class _StreamingMixin:
             self.train_dataset = dataset
 
 
-class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
+class LeWMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
     """A `Trainer` for `LeWMModel`.
 
     - `compute_loss` runs the model (latent prediction loss + SIGReg or Gaussian KL, as the
@@ -773,7 +647,7 @@ class LeWMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
         return {k: total / count for k, total, count in zip(keys, *totals) if count > 0}
 
 
-class WalkLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
+class WalkLMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
     """A `Trainer` for the encoder phase: a causal LM on walks, stopped by a compliance gate.
 
     It owns its `ComplianceGateCallback`, configured by the `gate_*` fields of its
@@ -829,7 +703,7 @@ class WalkLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
         return None
 
 
-class CausalLMTrainer(_StreamingMixin, HubMixin, _ResultMixin, Trainer):
+class CausalLMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
     """A plain `Trainer` for a causal LM (the DNA encoder phase) that writes `result.json`
     (train and eval loss curves) and the package's model card; no gate."""
 
