@@ -49,18 +49,29 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_recipe(config, parse_cli_overrides(argv))
     except LeWMError as err:
         print(f"error: {err}", file=sys.stderr)
+        _destroy_process_group(wait_for_ranks=False)
         return 2
-    finally:
-        _destroy_process_group()
+    except BaseException:
+        _destroy_process_group(wait_for_ranks=False)
+        raise
+    _destroy_process_group(wait_for_ranks=True)
     if os.environ.get("RANK", "0") == "0":
         print(format_summary(summary))
     return 0
 
 
-def _destroy_process_group() -> None:
+def _destroy_process_group(wait_for_ranks: bool) -> None:
+    """Tear down `torch.distributed`, after a barrier when every rank finished its work.
+
+    Without the barrier, a rank that finished first tore its gloo pairs down while another rank
+    was still writing the run's files, and the gloo worker threads of one of them could abort
+    the process (SIGABRT) at exit. After an error, ranks may not all reach a barrier: none.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait_for_ranks:
+            dist.barrier()
         dist.destroy_process_group()
 
 
