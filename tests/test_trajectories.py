@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
-from _builders import TINY_PHASE_MODEL, write_walk_recipe
+from _builders import TINY_PHASE_MODEL, lay_out_hub_cache, write_walk_recipe
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from test_hub import RecordingHfApi, files_in, hub  # noqa: F401  (the offline Hub fixture)
@@ -409,26 +408,6 @@ def test_keys_without_effect_and_a_small_encoder_vocabulary_are_errors(tmp_path,
     with pytest.raises(LeWMConfigError) as caught:
         run_trajectory_phase(tmp_path / "e", dataset_name=export, encoder_path=str(small))
     assert caught.value.field == "vocab_size" and "encoder_path" in caught.value.reason
-
-
-def lay_out_hub_cache(cache: Path, repo_type: str, repo_id: str, files: Path) -> Path:
-    """Put `files` in `cache` the way huggingface_hub's cache holds a repo: content-addressed
-    blobs, a snapshot of symlinks under a commit hash, and `refs/main` naming that commit."""
-    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    paths = sorted(p for p in files.rglob("*") if p.is_file())
-    commit = hashlib.sha1("".join(p.relative_to(files).as_posix() for p in paths).encode())
-    snapshot = repo / "snapshots" / commit.hexdigest()
-    for path in paths:
-        data = path.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / path.relative_to(files)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit.hexdigest())
-    return snapshot
 
 
 FRESH_PROCESS = """
