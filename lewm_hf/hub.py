@@ -319,6 +319,8 @@ def _surprise_table(result: dict[str, Any]) -> list[str]:
         ("teleport (a non-neighbour)", K.EVAL_SURPRISE_AUROC),
         ("hard negative (another valid neighbour)", K.EVAL_SURPRISE_AUROC_HARD),
     ]
+    if K.EVAL_SURPRISE_OTHER_ROW in result:  # a trajectory dataset: no teleports
+        rows[0] = ("another row's observed next state", K.EVAL_SURPRISE_AUROC)
     rows = [(name, key) for name, key in rows if key in result]
     if not rows:
         return []

@@ -33,6 +33,7 @@ from .modeling_actions import (
     _UNIT_INIT,
     ActionInputs,
     LeWMActionEncoder,
+    _check_integer,
     _check_shape,
     _check_trailing_padding,
     check_input_values,
@@ -602,6 +603,80 @@ class LeWMModel(LeWMPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Forward
 
+    def _check_clip_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        locus: torch.Tensor | None,
+        state_features: torch.Tensor | None,
+        actions: ActionInputs | None,
+    ) -> tuple[int, int, int]:
+        """Every shape and type check of `forward`'s states and actions, before any is used.
+
+        Returns:
+            `tuple[int, int, int]`: `(B, T + 1, L)`, `L` the pooled width `E` for
+            `state_features`.
+
+        Raises:
+            `LeWMInputError`: naming the argument, its shape (or dtype) and what was expected:
+                both or neither of `input_ids` / `state_features`; a rank other than 3 or fewer
+                than 2 states; more than `history_length + 1` states; integer `state_features`
+                or a width other than the encoder's pooled width; non-integer `input_ids`;
+                `attention_mask` / `locus` given with `state_features` (they are pooled already)
+                or of another shape than the states; actions of another shape than `(B, T)`.
+        """
+        history = self.config.history_length
+        if state_features is not None:
+            name, states = "state_features", state_features
+            if input_ids is not None:
+                raise LeWMInputError(name, "given", "give input_ids or state_features, not both")
+            layout = f"(B, T + 1, E) with 1 <= T <= history_length={history}"
+            for other, value in (("attention_mask", attention_mask), ("locus", locus)):
+                if value is not None:
+                    raise LeWMInputError(
+                        other,
+                        tuple(value.shape),
+                        "must be None with state_features (the features are pooled already)",
+                    )
+        else:
+            name, states = "input_ids", input_ids
+            layout = f"(B, T + 1, L) with 1 <= T <= history_length={history}"
+            if states is None:
+                raise LeWMInputError(name, None, f"give input_ids or state_features: {layout}")
+        if states.dim() != 3 or states.shape[1] < 2:
+            raise LeWMInputError(name, tuple(states.shape), f"must have shape {layout}")
+        if states.shape[1] > history + 1:
+            raise LeWMInputError(
+                name,
+                tuple(states.shape),
+                f"T + 1={states.shape[1]} states (T={states.shape[1] - 1} actions) exceed "
+                f"history_length + 1={history + 1}",
+            )
+        batch, num_states, width = states.shape
+        if state_features is not None:
+            if not state_features.is_floating_point():
+                raise LeWMInputError(
+                    name, str(state_features.dtype), "must be floating point (pooled features)"
+                )
+            pooled = self.projector[0].in_features
+            if width != pooled:
+                raise LeWMInputError(
+                    name,
+                    tuple(state_features.shape),
+                    f"last dim must be the encoder's pooled width E={pooled}",
+                )
+        else:
+            _check_integer(input_ids, name)
+            _check_shape(attention_mask, (batch, num_states, width), "attention_mask")
+            _check_shape(locus, (batch, num_states), "locus")
+        if require_actions(actions).shape != (batch, num_states - 1):
+            raise LeWMInputError(
+                "actions",
+                actions.shape,
+                f"must have shape ({batch}, {num_states - 1}): one per step between the states",
+            )
+        return batch, num_states, width
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -639,40 +714,10 @@ class LeWMModel(LeWMPreTrainedModel):
             [`LeWMOutput`] or `tuple`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        if state_features is not None:
-            if input_ids is not None:
-                raise LeWMInputError("state_features", "given", "give input_ids or state_features")
-            if state_features.dim() != 3 or state_features.shape[1] < 2:
-                raise LeWMInputError(
-                    "state_features",
-                    tuple(state_features.shape),
-                    "must have shape (B, T + 1, E) with T >= 1",
-                )
-            batch, num_states, seq_len = state_features.shape
-        elif input_ids is None or input_ids.dim() != 3 or input_ids.shape[1] < 2:
-            raise LeWMInputError(
-                "input_ids",
-                None if input_ids is None else tuple(input_ids.shape),
-                "must have shape (B, T + 1, L) with T >= 1",
-            )
-        else:
-            batch, num_states, seq_len = input_ids.shape
-        steps = num_states - 1
-        if steps > self.config.history_length:
-            raise LeWMInputError(
-                "input_ids",
-                tuple(input_ids.shape),
-                f"T={steps} actions exceed history_length={self.config.history_length}",
-            )
-        if state_features is None:
-            _check_shape(attention_mask, (batch, num_states, seq_len), "attention_mask")
-            _check_shape(locus, (batch, num_states), "locus")
+        batch, num_states, seq_len = self._check_clip_inputs(
+            input_ids, attention_mask, locus, state_features, actions
+        )
         device = (input_ids if state_features is None else state_features).device
-
-        if require_actions(actions).shape != (batch, steps):
-            raise LeWMInputError(
-                "actions", actions.shape, f"must have shape ({batch}, {steps}): one per step"
-            )
 
         # State k >= 1 exists when action k - 1 does; padding must be trailing.
         state_mask = None

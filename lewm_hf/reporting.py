@@ -126,11 +126,12 @@ def format_evaluation(results: dict[str, Any]) -> str:
     ]
     if K.EVAL_SURPRISE_OTHER_ROW in results:  # a trajectory dataset: no teleports
         lines[1] = lines[1].replace("true moves vs teleports", "observed vs another row's next")
-    if K.EVAL_SURPRISE_AUROC_HARD in results:
+    if K.EVAL_SURPRISE_AUROC_COPY in results:
         lines[-1] += (
             f"  copy {f(results.get(K.EVAL_SURPRISE_AUROC_COPY))}"
             f"  shuffled {f(results.get(K.EVAL_SURPRISE_AUROC_SHUFFLED))}"
         )
+    if K.EVAL_SURPRISE_AUROC_HARD in results:
         lines.append(
             f"surprise AUROC {f(results.get(K.EVAL_SURPRISE_AUROC_HARD))} (vs hard negatives)"
             f"  copy {f(results.get(K.EVAL_SURPRISE_AUROC_HARD_COPY))}"

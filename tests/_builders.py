@@ -1,5 +1,6 @@
 """The tests' shared set-up, as plain functions and constants: a tiny world model, clips of a toy
-system, training arguments, tiny walk-corpus recipes and their held-out clips.
+system, training arguments, tiny walk-corpus recipes and their held-out clips, and a Hub cache
+laid out on disk (`lay_out_hub_cache`, for the offline Hub tests).
 
 `tests/conftest.py` hands the builders to the tests as fixtures; the scripts of
 `tests/_dist_scripts/` (run under torchrun, outside pytest) import them from here.
@@ -7,6 +8,8 @@ system, training arguments, tiny walk-corpus recipes and their held-out clips.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +224,23 @@ def held_out_batch(recipe: Path, cache_dir: str | Path) -> dict[str, torch.Tenso
     plan = validate_recipe(recipe)[-1]
     clips = build_move_trajectories(plan.args.domain.clips, cache_dir)["validation"]
     return DataCollatorForLeWM(window=plan.args.domain.clips.corpus.context_window)(list(clips))
+
+
+def lay_out_hub_cache(cache: Path, repo_type: str, repo_id: str, files: Path) -> Path:
+    """Put `files` in `cache` the way huggingface_hub's cache holds a repo: content-addressed
+    blobs, a snapshot of symlinks under a commit hash, and `refs/main` naming that commit."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    paths = sorted(p for p in files.rglob("*") if p.is_file())
+    commit = hashlib.sha1("".join(p.relative_to(files).as_posix() for p in paths).encode())
+    snapshot = repo / "snapshots" / commit.hexdigest()
+    for path in paths:
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(files)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit.hexdigest())
+    return snapshot

@@ -4,16 +4,22 @@
   one parquet file trains the LM; a text column is tokenized by a tokenizer saved on disk.
 - Bad sources are typed errors naming the key, or the split, row and column (a table).
 - Early stopping on `eval_loss` stops at the step the control's evaluations predict.
+- A Hub id trains the LM offline, from a dataset repository laid out as the Hub cache holds it;
+  an id that is not there is a typed error naming `dataset_name`.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import numpy as np
 import pytest
 import yaml
+from _builders import lay_out_hub_cache
 from datasets import Dataset, DatasetDict
 
 from lewm_hf.errors import LeWMConfigError
@@ -300,3 +306,48 @@ def test_early_stopping_works_beside_the_gate_on_walks(tmp_path, cache_dir):
     assert control["phases"]["encoder"]["global_step"] == 40
     assert not stopped["phases"]["encoder"]["gate_passed"]
     assert stopped["phases"]["encoder"]["global_step"] < 40
+
+
+@pytest.fixture
+def offline_hub_cache(tmp_path, monkeypatch) -> Path:
+    """The Hub cache `huggingface_hub` and `datasets` read, with the network off: offline mode
+    (`HF_HUB_OFFLINE=1`, as each library reads it) and any socket connection refused."""
+    cache = tmp_path / "hub_cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+
+    def refuse(self, address):
+        raise OSError(f"the network is off in this test (connect to {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return cache
+
+
+def test_lm_phase_from_a_hub_id_offline(tmp_path, corpus, offline_hub_cache):
+    # The corpus as a Hub dataset repository: data/<split>-00000-of-00001.parquet.
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        (repo / "data" / f"{split}-00000-of-00001.parquet").write_bytes(
+            (corpus / f"{split}.parquet").read_bytes()
+        )
+    lay_out_hub_cache(offline_hub_cache, "dataset", "me/counting", repo)
+
+    hub = run_recipe(write(tmp_path / "hub", {**TINY_LM, "dataset_name": "me/counting"}))
+    phase = hub["phases"]["encoder"]
+    assert phase["train_windows"] == 64 and phase["global_step"] == 4
+    # The same rows as from the save_to_disk folder: the same run.
+    saved = run_recipe(
+        write(tmp_path / "saved", {**TINY_LM, "dataset_name": str(corpus / "saved")})
+    )
+    assert phase["final_eval_loss"] == saved["phases"]["encoder"]["final_eval_loss"]
+
+    # Control: an id that is in no cache is a typed error naming the field, not a network call.
+    with pytest.raises(LeWMConfigError) as info:
+        run_recipe(write(tmp_path / "missing", {**TINY_LM, "dataset_name": "me/no-such-corpus"}))
+    assert info.value.field.endswith("dataset_name") and info.value.value == "me/no-such-corpus"
+    assert "Hub cache" in info.value.reason, str(info.value)

@@ -463,3 +463,65 @@ def test_config_recipe_fields_are_its_own():
     fields = recipe_fields(LeWMConfig)
     assert fields["d_state"] is int and "dtype" not in fields and "id2label" not in fields
     assert set(typing.get_args(fields["pooling"])) == {"last", "mean", "centered"}
+
+
+# Bad clip inputs to `forward` (history_length 3, pooled width E 32, B 6): each is a typed error
+# naming the argument and what was expected, raised before anything is encoded.
+# (case, the inputs other than actions, the number of actions, field, words of the expectation)
+E = TINY_ENCODER["hidden_size"]
+BAD_CLIPS = [
+    ("features: more states than H + 1", {"state_features": torch.randn(B, 5, E)}, 4,
+     "state_features", "exceed history_length + 1=4"),
+    ("ids: more states than H + 1", {"input_ids": torch.zeros(B, 5, L, dtype=torch.long)}, 4,
+     "input_ids", "exceed history_length + 1=4"),
+    ("features: one state", {"state_features": torch.randn(B, 1, E)}, 0,
+     "state_features", "(B, T + 1, E)"),
+    ("features: rank 2", {"state_features": torch.randn(B, E)}, 2,
+     "state_features", "(B, T + 1, E)"),
+    ("features: wrong width", {"state_features": torch.randn(B, 3, E + 1)}, 2,
+     "state_features", f"pooled width E={E}"),
+    ("features: integers", {"state_features": torch.ones(B, 3, E, dtype=torch.long)}, 2,
+     "state_features", "floating point"),
+    ("features and ids", {"state_features": torch.randn(B, 3, E),
+                          "input_ids": torch.zeros(B, 3, L, dtype=torch.long)}, 2,
+     "state_features", "not both"),
+    ("features with a mask", {"state_features": torch.randn(B, 3, E),
+                              "attention_mask": torch.ones(B, 3, L)}, 2,
+     "attention_mask", "pooled already"),
+    ("features with a locus", {"state_features": torch.randn(B, 3, E),
+                               "locus": torch.zeros(B, 3, dtype=torch.long)}, 2,
+     "locus", "pooled already"),
+    ("features: actions of another length", {"state_features": torch.randn(B, 3, E)}, 1,
+     "actions", f"({B}, 2)"),
+    ("ids: floats", {"input_ids": torch.zeros(B, 3, L)}, 2, "input_ids", "integer"),
+    ("neither ids nor features", {}, 2, "input_ids", "give input_ids or state_features"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("inputs", "steps", "field", "expected"),
+    [case[1:] for case in BAD_CLIPS],
+    ids=[case[0] for case in BAD_CLIPS],
+)
+def test_bad_clip_inputs_are_typed_errors_naming_the_argument(
+    tiny_model, inputs, steps, field, expected
+):
+    model = tiny_model()
+    assert (model.config.history_length, model.projector[0].in_features) == (3, E)
+    actions = ActionInputs(ids=torch.zeros(B, steps, dtype=torch.long))
+    with pytest.raises(LeWMInputError) as err:
+        model(actions=actions, **inputs)
+    assert err.value.field == field and expected in err.value.reason
+
+
+def test_good_state_features_give_the_loss_of_their_input_ids(tiny_model):
+    # The control of the table above: features pooled by the model itself pass the checks.
+    model = tiny_model().eval()
+    batch = make_batch()
+    ids = batch.pop("input_ids")
+    batch.pop("attention_mask")  # all ones: the features are pooled without one
+    with torch.no_grad():
+        features = model.pooled_features(ids.flatten(0, 1)).view(*ids.shape[:2], -1)
+        via_ids = model(input_ids=ids, **batch).loss
+        via_features = model(state_features=features, **batch).loss
+    torch.testing.assert_close(via_features, via_ids)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import ray
+import ray.train
 import torch
 from _builders import TINY_PHASE_MODEL
 from _dist_scripts.ray_callbacks import KillAfterCheckpoint, PerRankSigreg, StepLog
@@ -33,9 +35,13 @@ from test_distributed import CONTROL_MIN_DIFF, PARITY_ATOL, max_diff
 
 from lewm_hf import LeWMModel
 from lewm_hf import metric_keys as K
+from lewm_hf.tasks import ray_train, runner
+from lewm_hf.tasks.base import PhaseContext
 from lewm_hf.tasks.ray_train import (
     RAY_CHECKPOINT_FOLDER,
     RAY_STATE_FILE,
+    RESTORE_PREFIX,
+    RayPhaseHooks,
     init_ray,
     train_on_ray,
     worker_runtime_env,
@@ -80,14 +86,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def worker_tmp(tmp_path_factory) -> Path:
+    """The Ray workers' `TMPDIR`: where a restarted worker copies the checkpoint it resumes."""
+    return tmp_path_factory.mktemp("worker_tmp")
+
+
+@pytest.fixture(scope="module")
+def cluster(worker_tmp):
     """A local Ray cluster of 2 CPUs; its workers import `lewm_hf` from this checkout and the
-    callbacks of `tests/_dist_scripts` by name."""
+    callbacks of `tests/_dist_scripts` by name, and keep their temporary files in `worker_tmp`."""
     # The controller polls the workers every 2 s by default: a run's end and a lost worker are
     # seen sooner with 0.5 s (read by the controller from the driver's environment).
     saved = os.environ.get(HEALTH_CHECK)
     os.environ[HEALTH_CHECK] = "0.5"
-    init_ray(num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env([TESTS]))
+    runtime_env = worker_runtime_env([TESTS])
+    runtime_env["env_vars"]["TMPDIR"] = str(worker_tmp)
+    init_ray(num_cpus=2, include_dashboard=False, runtime_env=runtime_env)
     yield
     ray.shutdown()
     if saved is None:
@@ -207,12 +221,18 @@ def test_checkpoints_reported_to_ray_are_the_trainers_folders(ray_run):
         assert torch.equal(value, weights[key]), key
 
 
-def test_lost_worker_restarts_and_resumes_from_the_reported_checkpoint(ray_run, reference):
+def test_lost_worker_restarts_and_resumes_from_the_reported_checkpoint(
+    ray_run, reference, worker_tmp
+):
     summary, log = ray_run["summary"], ray_run["log"]
     killed_pid, killed_step = (log / "killed.txt").read_text().split()
     assert int(killed_step) == SAVE_STEPS + 1
     restored = summary["ray"]["restored"]
     assert restored["phase"] == "again" and restored["global_step"] == SAVE_STEPS
+    # The restarted worker's local copy of the checkpoint was in its TMPDIR, and is gone.
+    copy = Path(restored["local_copy"])
+    assert copy.parent == worker_tmp and copy.name.startswith(RESTORE_PREFIX)
+    assert not copy.exists() and not list(worker_tmp.glob(RESTORE_PREFIX + "*"))
     for rank in (0, 1):
         steps = {}
         for phase in ("world_model", "control", "again"):
@@ -267,3 +287,45 @@ def test_train_ray_script_splits_its_flags_and_checks_the_recipe_before_ray(
     assert script["main"](["--config", str(recipe), "--no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
     assert script["main"](["--num_workers", "two"]) == 2
+
+
+def reported(folder: Path, phase: str, step: int) -> ray.train.Checkpoint:
+    """A checkpoint as `LeWMRayReportCallback` reports it: the HF folder and the run state."""
+    (folder / RAY_CHECKPOINT_FOLDER).mkdir(parents=True)
+    (folder / RAY_CHECKPOINT_FOLDER / K.CONFIG_FILE).write_text("{}")
+    state = {"phase": phase, "index": 1, "global_step": step, "finished": {"first": {}}}
+    (folder / RAY_STATE_FILE).write_text(json.dumps(state))
+    return ray.train.Checkpoint.from_directory(str(folder))
+
+
+def test_the_local_copy_of_a_restored_checkpoint_is_removed(tmp_path, monkeypatch):
+    """No Ray cluster: `ray.train.get_checkpoint` gives a reported checkpoint, as after a
+    restart. The copy lives until the phase it resumes has finished, or the worker's run ends
+    (here with an error in that phase)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    checkpoint = reported(tmp_path / "reported", "again", SAVE_STEPS)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
+
+    hooks = RayPhaseHooks()
+    restored = hooks.restore()
+    assert restored.phase == "again" and restored.finished == {"first": {}}
+    assert Path(restored.checkpoint).parent.parent == tmp
+    assert (Path(restored.checkpoint) / K.CONFIG_FILE).read_text() == "{}"
+    hooks.phase_finished(PhaseContext(name="first", index=0), {})
+    assert Path(restored.checkpoint).is_dir()  # the restored phase has not run yet
+    hooks.phase_finished(PhaseContext(name="again", index=1), {})
+    assert list(tmp.iterdir()) == []
+
+    # A worker whose restored phase fails leaves no copy behind either.
+    def failing_run(config, overrides, hooks):
+        assert Path(hooks.restore().checkpoint).is_dir()
+        raise RuntimeError("the phase failed")
+
+    monkeypatch.setattr(runner, "run_recipe", failing_run)
+    with pytest.raises(RuntimeError, match="the phase failed"):
+        ray_train._train_loop_per_worker(
+            {"config": "recipe.yaml", "overrides": [], "use_gpu": True}
+        )
+    assert list(tmp.iterdir()) == []

@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import huggingface_hub
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
-from _builders import TINY_PHASE_MODEL, write_walk_recipe
+from _builders import TINY_PHASE_MODEL, lay_out_hub_cache, write_walk_recipe
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from test_hub import RecordingHfApi, files_in, hub  # noqa: F401  (the offline Hub fixture)
@@ -50,6 +50,8 @@ from lewm_hf.data.trajectory_clips import (
 )
 from lewm_hf.data.walks import build_move_trajectories, load_walk_metadata
 from lewm_hf.errors import LeWMConfigError, LeWMDatasetError
+from lewm_hf.evaluation.trajectories import TrajectoryEvalConfig, evaluate_trajectory_model
+from lewm_hf.reporting import format_evaluation
 from lewm_hf.tasks.domains.trajectories import TrajectoryCollator
 from lewm_hf.tasks.runner import run_recipe, validate_recipe
 
@@ -408,26 +410,6 @@ def test_keys_without_effect_and_a_small_encoder_vocabulary_are_errors(tmp_path,
     assert caught.value.field == "vocab_size" and "encoder_path" in caught.value.reason
 
 
-def lay_out_hub_cache(cache: Path, repo_type: str, repo_id: str, files: Path) -> Path:
-    """Put `files` in `cache` the way huggingface_hub's cache holds a repo: content-addressed
-    blobs, a snapshot of symlinks under a commit hash, and `refs/main` naming that commit."""
-    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    paths = sorted(p for p in files.rglob("*") if p.is_file())
-    commit = hashlib.sha1("".join(p.relative_to(files).as_posix() for p in paths).encode())
-    snapshot = repo / "snapshots" / commit.hexdigest()
-    for path in paths:
-        data = path.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / path.relative_to(files)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit.hexdigest())
-    return snapshot
-
-
 FRESH_PROCESS = """
 import json, sys, torch
 import lewm_hf
@@ -558,6 +540,11 @@ def test_ragged_rows_with_padding_train_and_evaluate(tmp_path):
     assert np.isfinite(result[K.EVAL_PRED_MSE]) and result[K.EVAL_ACTION_CHANCE] == 0.25
     # Rollouts go as far as the real (unpadded) rows allow: 3 actions.
     assert result[K.EVAL_ROLLOUT_HORIZONS] == [1, 2, 3]
+    # Surprise and its references reach result.json and the run's summary alike.
+    summary = json.loads((tmp_path / "run" / "run" / K.SUMMARY_FILE).read_text())
+    phase = summary["phases"]["world_model"]
+    for key in (K.EVAL_SURPRISE_AUROC, K.EVAL_SURPRISE_AUROC_COPY, K.EVAL_SURPRISE_AUROC_SHUFFLED):
+        assert 0 <= result[key] <= 1 and phase[key] == result[key]
 
 
 # ---- long rows: clips of history_length actions ----------------------------------------------
@@ -769,3 +756,72 @@ def test_edit_clips_keep_a_locus_per_state_and_foreign_edit_vocabularies_are_ref
             tmp_path / "run", dataset_name=str(tmp_path / "wide"), dataset_test_split="test"
         )
     assert caught.value.field == "dataset_name" and "DNA vocabulary" in caught.value.reason
+
+
+# ---- surprise beside its references ------------------------------------------------------------
+
+
+class ActionIsNextState(torch.nn.Module):
+    """States are one token; the encoder one-hots it. `predict` returns the one-hot of the action
+    taken: on rows whose next state is the action's id, a perfect model that reads its action."""
+
+    def __init__(self, num_actions: int, history: int):
+        super().__init__()
+        self.config = SimpleNamespace(history_length=history, action_vocab_size=num_actions)
+        self.num_actions = num_actions
+
+    def encode(self, input_ids):
+        return torch.nn.functional.one_hot(input_ids[:, 0], self.num_actions).float()
+
+    def predict(self, z_hist, actions):
+        return torch.nn.functional.one_hot(actions.ids, self.num_actions).float()
+
+
+class ActionBlind(ActionIsNextState):
+    """Ignores the action: predicts the mean of the history's latents."""
+
+    def predict(self, z_hist, actions):
+        return z_hist.cumsum(1) / torch.arange(1, z_hist.shape[1] + 1).view(1, -1, 1)
+
+
+class Copy(ActionIsNextState):
+    """Predicts the current latent: the copy score itself."""
+
+    def predict(self, z_hist, actions):
+        return z_hist
+
+
+def action_is_next_state_rows(count: int, steps: int, num_actions: int, seed: int = 0) -> Dataset:
+    """Rows of one-token states whose next state is the id of the action taken."""
+    rng = np.random.default_rng(seed)
+    actions = rng.integers(0, num_actions, (count, steps))
+    first = rng.integers(0, num_actions, (count, 1))
+    states = np.concatenate([first, actions], axis=1)[..., None]  # (count, steps + 1, 1)
+    return dataset(input_ids=states.tolist(), actions=actions.tolist())
+
+
+def test_trajectory_surprise_reports_copy_and_action_blind_references():
+    held_out = action_is_next_state_rows(256, 3, num_actions=4)
+    config = TrajectoryEvalConfig(num_items=512, num_rollouts=4, max_horizon=2, seed=3)
+    keys = (K.EVAL_SURPRISE_AUROC, K.EVAL_SURPRISE_AUROC_COPY, K.EVAL_SURPRISE_AUROC_SHUFFLED)
+
+    # A model that reads its action: the true next state is never surprising, another row's
+    # (a different state) always is; under another item's action it is a coin toss; copy, on
+    # rows whose next state is drawn independently of the current one, is chance too.
+    reads = evaluate_trajectory_model(ActionIsNextState(4, 3), held_out, 4, config)
+    model, copy, blind = (reads[key] for key in keys)
+    assert model == 1.0 and reads[K.EVAL_SURPRISE_TRUE] == 0.0
+    assert copy == pytest.approx(0.5, abs=0.06) and blind == pytest.approx(0.5, abs=0.06)
+    line = format_evaluation(reads).splitlines()[1]  # the printed table shows them beside it
+    assert "another row's next" in line and f"copy {copy:.3f}  shuffled {blind:.3f}" in line
+
+    # A model that ignores its action scores exactly its own action-blind control.
+    ignores = evaluate_trajectory_model(ActionBlind(4, 3), held_out, 4, config)
+    assert ignores[K.EVAL_SURPRISE_AUROC_SHUFFLED] == ignores[K.EVAL_SURPRISE_AUROC]
+
+    # A model that predicts the current latent scores exactly copy (and its control).
+    copies = evaluate_trajectory_model(Copy(4, 3), held_out, 4, config)
+    assert copies[K.EVAL_SURPRISE_AUROC] == copies[K.EVAL_SURPRISE_AUROC_COPY] == copy
+    assert copies[K.EVAL_SURPRISE_AUROC_SHUFFLED] == copy
+    # The references are the same items whatever the model: copy does not depend on it.
+    assert ignores[K.EVAL_SURPRISE_AUROC_COPY] == copy

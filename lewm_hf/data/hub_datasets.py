@@ -1,7 +1,8 @@
 """Flat LM corpora from the Hub or local files: `dataset_name` -> splits -> fixed-length LM rows.
 
 `load_dataset_splits` reads a dataset the way TRL's scripts name one: `dataset_name` is a Hub
-id (read through the Hub cache, offline with `HF_HUB_OFFLINE=1`), a folder written by
+id (offline with `HF_HUB_OFFLINE=1`: from `datasets`' cache of an earlier load, else from the
+repo's snapshot in the Hub cache, `hub_dataset_snapshot`), a folder written by
 `save_to_disk` (`load_from_disk`), a data folder or a data file / glob (`.parquet`, `.jsonl`,
 `.json`, `.arrow`, `.csv`), or a builder name (`parquet`, `json`, `arrow`, `csv`) with
 `data_files`; `dataset_config` is the Hub configuration. `lm_rows` turns one split into the
@@ -39,6 +40,47 @@ INPUT_IDS = "input_ids"
 def _builder_for(path: str) -> str | None:
     suffix = Path(path.replace("*", "x")).suffix.lower()
     return FILE_BUILDERS.get(suffix)
+
+
+def hub_dataset_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot of a Hub dataset repo (downloaded once; with `HF_HUB_OFFLINE=1` read
+    from the Hub cache).
+
+    Args:
+        repo_id (`str`): The dataset's Hub id (`owner/name`).
+        revision (`str`, *optional*): The Hub revision (the default branch if None).
+
+    Returns:
+        `Path`: The snapshot folder.
+
+    Raises:
+        `LeWMConfigError`: naming `dataset_name`, for a name that is no Hub id or a repo that
+            cannot be fetched (offline: that is not in the Hub cache).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
+    except HFValidationError as err:
+        raise LeWMConfigError(
+            "dataset_name", repo_id, "is no local folder, no file builder and no Hub id"
+        ) from err
+    except Exception as err:  # the Hub's errors: not found, offline without a cached copy, ...
+        raise LeWMConfigError(
+            "dataset_name",
+            repo_id,
+            "is no local folder and cannot be loaded from the Hub (with HF_HUB_OFFLINE=1, only "
+            f"from the Hub cache): {type(err).__name__}: {err}",
+        ) from err
+
+
+def _hub_offline() -> bool:
+    """Whether `huggingface_hub` or `datasets` is in offline mode (`HF_HUB_OFFLINE=1`)."""
+    import datasets
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
 
 
 def load_dataset_splits(
@@ -84,6 +126,8 @@ def load_dataset_splits(
                     f"a data file must end in one of {sorted(FILE_BUILDERS)}",
                 )
             loaded = load_dataset(builder, data_files=dataset_name)
+        elif _hub_offline() and not path.exists():
+            loaded = _load_offline(dataset_name, dataset_config)
         else:
             loaded = load_dataset(dataset_name, dataset_config)
     except LeWMConfigError:
@@ -108,6 +152,26 @@ def load_dataset_splits(
             "dataset_name", dataset_name, f"loads a {type(loaded).__name__}, not a DatasetDict"
         )
     return loaded
+
+
+def _load_offline(dataset_name: str, dataset_config: str | None) -> Any:
+    """A Hub id offline: from `datasets`' own cache of an earlier `load_dataset`, else from the
+    repo's snapshot in the Hub cache (which `datasets` does not read offline by itself)."""
+    try:
+        return load_dataset(dataset_name, dataset_config)
+    except Exception as err:  # offline without a `datasets` cache entry: a ConnectionError
+        if "/" not in dataset_name:
+            raise
+        try:
+            snapshot = hub_dataset_snapshot(dataset_name)
+        except LeWMConfigError as missing:
+            raise LeWMConfigError(
+                "dataset_name",
+                dataset_name,
+                f"is in neither the datasets cache ({type(err).__name__}: {err}) nor the Hub "
+                f"cache ({missing.reason})",
+            ) from err
+    return load_dataset(str(snapshot), dataset_config)
 
 
 def select_split(splits: DatasetDict, split: str, field: str) -> Dataset:
@@ -237,6 +301,7 @@ __all__ = [
     "FILE_BUILDERS",
     "INPUT_IDS",
     "check_token_range",
+    "hub_dataset_snapshot",
     "lm_rows",
     "load_dataset_splits",
     "select_split",

@@ -39,6 +39,7 @@ from ..errors import LeWMConfigError, LeWMDatasetError
 from ..fields import ActionType, option, validate_fields
 from .dna import DNA_VOCAB, DNA_VOCAB_SIZE
 from .edits.ops import EditOp
+from .hub_datasets import hub_dataset_snapshot
 from .walks import load_walk_metadata
 
 TRAJECTORY_FORMAT = "lewm-trajectories"
@@ -370,27 +371,6 @@ def _read_info(
     return info
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The local snapshot of a Hub dataset repo (downloaded once; with `HF_HUB_OFFLINE=1` read
-    from the Hub cache)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
-    except HFValidationError as err:
-        raise LeWMConfigError(
-            "dataset_name", repo_id, "is no local folder, no file builder and no Hub id"
-        ) from err
-    except Exception as err:  # the Hub's errors: not found, offline without a cached copy, ...
-        raise LeWMConfigError(
-            "dataset_name",
-            repo_id,
-            "is no local folder and cannot be loaded from the Hub (with HF_HUB_OFFLINE=1, only "
-            f"from the Hub cache): {type(err).__name__}: {err}",
-        ) from err
-
-
 def load_trajectory_dataset(
     dataset_name: str,
     dataset_config: str | None = None,
@@ -436,7 +416,7 @@ def load_trajectory_dataset(
         parent = Path(str(first)).expanduser().parent
         return dataset, _read_info([parent, parent.parent], dataset, dataset_name)
     if not path.exists() and not dataset_name.startswith((".", "/", "~")):
-        path = _hub_snapshot(dataset_name, revision)
+        path = hub_dataset_snapshot(dataset_name, revision)
     if not path.is_dir():
         raise LeWMConfigError("dataset_name", dataset_name, "folder or Hub dataset not found")
     if _is_save_to_disk_folder(path):

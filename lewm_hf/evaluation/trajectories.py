@@ -18,7 +18,10 @@ another action would have done), so every number here is computed from held-out 
   (`lewm_hf.evaluation.rollouts`).
 - **Surprise**: the prediction error of the observed next state against that of the observed
   next state of another held-out row (token-identical states left out), as an AUROC
-  (`lewm_hf.evaluation.surprise`).
+  (`lewm_hf.evaluation.surprise`), beside the walk suite's references on the same items: the
+  copy score `||z_t - z_obs||^2` (`_copy`: no predictor at all) and an action-blind control
+  (`_shuffled`: the same model with the last actions permuted across the items, so each item
+  is predicted under another item's action, as likely as the policy took it). Chance is 0.5.
 - **Health** of the held-out source latents (`lewm_hf.evaluation.latents`).
 
 The held-out latent MSE against copy (`eval_pred_mse`, `eval_copy_mse`) is the trainer's own
@@ -153,7 +156,8 @@ def evaluate_trajectory_model(
 
     Returns:
         `dict[str, Any]`: `eval_action_*` (as the walk suite's), `eval_rollout_*` (lists over
-        horizons), `eval_surprise_auroc`, `eval_surprise_true`, `eval_surprise_other_row`,
+        horizons), `eval_surprise_auroc` with its references `eval_surprise_auroc_copy` and
+        `eval_surprise_auroc_shuffled`, `eval_surprise_true`, `eval_surprise_other_row`,
         `eval_effective_rank`, `eval_var_per_dim`, `eval_sigreg`, item counts and
         `eval_world_model_seconds`.
     """
@@ -204,24 +208,45 @@ def evaluate_trajectory_model(
                 )
         out[K.EVAL_ACTION_PREFIX + "num_items"] = total
 
-        # Surprise: the observed next state against the observed next state of another row.
+        # Surprise: the observed next state against the observed next state of another row,
+        # scored by the model, by copy and by the model under another item's last action.
         z_next_all = torch.cat(z_nexts)  # (N, D), group by group
         tokens_all = np.concatenate(next_tokens)
         shift = rng.integers(1, total, size=total) if total > 1 else np.zeros(1, np.int64)
         other = (np.arange(total) + shift) % total
         differs = torch.as_tensor((tokens_all != tokens_all[other]).any(axis=1))
-        s_true, s_other, at = [], [], 0
+        last = torch.cat([acts[:, -1] for _, acts in z_src])  # (N,), group by group
+        shuffle = np.random.default_rng(derive_seed(config.seed, "surprise-shuffled-actions"))
+        last_shuffled = last[torch.as_tensor(shuffle.permutation(total), device=last.device)]
+        scores: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
+            name: ([], []) for name in ("model", "copy", "shuffled")
+        }
+        at = 0
         for (z_hist, acts), z_next in zip(z_src, z_nexts, strict=True):
             n = z_hist.shape[0]
-            s_true.append(surprise_from_latents(model, z_hist, acts, z_next, bs))
             z_o = z_next_all[torch.as_tensor(other[at : at + n])]
-            s_other.append(surprise_from_latents(model, z_hist, acts, z_o, bs))
+            blind = acts.clone()
+            blind[:, -1] = last_shuffled[at : at + n]
+            for slot, z_obs in enumerate((z_next, z_o)):
+                for name, taken in (("model", acts), ("shuffled", blind)):
+                    scores[name][slot].append(
+                        surprise_from_latents(model, z_hist, taken, z_obs, bs)
+                    )
+                copy = (z_obs.float() - z_hist[:, -1].float()).pow(2).sum(-1)
+                scores["copy"][slot].append(copy)
             at += n
-        s_true_t = torch.cat(s_true)
-        s_other_t = torch.cat(s_other)[differs.to(s_true_t.device)]
+        s_true_t = torch.cat(scores["model"][0])
+        keep = differs.to(s_true_t.device)
+        s_other_t = torch.cat(scores["model"][1])[keep]
         if s_other_t.numel():
             labels = torch.cat([torch.zeros_like(s_true_t), torch.ones_like(s_other_t)]).bool()
-            out[K.EVAL_SURPRISE_AUROC] = auroc(torch.cat([s_true_t, s_other_t]), labels)
+            for name, key in (
+                ("model", K.EVAL_SURPRISE_AUROC),
+                ("copy", K.EVAL_SURPRISE_AUROC_COPY),
+                ("shuffled", K.EVAL_SURPRISE_AUROC_SHUFFLED),
+            ):
+                true, negative = (torch.cat(part).to(keep.device) for part in scores[name])
+                out[key] = auroc(torch.cat([true, negative[keep]]), labels)
             out[K.EVAL_SURPRISE_OTHER_ROW] = s_other_t.mean().item()
         out[K.EVAL_SURPRISE_TRUE] = s_true_t.mean().item()
 

@@ -46,6 +46,8 @@ RAY_STATE_FILE = "lewm_run.json"
 RAY_CHECKPOINT_FOLDER = "checkpoint"
 # The metric naming the phase of each reported checkpoint.
 PHASE_METRIC = "lewm_phase"
+# The local temporary copy of the checkpoint a restarted worker resumes from.
+RESTORE_PREFIX = "lewm-ray-restore-"
 
 
 def _require_ray() -> None:
@@ -138,15 +140,19 @@ class RayPhaseHooks(PhaseHooks):
         self.callbacks = list(callbacks)
         self.finished: dict[str, dict[str, Any]] = {}
         self.restored: dict[str, Any] | None = None
+        self.restore_dir: Path | None = None
 
     def restore(self) -> RestoredRun | None:
-        """The last checkpoint reported to Ray (after a restart), copied to a local folder."""
+        """The last checkpoint reported to Ray (after a restart), copied to a local temporary
+        folder (`restore_dir`) that lives until the phase it resumes has finished, or until
+        `release` (the worker calls it however its run ends)."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        local = Path(tempfile.mkdtemp(prefix="lewm-ray-restore-"))
+        local = Path(tempfile.mkdtemp(prefix=RESTORE_PREFIX))
+        self.restore_dir = local
         checkpoint.to_directory(str(local))
         state = json.loads((local / RAY_STATE_FILE).read_text())
         folder = str(local / RAY_CHECKPOINT_FOLDER)
@@ -154,6 +160,7 @@ class RayPhaseHooks(PhaseHooks):
             "phase": state["phase"],
             "global_step": state["global_step"],
             "checkpoint": checkpoint.path,
+            "local_copy": str(local),  # removed once the phase has finished
         }
         console(
             f"[ray] restarting at phase {state['phase']!r}, step {state['global_step']} "
@@ -173,6 +180,14 @@ class RayPhaseHooks(PhaseHooks):
 
     def phase_finished(self, context: PhaseContext, summary: dict[str, Any]) -> None:
         self.finished[context.name] = summary
+        if self.restored is not None and context.name == self.restored["phase"]:
+            self.release()  # the Trainer read the checkpoint when the phase's training began
+
+    def release(self) -> None:
+        """Remove the local copy of the restored checkpoint, if any (idempotent)."""
+        if self.restore_dir is not None:
+            shutil.rmtree(self.restore_dir, ignore_errors=True)
+            self.restore_dir = None
 
 
 def _train_loop_per_worker(spec: dict[str, Any]) -> None:
@@ -189,7 +204,10 @@ def _train_loop_per_worker(spec: dict[str, Any]) -> None:
         # (without it, a GPU-less worker would train alone, as `ParallelMode.NOT_DISTRIBUTED`).
         os.environ["ACCELERATE_USE_CPU"] = "true"
     hooks = RayPhaseHooks(spec.get("callbacks", ()))
-    summary = run_recipe(spec["config"], spec["overrides"], hooks=hooks)
+    try:
+        summary = run_recipe(spec["config"], spec["overrides"], hooks=hooks)
+    finally:
+        hooks.release()  # a run that failed in the restored phase leaves no copy behind
     if ray.train.get_context().get_world_rank() == 0:
         summary["ray"] = {"restored": hooks.restored}
         write_json(Path(summary["output_dir"]) / K.SUMMARY_FILE, summary)
@@ -327,6 +345,7 @@ def train_on_ray(
 __all__ = [
     "RAY_CHECKPOINT_FOLDER",
     "RAY_STATE_FILE",
+    "RESTORE_PREFIX",
     "RayPhaseHooks",
     "init_ray",
     "train_on_ray",
