@@ -54,6 +54,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from ..data.corpus import release_mapped_pages
 from ..errors import LeWMConfigError, LeWMInputError
 from ..progress import progress
 
@@ -261,7 +262,9 @@ class FeatureFile:
         data = bytearray(len(distinct) * size)
         for j, row in enumerate(distinct.tolist()):
             data[j * size : (j + 1) * size] = os.pread(fd, size, row * size)
-        out = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        out = (
+            torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        )
         out = out.view(self.dtype).reshape(len(distinct), width)
         return out[inverse].reshape(*index.shape, width)
 
@@ -443,6 +446,7 @@ class FeatureCache:
                     )
                 bar.update(b)
                 release_free_memory()
+                release_mapped_pages(dataset)  # the rows just read
             indexed.append(dataset.add_column(FEATURE_INDEX, _slot_lists(row_slots, row_counts)))
         bar.close()
         model.train(was_training)
