@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _builders import ACTIONS, VOCAB, W
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from lewm_hf import LeWMTrainer
 from lewm_hf import metric_keys as K
@@ -18,6 +19,7 @@ from lewm_hf.errors import LeWMConfigError, LeWMInputError
 from lewm_hf.trainer.feature_cache import (
     FeatureCache,
     FeatureCacheCollator,
+    FeatureFile,
     default_build_batch_size,
 )
 
@@ -225,26 +227,44 @@ def test_default_build_batch_size_follows_the_threads():
     assert default_build_batch_size(torch.device("cuda")) == 2048
 
 
-def _mapping_of(tensor: torch.Tensor, path) -> dict[str, int] | None:
-    """The `/proc/self/smaps` entry (its kB fields) of the mapping of file `path` that holds
-    `tensor`'s data, or None when its data lies in no mapping of that file."""
-    target, pointer = os.path.realpath(path), tensor.data_ptr()
-    entry: dict[str, int] | None = None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            low, high = (int(x, 16) for x in head[0].split("-"))
-            hit = len(head) == 6 and head[5] == target and low <= pointer < high
-            entry = {} if hit else None
-        elif entry is not None and head[0].endswith(":") and len(head) == 3:
-            entry[head[0][:-1]] = int(head[1])
-        if entry is not None and "Rss" in entry and "Size" in entry:
-            return entry
-    return None
+def _mappings_of(path) -> list[str]:
+    """The lines of `/proc/self/maps` that map file `path`."""
+    target = os.path.realpath(path)
+    return [
+        line
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if len(line.split()) == 6 and line.split()[5] == target
+    ]
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc")
-def test_cache_on_disk_is_bitwise_the_cache_in_memory_and_memory_mapped(
+def _reference_keys(datasets, collator) -> list[list[list[int]]]:
+    """Each row's cache positions as a plain dict over the states' raw tokens, masks and loci
+    gives them: positions in the order states are first seen."""
+    slot_of: dict[tuple, int] = {}
+    out = []
+    for dataset in datasets:
+        rows = []
+        for row in dataset:
+            batch = collator([row])
+            ids, mask = batch["input_ids"][0], batch.get("attention_mask")
+            locus = batch.get("locus")
+            steps = batch["actions"].mask
+            real = 1 + (ids.shape[0] - 1 if steps is None else int(steps[0].sum()))
+            slots = []
+            for t in range(real):
+                key = (
+                    tuple(ids[t].tolist()),
+                    None if mask is None else tuple(mask[0, t].tolist()),
+                    None if locus is None else int(locus[0, t]),
+                )
+                slots.append(slot_of.setdefault(key, len(slot_of)))
+            rows.append(slots)
+        out.append(rows)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_cache_on_disk_is_bitwise_the_cache_in_memory_and_read_without_mapping(
     tmp_path, tiny_lewm_model, tiny_clips
 ):
     model = tiny_lewm_model(encoder_mode="frozen")
@@ -252,6 +272,14 @@ def test_cache_on_disk_is_bitwise_the_cache_in_memory_and_memory_mapped(
     collator = DataCollatorForLeWM(window=W)
     memory, memory_idx = FeatureCache.build(model, [train, held_out], collator, batch_size=16)
     assert memory.path is None
+    # The positions are those a dict over the raw states hands out, first seen first.
+    reference = _reference_keys([train, held_out], collator)
+    for got, want in zip(memory_idx, reference):
+        assert got["feature_index"] == want
+    assert (
+        memory_idx[0].features["feature_index"]
+        == Features({"feature_index": List(Value("int64"))})["feature_index"]
+    )
     size = memory.features.numel() * memory.features.element_size()
     # Spilled from the first chunk on (0 bytes), and part-way through the build.
     for limit in (0, size // 3):
@@ -260,23 +288,47 @@ def test_cache_on_disk_is_bitwise_the_cache_in_memory_and_memory_mapped(
             model, [train, held_out], collator, batch_size=16, max_memory_bytes=limit, path=path
         )
         assert disk.path == path and path.stat().st_size == size
-        # The tensor is a view of the file's mapping, none of whose pages is resident yet.
-        mapping = _mapping_of(disk.features, path)
-        assert mapping is not None and mapping["Size"] * 1024 >= size and mapping["Rss"] == 0
-        assert torch.equal(disk.features.view(torch.uint8), memory.features.view(torch.uint8))
+        assert (
+            isinstance(disk.features, FeatureFile) and disk.features.shape == memory.features.shape
+        )
+        everything = disk.features.tensor()
+        assert torch.equal(everything.view(torch.uint8), memory.features.view(torch.uint8))
         for a, b in zip(disk_idx, memory_idx):
             assert a["feature_index"] == b["feature_index"]
         rows = list(disk_idx[0].select(range(8)))
         batch = FeatureCacheCollator(collator, disk)(rows)
         expected = FeatureCacheCollator(collator, memory)(rows)
         assert torch.equal(batch["state_features"], expected["state_features"])
-    # Control: the in-memory cache is in no mapping of the file.
-    assert _mapping_of(memory.features, tmp_path / "features-0.bin") is None
+        # Read with explicit reads: no page of the file is mapped into the process.
+        assert _mappings_of(path) == []
+        # Any shape of positions, repeated ones included; out of range is refused.
+        index = torch.as_tensor([[3, 0, 3], [size // 1000, 1, 0]]) % memory.num_states
+        assert torch.equal(disk.features[index], memory.features[index])
+        with pytest.raises(LeWMInputError, match="index"):
+            disk.features[torch.as_tensor([memory.num_states])]
+        # A data-loader worker gets the file's path, not its open handle.
+        copy = pickle.loads(pickle.dumps(disk.features))
+        assert torch.equal(copy[index], memory.features[index])
     # A threshold above the cache's size keeps it in memory.
     kept, _ = FeatureCache.build(
         model, [train], collator, max_memory_bytes=size, path=tmp_path / "unused.bin"
     )
     assert kept.path is None and not (tmp_path / "unused.bin").exists()
+
+
+def test_state_table_hands_out_positions_as_first_seen():
+    from lewm_hf.trainer.feature_cache import KEY_DTYPE, _StateTable
+
+    table = _StateTable()
+    keys = np.array([b"c" * 16, b"a" * 16, b"c" * 16, b"b" + b"\0" * 15], dtype=KEY_DTYPE)
+    slots, new = table.assign(keys)
+    assert slots.tolist() == [0, 1, 0, 2] and new.tolist() == [0, 1, 3]
+    more = np.array([b"b" + b"\0" * 14 + b"\1", b"a" * 16, b"b" + b"\0" * 15], dtype=KEY_DTYPE)
+    slots, new = table.assign(more)
+    assert slots.tolist() == [3, 1, 2] and new.tolist() == [0]
+    assert len(table) == 4 and list(table.keys) == sorted(table.keys)
+    slots, new = table.assign(np.empty(0, dtype=KEY_DTYPE))
+    assert slots.tolist() == [] and new.tolist() == []
 
 
 def test_trainer_with_cache_on_disk_trains_bitwise_alike(

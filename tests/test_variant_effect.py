@@ -118,6 +118,24 @@ def test_kmer_markov_probabilities_and_likelihood():
         KmerMarkov(2, ids).log_likelihood(windows, 1)
 
 
+@pytest.mark.parametrize("order", [0, 1, 3, 8])
+def test_kmer_markov_fit_in_chunks_is_bitwise_the_whole_fit(monkeypatch, order):
+    from lewm_hf.evaluation import variant_effect
+
+    ids = np.random.default_rng(order).integers(0, 5, size=5000)  # N (4) breaks contexts
+    whole = KmerMarkov(order, ids).log_probs
+    for chunk in (1, 7, 1000):
+        monkeypatch.setattr(variant_effect, "FIT_CHUNK_BASES", chunk)
+        assert np.array_equal(KmerMarkov(order, ids).log_probs, whole)
+    # The unchunked count, written out.
+    frames = np.lib.stride_tricks.sliding_window_view(ids, order + 1)
+    frames = frames[(frames < 4).all(1)]
+    counts = np.ones((4**order, 4))
+    context = (frames[:, :order] * 4 ** np.arange(order - 1, -1, -1)).sum(-1).astype(np.int64)
+    np.add.at(counts, (context, frames[:, order]), 1.0)
+    assert np.array_equal(np.log(counts / counts.sum(1, keepdims=True)), whole)
+
+
 def test_two_strand_llr_adds_the_reverse_complement():
     seq = (FLANK + GENE + FLANK).encode()
     gene = Gene(len(FLANK), len(FLANK) + len(GENE), +1)

@@ -11,7 +11,9 @@ The cache key is a fingerprint of the builder's name, every field of its config,
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -218,3 +220,51 @@ def corpus_folder(corpus: DatasetDict) -> Path:
             if (folder / COMPLETE_MARKER).is_file():
                 return folder
     raise LeWMConfigError("corpus", list(corpus.keys()), "was not loaded from a corpus cache")
+
+
+# madvise(2) advice that drops a mapping's pages from the process (Linux).
+_MADV_DONTNEED = 4
+
+
+def release_mapped_pages(dataset: Any) -> int:
+    """Hand back the resident pages of `dataset`'s memory-mapped Arrow files.
+
+    A memory-mapped corpus costs nothing until it is read, but every page read stays in the
+    process's resident memory (`RssFile`) for as long as the mapping lives: one pass over a
+    whole-genome edit corpus (118 MB) left all of it resident. This drops those pages from the
+    process (`madvise(MADV_DONTNEED)`); they stay in the page cache, and a later read maps them
+    again. Only mappings the process cannot write are touched (a read-only mapping of a file
+    holds no data of its own, so nothing is lost). A no-op where `/proc/self/maps` or
+    `madvise` is missing, and for in-memory datasets.
+
+    Args:
+        dataset (`datasets.Dataset`): Any dataset (its `cache_files` are looked up).
+
+    Returns:
+        `int`: Bytes of the mappings advised (their whole length, resident or not).
+    """
+    files = {os.path.realpath(f["filename"]) for f in getattr(dataset, "cache_files", None) or []}
+    madvise = _madvise()
+    if not files or madvise is None or not os.path.exists("/proc/self/maps"):
+        return 0
+    released = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or "w" in fields[1] or fields[5].rstrip("\n") not in files:
+                continue
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), _MADV_DONTNEED) == 0:
+                released += high - low
+    return released
+
+
+@functools.cache
+def _madvise() -> Any:
+    try:
+        madvise = ctypes.CDLL("libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise

@@ -206,6 +206,14 @@ def held_out_region(length: int, holdout_fraction: float) -> tuple[int, int]:
 # Scores
 
 
+# Bases counted at a time by the k-mer baseline's fit (its temporaries take about 16 (k + 1)
+# bytes a base: ~10 MB for k = 8).
+FIT_CHUNK_BASES = 1 << 16
+# SNV windows per encoder call of `world_model_surprise` (the edit evaluation's
+# `ENCODE_BATCH_SIZE`: the attention scores of 1024 windows took ~70 MB per tensor).
+SURPRISE_BATCH_SIZE = 256
+
+
 class KmerMarkov:
     """An order-`k` Markov model of bases with add-one smoothing.
 
@@ -218,10 +226,14 @@ class KmerMarkov:
         if order < 0:
             raise LeWMConfigError("order", order, "must be >= 0")
         self.order = order
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids)
         counts = np.ones((4**order, 4))
-        if ids.size > order:
-            frames = np.lib.stride_tricks.sliding_window_view(ids, order + 1)
+        # The (k + 1)-mers are counted `FIT_CHUNK_BASES` at a time (chunks overlapping by k
+        # bases), so the fit's temporaries do not grow with the genome; the counts are sums of
+        # ones, exact in float64, so they do not depend on the chunking.
+        for first in range(0, max(ids.size - order, 0), FIT_CHUNK_BASES):
+            part = ids[first : first + FIT_CHUNK_BASES + order].astype(np.int64)
+            frames = np.lib.stride_tricks.sliding_window_view(part, order + 1)
             frames = frames[(frames < 4).all(1)]
             context = self._index(frames[:, :order])
             np.add.at(counts, (context, frames[:, order]), 1.0)
@@ -271,7 +283,9 @@ def lm_log_likelihood(
     return torch.cat(out).numpy()
 
 
-def world_model_surprise(model: Any, snvs: CodingSNVs, batch_size: int = 1024) -> np.ndarray:
+def world_model_surprise(
+    model: Any, snvs: CodingSNVs, batch_size: int = SURPRISE_BATCH_SIZE
+) -> np.ndarray:
     """The edit world model's surprise at each SNV, `(N,)`: `||predict(z_ref, a) - z_alt||^2`
     with both states pooled around the SNV and the action coded as the model was trained."""
     from .edits import action_coding  # the edit evaluation's reading of a model's coding

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from .. import metric_keys as K
+from ..data.corpus import release_mapped_pages
 from ..data.walks import generate_walks
 from ..determinism import derive_seed
 from ..distributed import gather_rows
@@ -527,9 +528,49 @@ class NonFiniteLossGuard(TrainerCallback, ExportableState):
         return {K.NONFINITE_STEPS: self.total, "nonfinite_skipped_steps": self.skipped_steps}
 
 
+# Training steps between two hand-backs of the datasets' mapped pages (`MappedPagesCallback`).
+RELEASE_PAGES_EVERY_STEPS = 50
+
+
+class MappedPagesCallback(TrainerCallback):
+    """Hands back the pages of a trainer's memory-mapped datasets that training has read
+    (`lewm_hf.data.corpus.release_mapped_pages`), every `RELEASE_PAGES_EVERY_STEPS` steps and
+    when training ends.
+
+    A memory-mapped Arrow corpus is read in random batches, and every page read would otherwise
+    stay resident until the dataset is dropped: over a few epochs, the whole corpus. The
+    process then holds at most the pages of that many steps' batches; the data read is the
+    same.
+
+    Args:
+        trainer (`transformers.Trainer`): Its `train_dataset` and `eval_dataset` (a dataset or
+            a dict of them) are looked up at each call.
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+
+    def release(self) -> int:
+        """Hand back the datasets' pages now; returns the bytes of the mappings advised."""
+        released = 0
+        for name in ("train_dataset", "eval_dataset"):
+            data = getattr(self.trainer, name, None)
+            for dataset in data.values() if isinstance(data, dict) else [data]:
+                released += release_mapped_pages(dataset)
+        return released
+
+    def on_step_end(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        if state.global_step % RELEASE_PAGES_EVERY_STEPS == 0:
+            self.release()
+
+    def on_train_end(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        self.release()
+
+
 __all__ = [
     "CollapseMonitorCallback",
     "ComplianceGateCallback",
+    "MappedPagesCallback",
     "NonFiniteLossGuard",
     "SummaryProgressCallback",
     "WSDSchedulerCallback",

@@ -22,12 +22,16 @@ The cache is one `(S, E)` tensor over the S distinct states (the default recipe'
 E = 128 take 39 MB); each cached dataset row gets a `feature_index` column with the positions of
 its states in it. It stays in memory while small. Once the features computed so far exceed
 `max_memory_bytes` (`LeWMTrainingArguments.feature_cache_memory_mb`), they are written to a file
-and every later chunk is appended to it as it is computed; the finished cache is then a
-memory-mapped view of that file (`numpy.memmap`, copy-on-write), so the process holds only the
-pages a batch reads and the operating system may drop them again. Both forms hold the same bytes
-at the same positions, so training reads bitwise the same features either way. States are told
-apart by a 16-byte BLAKE2b digest of their tokens, mask and locus, not by the tokens themselves,
-so the table of distinct states does not grow with the window length.
+and every later chunk is appended to it as it is computed; the finished cache then reads the
+rows each batch asks for from that file (`FeatureFile`, one `os.pread` a row), so the process
+holds only one batch's features. The file is not memory-mapped: the pages of a mapping count in
+the process's resident memory once touched, and training touches nearly all of them. Both forms
+hold the same bytes at the same positions, so training reads bitwise the same features either
+way. States are told apart by a 16-byte BLAKE2b digest of their tokens, mask and locus, not by
+the tokens themselves, and the table of distinct states keeps the digests in one sorted numpy
+array (`_StateTable`, 24 bytes a state where a dict took ~140), so it does not grow with the
+window length; the rows' cache positions are kept as flat arrays until they become the
+`feature_index` column.
 
 The cache records a fingerprint of the encoder's weights; `LeWMTrainer` refuses a cache whose
 fingerprint does not match its model's encoder, so features computed for other weights are never
@@ -39,15 +43,18 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset
 from torch import nn
 
+from ..data.corpus import release_mapped_pages
 from ..errors import LeWMConfigError, LeWMInputError
 from ..progress import progress
 
@@ -59,6 +66,8 @@ SINGLE_THREAD_BATCH_SIZE = 128
 MULTI_THREAD_BATCH_SIZE = 2048
 # Dataset rows collated at a time during the build.
 BUILD_ROWS_PER_CHUNK = 1024
+# A state's key: a 16-byte digest (see `_state_keys`).
+KEY_DTYPE = np.dtype("S16")
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
@@ -99,18 +108,70 @@ def _malloc_trim() -> Any:
 
 def _state_keys(
     ids: torch.Tensor, mask: torch.Tensor | None, locus: torch.Tensor | None
-) -> list[bytes]:
-    """One hashable key per state `(N, L)`: a 128-bit BLAKE2b digest of its tokens, attention
-    mask and locus (everything its pooled features depend on). The build keeps one key per
-    distinct state, so a digest (16 bytes, against 8 bytes a token for the raw row) keeps the
-    map small on large corpora; two distinct states share one with probability ~2^-128."""
+) -> np.ndarray:
+    """One key per state `(N, L)`, `(N,)` of dtype `S16`: a 128-bit BLAKE2b digest of its
+    tokens, attention mask and locus (everything its pooled features depend on). The build keeps
+    one key per distinct state, so a digest (16 bytes, against 8 bytes a token for the raw row)
+    keeps the table small on large corpora; two distinct states share one with probability
+    ~2^-128."""
     parts = [ids.long()]
     if mask is not None:
         parts.append(mask.long())
     if locus is not None:
         parts.append(locus.long().unsqueeze(1))
     rows = np.ascontiguousarray(torch.cat(parts, dim=1).numpy())  # (N, L + ...)
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows)
+    return np.frombuffer(digests, dtype=KEY_DTYPE)
+
+
+class _StateTable:
+    """The distinct states seen so far: their keys, sorted, and each one's cache position.
+
+    Positions are handed out in the order states are first seen (as a dict filled state by
+    state would), and the table takes 24 bytes a state (one `S16` key, one `int64` position)
+    in two numpy arrays, against ~140 bytes a dict entry of a `bytes` key and an `int`.
+    """
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=KEY_DTYPE)  # sorted
+        self.slots = np.empty(0, dtype=np.int64)  # the position of each key
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def assign(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cache positions of `keys` `(N,)`, new keys added.
+
+        Returns:
+            `tuple[np.ndarray, np.ndarray]`: Each key's position `(N,)`, and the indices into
+            `keys` of the new distinct ones (their first occurrences, ascending): the states to
+            encode, whose positions are `len(self)` (before the call) onwards, in that order.
+        """
+        at = np.searchsorted(self.keys, keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == keys[known]
+        slots = np.empty(len(keys), dtype=np.int64)
+        slots[known] = self.slots[at[known]]
+        missing = np.flatnonzero(~known)
+        distinct, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # the distinct new keys as first seen
+        new_slots = np.empty(len(distinct), dtype=np.int64)
+        new_slots[order] = len(self.keys) + np.arange(len(distinct))
+        slots[missing] = new_slots[inverse.reshape(-1)]
+        where = np.searchsorted(self.keys, distinct)
+        self.keys = np.insert(self.keys, where, distinct)
+        self.slots = np.insert(self.slots, where, new_slots)
+        return slots, missing[first[order]]
+
+
+def _slot_lists(slots: list[np.ndarray], counts: list[np.ndarray]) -> pa.ListArray:
+    """The `feature_index` column: row i's positions, the next `counts[i]` of `slots` (both
+    concatenated over the chunks), as an Arrow list array of `int64` (the column a Python list
+    of lists of ints gave)."""
+    values = np.concatenate(slots) if slots else np.empty(0, dtype=np.int64)
+    sizes = np.concatenate(counts) if counts else np.empty(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64()))
 
 
 def _rows(dataset: Dataset, first: int, last: int) -> list[dict[str, Any]]:
@@ -153,6 +214,63 @@ class _FeatureBuffer:
     def tensor(self) -> torch.Tensor:
         """The rows appended, `(S, E)` (a copy of exactly S rows)."""
         return self.data[: self.size].clone()
+
+
+class FeatureFile:
+    """Features `(S, E)` stored in a file, read row by row when indexed.
+
+    Indexing with positions reads each distinct row once (`os.pread`) into a new tensor: the
+    process holds the rows asked for, and no mapping of the file whose touched pages would stay
+    resident. The bytes are those the features had in memory, so a lookup is bitwise the
+    in-memory tensor's.
+
+    Args:
+        path (`str` or `Path`): The file: S rows of E values of `dtype`, row after row.
+        rows (`int`): S.
+        width (`int`): E.
+        dtype (`torch.dtype`): The values' type.
+    """
+
+    def __init__(self, path: str | Path, rows: int, width: int, dtype: torch.dtype):
+        self.path = Path(path)
+        self.shape = torch.Size((rows, width))
+        self.dtype = dtype
+        self.row_bytes = width * torch.empty((), dtype=dtype).element_size()
+        size = self.path.stat().st_size
+        if size != rows * self.row_bytes:
+            raise LeWMInputError(
+                "path", str(self.path), f"must hold {rows} rows of {self.row_bytes} bytes"
+            )
+        self._file: BinaryIO | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:  # data-loader workers reopen the file
+        return {**self.__dict__, "_file": None}
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        """The rows at `index` (positions, any shape), `(*index.shape, E)`."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        rows, width = self.shape
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= rows):
+            raise LeWMInputError("index", [int(index.min()), int(index.max())], f"< {rows}")
+        if self._file is None:
+            self._file = open(self.path, "rb")  # closed with the object
+        distinct, inverse = torch.unique(index.reshape(-1), return_inverse=True)
+        size, fd = self.row_bytes, self._file.fileno()
+        data = bytearray(len(distinct) * size)
+        for j, row in enumerate(distinct.tolist()):
+            data[j * size : (j + 1) * size] = os.pread(fd, size, row * size)
+        out = (
+            torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        )
+        out = out.view(self.dtype).reshape(len(distinct), width)
+        return out[inverse].reshape(*index.shape, width)
+
+    def tensor(self) -> torch.Tensor:
+        """Every row, `(S, E)`, read into memory."""
+        return self[torch.arange(self.shape[0])]
 
 
 class FeatureWriter:
@@ -201,17 +319,15 @@ class FeatureWriter:
         """Whether the features went to the file."""
         return self._file is not None
 
-    def finish(self) -> torch.Tensor:
-        """The features `(S, E)`: one tensor in memory, or a memory-mapped view of the file."""
+    def finish(self) -> torch.Tensor | FeatureFile:
+        """The features `(S, E)`: one tensor in memory, or a `FeatureFile` reading the file."""
         if self._shape is None:
             raise LeWMInputError("features", 0, "no chunk was added")
         width, dtype = self._shape
         if self._file is None:
             return self.buffer.tensor()
         self._file.close()
-        # Copy-on-write: the file is never modified, and torch gets a writable array.
-        mapped = np.memmap(self.path, dtype=np.uint8, mode="c", shape=(self.nbytes,))
-        return torch.from_numpy(mapped).view(dtype).reshape(self.rows, width)
+        return FeatureFile(self.path, self.rows, width, dtype)
 
 
 @dataclass
@@ -219,14 +335,14 @@ class FeatureCache:
     """Pooled encoder features of every distinct state of the cached datasets.
 
     Args:
-        features (`torch.Tensor` of shape `(S, E)`): The features of the S distinct states, in
-            the encoder's dtype, on the CPU (in memory, or a memory-mapped view of `path`); a
-            row's `feature_index` column points into it.
+        features (`torch.Tensor` or `FeatureFile` of shape `(S, E)`): The features of the S
+            distinct states, in the encoder's dtype, on the CPU (a tensor in memory, or read
+            from `path` when indexed); a row's `feature_index` column points into it.
         fingerprint (`str`): `encoder_fingerprint` of the encoder that computed them.
-        path (`Path`, *optional*): The file the features are mapped from; None in memory.
+        path (`Path`, *optional*): The file the features are read from; None in memory.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | FeatureFile
     fingerprint: str
     path: Path | None = None
 
@@ -259,8 +375,8 @@ class FeatureCache:
             batch_size (`int`, *optional*): States per encoder call; defaults to
                 `default_build_batch_size` of the model's device.
             max_memory_bytes (`int`, *optional*): Bytes of features held in memory; a larger
-                cache is written to `path` while it is built and memory-mapped from it. None:
-                always in memory.
+                cache is written to `path` while it is built and read from it a batch at a
+                time (`FeatureFile`). None: always in memory.
             path (`str` or `Path`, *optional*): The file of a cache larger than
                 `max_memory_bytes` (overwritten).
             disable_progress (`bool`, *optional*): Hide the progress bar (the trainer's
@@ -287,7 +403,7 @@ class FeatureCache:
         writer = FeatureWriter(max_memory_bytes, path)
         was_training = model.training
         model.eval()
-        slot_of: dict[bytes, int] = {}  # state key -> position in the cache
+        table = _StateTable()  # state key -> position in the cache
         indexed = []
         bar = progress(
             desc="feature cache",
@@ -296,7 +412,8 @@ class FeatureCache:
             disable=disable_progress,
         )
         for dataset in datasets:
-            row_slots: list[list[int]] = []
+            row_slots: list[np.ndarray] = []  # per chunk, its rows' positions, row after row
+            row_counts: list[np.ndarray] = []  # per chunk, each row's number of states
             for first in range(0, len(dataset), BUILD_ROWS_PER_CHUNK):
                 last = min(first + BUILD_ROWS_PER_CHUNK, len(dataset))
                 batch = collator(_rows(dataset, first, last))
@@ -313,18 +430,11 @@ class FeatureCache:
                 if mask is not None:
                     flat_mask = mask.reshape(b * states, length)[real.reshape(-1)]
                 flat_locus = None if locus is None else locus.reshape(-1)[real.reshape(-1)]
-                slots, new = [], []
-                for i, key in enumerate(_state_keys(flat_ids, flat_mask, flat_locus)):
-                    slot = slot_of.get(key)
-                    if slot is None:
-                        slot = slot_of[key] = len(slot_of)
-                        new.append(i)
-                    slots.append(slot)
-                counts = real.sum(dim=1).tolist()
-                offsets = np.cumsum([0, *counts]).tolist()
-                row_slots.extend(slots[offsets[i] : offsets[i + 1]] for i in range(b))
+                slots, new = table.assign(_state_keys(flat_ids, flat_mask, flat_locus))
+                row_slots.append(slots)
+                row_counts.append(real.sum(dim=1).numpy())
                 # Encode this chunk's new states, `batch_size` at a time.
-                new_index = torch.as_tensor(new, dtype=torch.long)
+                new_index = torch.from_numpy(new)
                 for start in range(0, len(new), batch_size):
                     part = new_index[start : start + batch_size]
                     writer.add(
@@ -336,7 +446,8 @@ class FeatureCache:
                     )
                 bar.update(b)
                 release_free_memory()
-            indexed.append(dataset.add_column(FEATURE_INDEX, row_slots))
+                release_mapped_pages(dataset)  # the rows just read
+            indexed.append(dataset.add_column(FEATURE_INDEX, _slot_lists(row_slots, row_counts)))
         bar.close()
         model.train(was_training)
         if writer.rows == 0:
@@ -380,6 +491,7 @@ __all__ = [
     "FEATURE_INDEX",
     "FeatureCache",
     "FeatureCacheCollator",
+    "FeatureFile",
     "FeatureWriter",
     "default_build_batch_size",
     "encoder_fingerprint",

@@ -523,8 +523,9 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
             training (`FeatureCache`), instead of at every step; the results are the same.
         feature_cache_memory_mb (`float`, defaults to `1024.0`): The feature cache stays in
             memory up to this many MiB; a larger one is written to
-            `<output_dir>/feature_cache/` while it is built and memory-mapped from there
-            (bitwise the same features). 0 always writes it to disk.
+            `<output_dir>/feature_cache/` while it is built and read from there a batch's
+            rows at a time (bitwise the same features, and the process does not hold them).
+            0 always writes it to disk.
 
     Parameters that control the collapse monitor (alerts: see `CollapseMonitorCallback`):
         collapse_monitor_steps (`int`, defaults to `50`): Check period in steps (0 disables).
@@ -598,7 +599,7 @@ class LeWMTrainingArguments(StreamingArguments, TrainingArguments):
         True, help="With a frozen encoder, compute its state features once (false: every step)."
     )
     feature_cache_memory_mb: float = option(
-        1024.0, help="Feature cache in memory up to this many MiB, else memory-mapped.", low=0
+        1024.0, help="Feature cache in memory up to this many MiB, else read from disk.", low=0
     )
 
     # Parameters that control the collapse monitor

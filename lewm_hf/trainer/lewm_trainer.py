@@ -29,6 +29,7 @@ from ..modeling_actions import check_input_values
 from .callbacks import (
     CollapseMonitorCallback,
     ComplianceGateCallback,
+    MappedPagesCallback,
     NonFiniteLossGuard,
     WSDSchedulerCallback,
 )
@@ -293,6 +294,7 @@ class LeWMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
             self.collapse_monitor = CollapseMonitorCallback.from_args(self, args)
             self.add_callback(self.collapse_monitor)
         self._use_summary_progress()
+        self.add_callback(MappedPagesCallback(self))
         check_streaming_feature_cache(args, model.config.encoder_mode)
         self.feature_cache: FeatureCache | None = None
         if args.frozen_feature_cache and model.config.encoder_mode == "frozen":
@@ -683,6 +685,7 @@ class WalkLMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gate = ComplianceGateCallback(self, graph, jumpers, prompt_walks, context_window)
         self.add_callback(self.gate)
+        self.add_callback(MappedPagesCallback(self))
         self._use_summary_progress()
         self._stream_train_dataset()
 
@@ -711,5 +714,6 @@ class CausalLMTrainer(_StreamingMixin, HubMixin, ResultMixin, Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.add_callback(MappedPagesCallback(self))
         self._use_summary_progress()
         self._stream_train_dataset()
