@@ -70,6 +70,25 @@ TINY_PHASE_MODEL: dict[str, Any] = {
     "sigreg_num_slices": 64,
 }
 
+
+def tiny_lm_phase(**overrides: Any) -> dict[str, Any]:
+    """A tiny encoder (`task: lm`) recipe phase: a one-layer LM trained 4 steps at batch 8,
+    evaluated during training, no checkpoints; `overrides` add or replace keys."""
+    phase = {
+        "name": "encoder",
+        "task": "lm",
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_steps": 4,
+        "per_device_train_batch_size": 8,
+        "eval_strategy": "steps",
+        "save_strategy": "no",
+    }
+    return {**phase, **overrides}
+
+
 # `tiny_training_args`' defaults (besides `output_dir`).
 TINY_TRAINING_ARGS: dict[str, Any] = {
     "per_device_train_batch_size": 16,

@@ -19,7 +19,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import yaml
-from _builders import lay_out_hub_cache
+from _builders import lay_out_hub_cache, tiny_lm_phase
 from datasets import Dataset, DatasetDict
 
 from lewm_hf.errors import LeWMConfigError
@@ -29,21 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, LENGTH = 20, 12
 
-TINY_LM = {
-    "name": "encoder",
-    "task": "lm",
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_steps": 4,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 32,
-    "eval_strategy": "steps",
-    "eval_steps": 2,
-    "save_strategy": "no",
-    "warmup_steps": 0,
-}
+TINY_LM = tiny_lm_phase(per_device_eval_batch_size=32, eval_steps=2, warmup_steps=0)
 
 
 def counting_rows(n: int, seed: int) -> list[list[int]]:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _builders import TINY_CORPUS, TINY_PHASE_MODEL
+from _builders import TINY_CORPUS, TINY_PHASE_MODEL, tiny_lm_phase
 from transformers.integrations.integration_utils import rewrite_logs
 
 from lewm_hf import metric_keys as K
@@ -34,22 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 
-LM = {
-    "name": "encoder",
-    "task": "lm",
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_steps": 4,
-    "per_device_train_batch_size": 8,
-    "eval_strategy": "steps",
-    "eval_steps": 4,
-    "save_strategy": "no",
-    "gate_num_sequences": 32,
-    "gate_batch_size": 32,
-    "gate_min_rule_checks": 1,
-}
+LM = tiny_lm_phase(eval_steps=4, gate_num_sequences=32, gate_batch_size=32, gate_min_rule_checks=1)
 WORLD_MODEL = {
     "name": "world_model",
     "task": "world_model",
