@@ -33,13 +33,13 @@ from .modeling_actions import (
     _UNIT_INIT,
     ActionInputs,
     LeWMActionEncoder,
-    _check_integer,
     _check_shape,
     _check_trailing_padding,
     check_input_values,
     require_actions,
     sinusoidal_embedding,
 )
+from .modeling_inputs import check_clip_inputs
 
 # Attribute that marks a Linear whose weight and bias start at zero (AdaLN-zero, delta head).
 _ZERO_INIT = "_lewm_zero_init"
@@ -603,80 +603,6 @@ class LeWMModel(LeWMPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Forward
 
-    def _check_clip_inputs(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        locus: torch.Tensor | None,
-        state_features: torch.Tensor | None,
-        actions: ActionInputs | None,
-    ) -> tuple[int, int, int]:
-        """Every shape and type check of `forward`'s states and actions, before any is used.
-
-        Returns:
-            `tuple[int, int, int]`: `(B, T + 1, L)`, `L` the pooled width `E` for
-            `state_features`.
-
-        Raises:
-            `LeWMInputError`: naming the argument, its shape (or dtype) and what was expected:
-                both or neither of `input_ids` / `state_features`; a rank other than 3 or fewer
-                than 2 states; more than `history_length + 1` states; integer `state_features`
-                or a width other than the encoder's pooled width; non-integer `input_ids`;
-                `attention_mask` / `locus` given with `state_features` (they are pooled already)
-                or of another shape than the states; actions of another shape than `(B, T)`.
-        """
-        history = self.config.history_length
-        if state_features is not None:
-            name, states = "state_features", state_features
-            if input_ids is not None:
-                raise LeWMInputError(name, "given", "give input_ids or state_features, not both")
-            layout = f"(B, T + 1, E) with 1 <= T <= history_length={history}"
-            for other, value in (("attention_mask", attention_mask), ("locus", locus)):
-                if value is not None:
-                    raise LeWMInputError(
-                        other,
-                        tuple(value.shape),
-                        "must be None with state_features (the features are pooled already)",
-                    )
-        else:
-            name, states = "input_ids", input_ids
-            layout = f"(B, T + 1, L) with 1 <= T <= history_length={history}"
-            if states is None:
-                raise LeWMInputError(name, None, f"give input_ids or state_features: {layout}")
-        if states.dim() != 3 or states.shape[1] < 2:
-            raise LeWMInputError(name, tuple(states.shape), f"must have shape {layout}")
-        if states.shape[1] > history + 1:
-            raise LeWMInputError(
-                name,
-                tuple(states.shape),
-                f"T + 1={states.shape[1]} states (T={states.shape[1] - 1} actions) exceed "
-                f"history_length + 1={history + 1}",
-            )
-        batch, num_states, width = states.shape
-        if state_features is not None:
-            if not state_features.is_floating_point():
-                raise LeWMInputError(
-                    name, str(state_features.dtype), "must be floating point (pooled features)"
-                )
-            pooled = self.projector[0].in_features
-            if width != pooled:
-                raise LeWMInputError(
-                    name,
-                    tuple(state_features.shape),
-                    f"last dim must be the encoder's pooled width E={pooled}",
-                )
-        else:
-            _check_integer(input_ids, name)
-            _check_shape(attention_mask, (batch, num_states, width), "attention_mask")
-            _check_shape(locus, (batch, num_states), "locus")
-        if require_actions(actions).shape != (batch, num_states - 1):
-            raise LeWMInputError(
-                "actions",
-                actions.shape,
-                f"must have shape ({batch}, {num_states - 1}): one per step between the states",
-            )
-        return batch, num_states, width
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -714,8 +640,14 @@ class LeWMModel(LeWMPreTrainedModel):
             [`LeWMOutput`] or `tuple`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        batch, num_states, seq_len = self._check_clip_inputs(
-            input_ids, attention_mask, locus, state_features, actions
+        batch, num_states, seq_len = check_clip_inputs(
+            input_ids,
+            attention_mask,
+            locus,
+            state_features,
+            actions,
+            history_length=self.config.history_length,
+            pooled_width=self.projector[0].in_features,
         )
         device = (input_ids if state_features is None else state_features).device
 
